@@ -1,0 +1,155 @@
+//! Command-line types. Everything clap knows lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "demix", version, about = "A content-addressed workflow engine for LLM data-mixture search (DeMix).", propagate_version = true)]
+pub struct Cli {
+    /// The artifact store [default: ./cache]
+    #[arg(long, global = true, env = "DEMIX_CACHE", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more: fresh steps, waits, progress messages.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the workflow: every step whose inputs or parameters changed.
+    Run(RunArgs),
+    /// Show each step as fresh, stale or new, and why.
+    Status(StatusArgs),
+    /// Check a manifest without running anything.
+    Check(ManifestArg),
+    /// Print the step graph.
+    Dag(DagArgs),
+    /// Trace a cached artifact back to the data and parameters that made it.
+    Lineage(LineageArgs),
+    /// Show the run history.
+    Log(LogArgs),
+    /// Remove store objects that no kept run references.
+    Gc(GcArgs),
+    /// Re-hash the store and name corrupt objects.
+    Verify(JsonArg),
+    /// Print the manifest's JSON Schema.
+    Schema,
+    #[command(hide = true)]
+    Internal {
+        #[command(subcommand)]
+        command: Internal,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Internal {
+    /// Run one step from a serialized spec (what executors launch).
+    ExecStep {
+        spec: PathBuf,
+        #[arg(long)]
+        completion: Option<PathBuf>,
+        #[arg(long)]
+        die_with_parent: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ManifestArg {
+    /// The workflow manifest [default: demix.yaml, else workflows/demix-tiny.yaml, else workflows/commands.yaml]
+    pub manifest: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct JsonArg {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Run only these steps and what they need (an id, or `id[item]`).
+    #[arg(long = "target", short = 't', value_name = "STEP")]
+    pub targets: Vec<String>,
+    /// Show what would run and why, without running.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Steps run at once [default: the number of CPUs]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// After a failure, finish the steps that do not depend on it.
+    #[arg(long, short = 'k')]
+    pub keep_going: bool,
+    /// Rerun these steps even if they are fresh.
+    #[arg(long, value_name = "STEP")]
+    pub force: Vec<String>,
+    /// GPU device ids steps may use, e.g. `0,1` [default: CUDA_VISIBLE_DEVICES, else all]
+    #[arg(long, env = "DEMIX_GPUS", value_name = "IDS")]
+    pub gpus: Option<String>,
+    /// Print the run summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Args, Debug)]
+pub struct DagArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DagFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct LineageArgs {
+    /// A step id, a path in the store (or a file with the same bytes), or a hash prefix.
+    pub what: String,
+    /// The manifest whose step ids to use [default: as for `run`, if present]
+    #[arg(long, short = 'm')]
+    pub manifest: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Show the last N runs.
+    #[arg(short = 'n', long, default_value = "20")]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Print what would be removed without removing it.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Keep the results of each workflow's last N runs (besides each step's latest).
+    #[arg(long, default_value = "1")]
+    pub keep_runs: usize,
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,415 @@
+//! The commands behind the CLI, on top of the library.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use demix::exec::{self, Outcome, RunOptions};
+use demix::graph::Graph;
+use demix::manifest::{DEFAULT_MANIFESTS, LoadError, Manifest};
+use demix::plan::{Planner, State};
+use demix::progress::{Reporter, Verbosity};
+use demix::store::{Store, human_bytes};
+use miette::Diagnostic;
+use serde_json::json;
+
+use crate::cli::{Cli, Command, DagFormat, Internal};
+
+/// Errors at the edge, each with its exit code.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum CliError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Manifest(#[from] LoadError),
+    #[error("{0}")]
+    #[diagnostic(code(demix::usage))]
+    Usage(String),
+    #[error("{0}")]
+    #[diagnostic(code(demix::failed))]
+    Failed(String),
+}
+
+pub fn exit_code(report: &miette::Report) -> u8 {
+    match report.downcast_ref::<CliError>() {
+        Some(CliError::Manifest(_) | CliError::Usage(_)) => 2,
+        _ => 1,
+    }
+}
+
+pub fn init_tracing(cli: &Cli) {
+    let level = if cli.verbose { "demix=debug" } else { "demix=warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEMIX_LOG").unwrap_or_else(|_| level.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}
+
+fn verbosity(cli: &Cli) -> Verbosity {
+    if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    }
+}
+
+fn manifest_path(arg: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    if let Some(p) = arg {
+        return Ok(p);
+    }
+    DEFAULT_MANIFESTS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "no manifest given and none of {} exists here",
+                DEFAULT_MANIFESTS.join(", ")
+            ))
+        })
+}
+
+fn load_graph(arg: Option<PathBuf>) -> Result<Graph, CliError> {
+    let path = manifest_path(arg)?;
+    let m = Manifest::load(&path)?;
+    Graph::build(m).map_err(|e| CliError::Manifest(LoadError::Invalid(e)))
+}
+
+fn store(cli_cache: &Option<PathBuf>) -> Store {
+    Store::open(cli_cache.as_deref().unwrap_or(Path::new("cache")))
+}
+
+fn select(g: &Graph, sels: &[String], what: &str) -> Result<Vec<usize>, CliError> {
+    let mut out = Vec::new();
+    for s in sels {
+        let hits = g.select(s);
+        if hits.is_empty() {
+            let ids: Vec<&str> = g.nodes.iter().map(|n| n.id.as_str()).collect();
+            let hint = demix::manifest::did_you_mean(s, ids.iter().copied())
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            return Err(CliError::Usage(format!("{what} `{s}` is not a step of this workflow{hint}")));
+        }
+        out.extend(hits);
+    }
+    Ok(out)
+}
+
+pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
+    let v = verbosity(&cli);
+    let cache = cli.cache.clone();
+    match cli.command {
+        Command::Run(a) => run(a, &cache, v),
+        Command::Status(a) => status(a.manifest.manifest, a.json.json, &cache),
+        Command::Check(a) => {
+            let g = load_graph(a.manifest)?;
+            if v != Verbosity::Quiet {
+                println!(
+                    "{}: ok ({} steps, {} nodes, {} datasets)",
+                    g.manifest.path.display(),
+                    g.manifest.steps.len(),
+                    g.nodes.len(),
+                    g.manifest.datasets.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dag(a) => {
+            let g = load_graph(a.manifest.manifest)?;
+            print!("{}", dag(&g, a.format));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lineage(a) => lineage(a, &cache),
+        Command::Log(a) => log(a, &cache),
+        Command::Gc(a) => {
+            let s = store(&cache);
+            let r = demix::maintenance::gc(&s, a.keep_runs, a.dry_run).map_err(CliError::Failed)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
+            } else {
+                if v == Verbosity::Verbose {
+                    for line in &r.removed {
+                        println!("{line}");
+                    }
+                }
+                println!(
+                    "{} {} results, {} trees, {} objects, {} work dirs, {} logs: {} (kept {} results)",
+                    if a.dry_run { "would remove" } else { "removed" },
+                    r.results,
+                    r.trees,
+                    r.objects,
+                    r.tmp,
+                    r.logs,
+                    human_bytes(r.freed_bytes),
+                    r.kept_results
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(a) => {
+            let s = store(&cache);
+            let r = demix::maintenance::verify(&s, &|_, _| {}).map_err(CliError::Failed)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
+            } else {
+                for c in &r.corrupt {
+                    println!(
+                        "corrupt {} (content hashes to {}); removed; rerun to rebuild: {}",
+                        c.path.display(),
+                        &c.actual[..12],
+                        if c.steps.is_empty() { "no step".into() } else { c.steps.join(", ") }
+                    );
+                }
+                println!("verified {} objects ({}): {} corrupt", r.objects, human_bytes(r.bytes), r.corrupt.len());
+            }
+            Ok(if r.corrupt.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Schema => {
+            print!("{}", demix::manifest::schema::manifest_schema_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Internal { command: Internal::ExecStep { spec, completion, die_with_parent } } => {
+            let code = demix::exec::child::exec_step(&spec, completion.as_deref(), die_with_parent);
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+    }
+}
+
+fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette::Result<ExitCode> {
+    let g = load_graph(a.manifest.manifest)?;
+    let targets = select(&g, &a.targets, "--target")?;
+    let force = select(&g, &a.force, "--force")?;
+    let s = store(cache);
+    if a.dry_run {
+        let only: Option<BTreeSet<usize>> = (!targets.is_empty()).then(|| g.with_ancestors(&targets));
+        let no_progress = |_: &Path, _: u64, _: u64| {};
+        let planner = Planner::new(&g, &s, &no_progress);
+        let mut would = 0;
+        let mut problems = 0;
+        for (n, a) in planner.assess_all(&force, only.as_ref()) {
+            let id = &g.nodes[n].id;
+            match a {
+                Ok(a) if a.state == State::Fresh => println!("fresh  {id}"),
+                Ok(a) => {
+                    would += 1;
+                    let why: Vec<String> = a.reasons.iter().map(|r| r.to_string()).collect();
+                    println!("run    {id} ({})", why.join("; "));
+                }
+                Err(e) => {
+                    problems += 1;
+                    println!("error  {id}: {e}");
+                }
+            }
+        }
+        println!("dry run: {would} step(s) would run, {problems} problem(s); nothing was written");
+        return Ok(if problems > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
+    let _usage = s
+        .usage_lock(false)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let gpus = demix::exec::local::detect_gpus(a.gpus.as_deref());
+    let opts = RunOptions {
+        jobs: a.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |j| j as usize),
+        keep_going: a.keep_going,
+        force,
+        targets,
+        gpus,
+        exe: std::env::var_os("DEMIX_EXE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_exe().ok())
+            .ok_or_else(|| CliError::Failed("cannot find the demix executable".into()))?,
+        argv: std::env::args().collect(),
+    };
+    let rep = Arc::new(Reporter::new(v));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    let t0 = std::time::Instant::now();
+    let summary = rt.block_on(exec::run(&g, &s, &opts, rep.clone()));
+    let ran = summary.count(|o| *o == Outcome::Ran);
+    let fresh = summary.count(|o| *o == Outcome::Fresh);
+    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }));
+    let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
+    let cancelled = summary.count(|o| *o == Outcome::Cancelled);
+    let line = format!(
+        "{}: {ran} ran, {fresh} fresh, {failed} failed, {skipped} skipped, {cancelled} cancelled in {:.2}s",
+        if summary.interrupted { "interrupted" } else if summary.ok { "done" } else { "FAILED" },
+        t0.elapsed().as_secs_f64()
+    );
+    if summary.ok {
+        rep.line(&line);
+    } else {
+        rep.always(&line);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("serializes"));
+    }
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else if summary.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn status(manifest: Option<PathBuf>, json_out: bool, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
+    let g = load_graph(manifest)?;
+    let s = store(cache);
+    let no_progress = |_: &Path, _: u64, _: u64| {};
+    let planner = Planner::new(&g, &s, &no_progress);
+    let all = planner.assess_all(&[], None);
+    let mut steps = Vec::new();
+    let mut counts = [0usize; 4];
+    for (n, a) in &all {
+        let node = &g.nodes[*n];
+        let (state, reasons, key, error) = match a {
+            Ok(a) => (Some(a.state), a.reasons.clone(), a.key.clone(), None),
+            Err(e) => (None, vec![], None, Some(e.clone())),
+        };
+        match state {
+            Some(State::Fresh) => counts[0] += 1,
+            Some(State::Stale) => counts[1] += 1,
+            Some(State::New) => counts[2] += 1,
+            None => counts[3] += 1,
+        }
+        steps.push((node, state, reasons, key, error));
+    }
+    if json_out {
+        let items: Vec<serde_json::Value> = steps
+            .iter()
+            .map(|(node, state, reasons, key, error)| {
+                json!({
+                    "id": node.id,
+                    "kind": node.kind.name(),
+                    "state": state.map_or("error".to_string(), |s| s.to_string()),
+                    "reasons": reasons.iter().map(|r| {
+                        let mut v = serde_json::to_value(r).expect("serializes");
+                        v["message"] = json!(r.to_string());
+                        v
+                    }).collect::<Vec<_>>(),
+                    "key": key,
+                    "error": error,
+                })
+            })
+            .collect();
+        let out = json!({
+            "manifest": g.manifest.path,
+            "name": g.manifest.name,
+            "steps": items,
+            "counts": { "fresh": counts[0], "stale": counts[1], "new": counts[2], "error": counts[3] },
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+    } else {
+        for (node, state, reasons, _, error) in &steps {
+            match (state, error) {
+                (Some(st), _) => println!("{:<6} {}", st.to_string(), node.id),
+                (None, Some(e)) => println!("error  {}: {e}", node.id),
+                _ => {}
+            }
+            for r in reasons {
+                println!("         {r}");
+            }
+        }
+        println!(
+            "{} steps: {} fresh, {} stale, {} new{}",
+            steps.len(),
+            counts[0],
+            counts[1],
+            counts[2],
+            if counts[3] > 0 { format!(", {} with errors", counts[3]) } else { String::new() }
+        );
+    }
+    Ok(if counts[3] > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn dag(g: &Graph, format: DagFormat) -> String {
+    let mut out = String::new();
+    let label = |i: usize| format!("{} ({})", g.nodes[i].id, g.nodes[i].kind.name());
+    match format {
+        DagFormat::Text => {
+            for &i in &g.order {
+                let deps: Vec<&str> = g.deps[i].iter().map(|&d| g.nodes[d].id.as_str()).collect();
+                if deps.is_empty() {
+                    out.push_str(&format!("{}\n", label(i)));
+                } else {
+                    out.push_str(&format!("{} <- {}\n", label(i), deps.join(", ")));
+                }
+            }
+        }
+        DagFormat::Dot => {
+            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", g.manifest.name));
+            for &i in &g.order {
+                out.push_str(&format!("  n{i} [label=\"{}\"];\n", label(i).replace('"', "\\\"")));
+            }
+            for &i in &g.order {
+                for &d in &g.deps[i] {
+                    out.push_str(&format!("  n{d} -> n{i};\n"));
+                }
+            }
+            out.push_str("}\n");
+        }
+        DagFormat::Mermaid => {
+            out.push_str("flowchart LR\n");
+            for &i in &g.order {
+                out.push_str(&format!("  n{i}[\"{}\"]\n", label(i).replace('"', "#quot;")));
+            }
+            for &i in &g.order {
+                for &d in &g.deps[i] {
+                    out.push_str(&format!("  n{d} --> n{i}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn lineage(a: crate::cli::LineageArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
+    let s = store(cache);
+    // Step ids are looked up in the manifest's workflow when there is one.
+    let name = match a.manifest {
+        Some(p) => Some(Manifest::load(&p).map_err(CliError::Manifest)?.name),
+        None => manifest_path(None).ok().and_then(|p| Manifest::load(&p).ok()).map(|m| m.name),
+    };
+    let r = demix::lineage::resolve(&s, name.as_deref(), &a.what).map_err(CliError::Usage)?;
+    let l = demix::lineage::lineage(&s, &r);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&l).expect("serializes"));
+    } else {
+        print!("{}", demix::lineage::render(&l));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log(a: crate::cli::LogArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
+    let s = store(cache);
+    let runs = demix::maintenance::runs(&s);
+    let shown = &runs[runs.len().saturating_sub(a.limit)..];
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(shown).expect("serializes"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if shown.is_empty() {
+        println!("no runs recorded in {}", s.root.display());
+    }
+    for r in shown {
+        let secs = (r.finished.as_millisecond() - r.started.as_millisecond()) as f64 / 1000.0;
+        let state = if r.interrupted { "interrupted" } else if r.ok { "ok" } else { "FAILED" };
+        println!(
+            "{}  {:<11} {:<20} {} ran, {} fresh, {} failed  {secs:.2}s  on {}",
+            r.started.strftime("%Y-%m-%d %H:%M:%S"),
+            state,
+            r.manifest,
+            r.count(|o| *o == Outcome::Ran),
+            r.count(|o| *o == Outcome::Fresh),
+            r.count(|o| matches!(o, Outcome::Failed { .. })),
+            r.host
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

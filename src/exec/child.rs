@@ -1,0 +1,188 @@
+//! Runs one step from its serialized spec in this process: take the key's lock, run
+//! the step into a temporary directory, commit the outputs, record the result.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::exec::spec::{Completion, EXIT_CANCELLED, EXIT_FAILED, StepSpec};
+use crate::steps::{self, Progress, RunCtx, StepError};
+use crate::store::{self, Health, ResultRecord, Store, write_json_atomic};
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    CANCEL.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Watches for the parent dying (a killed `demix run`), so an orphaned step stops too.
+fn watch_parent() {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if unsafe { libc::getppid() } != parent {
+                CANCEL.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    });
+}
+
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Runs the spec at `spec_path`; returns the process exit code.
+pub fn exec_step(spec_path: &Path, completion_path: Option<&Path>, die_with_parent: bool) -> i32 {
+    install_signal_handlers();
+    if die_with_parent {
+        watch_parent();
+    }
+    let spec: StepSpec = match std::fs::read(spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot read step spec {}: {e}", spec_path.display());
+            return EXIT_FAILED;
+        }
+    };
+    let started = Instant::now();
+    let store = Store::open(&spec.store);
+    let log = store.log_path(&spec.key);
+    let mut done = Completion {
+        step: spec.step.clone(),
+        key: spec.key.clone(),
+        ok: false,
+        cached: false,
+        cancelled: false,
+        exit_code: EXIT_FAILED,
+        error: None,
+        outputs: Default::default(),
+        duration_s: 0.0,
+        host: hostname(),
+        log: log.clone(),
+    };
+    let outcome = run(&spec, &store, &log, &mut done);
+    done.duration_s = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(()) => {
+            done.ok = true;
+            done.exit_code = 0;
+        }
+        Err(StepError::Cancelled) => {
+            done.cancelled = true;
+            done.exit_code = EXIT_CANCELLED;
+            done.error = Some("cancelled".into());
+        }
+        Err(e) => {
+            done.error = Some(e.to_string());
+        }
+    }
+    let _ = store.stat.save();
+    if let Some(p) = completion_path
+        && let Err(e) = write_json_atomic(p, &done)
+    {
+        eprintln!("error: cannot write completion record {}: {e}", p.display());
+        return EXIT_FAILED;
+    }
+    if let Some(e) = &done.error
+        && !done.cancelled
+    {
+        eprintln!("error: {e}");
+    }
+    done.exit_code
+}
+
+fn run(spec: &StepSpec, store: &Store, log: &Path, done: &mut Completion) -> Result<(), StepError> {
+    let kind = steps::kind(&spec.kind)
+        .ok_or_else(|| StepError::Failed(format!("this demix has no step kind `{}`", spec.kind)))?;
+    let _lock = store
+        .lock(&spec.key, &|| emit(&Progress {
+            message: Some("waiting for another demix running this step".into()),
+            ..Default::default()
+        }))
+        .map_err(|e| StepError::Failed(e.to_string()))?;
+    // Another process may have finished it while we waited.
+    if let Some(r) = store.read_result(&spec.key)
+        && store.health(&r) == Health::Ok
+    {
+        done.cached = true;
+        done.outputs = r.outputs.clone();
+        let _ = store.write_state(&ResultRecord { step: spec.step.clone(), manifest: spec.manifest.clone(), ..r });
+        return Ok(());
+    }
+    let started_at = jiff::Timestamp::now();
+    let t0 = Instant::now();
+    let tmp = store
+        .new_tmp(&format!("{}-", &spec.key[..12]))
+        .map_err(|e| StepError::Failed(e.to_string()))?;
+    let out = tmp.join("out");
+    std::fs::create_dir_all(&out).map_err(StepError::io("creating the output directory"))?;
+    if let Some(p) = log.parent() {
+        std::fs::create_dir_all(p).map_err(StepError::io("creating the log directory"))?;
+    }
+    let _ = std::fs::write(
+        log,
+        format!("# demix {} step {} key {} on {}\n", env!("CARGO_PKG_VERSION"), spec.step, spec.key, done.host),
+    );
+    let ctx = RunCtx {
+        spec,
+        out_dir: &out,
+        log,
+        cancel: &CANCEL,
+        progress: &|p| emit(&p),
+    };
+    let result = kind.run(&ctx).and_then(|()| {
+        if CANCEL.load(Ordering::SeqCst) {
+            return Err(StepError::Cancelled);
+        }
+        let (tree, files, outputs) = store
+            .commit_tree(&out, &spec.outputs)
+            .map_err(|e| StepError::Failed(e.to_string()))?;
+        let record = ResultRecord {
+            key: spec.key.clone(),
+            manifest: spec.manifest.clone(),
+            manifest_path: spec.manifest_path.clone(),
+            step: spec.step.clone(),
+            kind: spec.kind.clone(),
+            record: spec.record.clone(),
+            tree,
+            outputs: outputs.clone(),
+            files,
+            started: started_at,
+            finished: jiff::Timestamp::now(),
+            duration_s: t0.elapsed().as_secs_f64(),
+            host: done.host.clone(),
+            engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        // The result record is the commit point; the state record only explains.
+        store.write_result(&record).map_err(|e| StepError::Failed(e.to_string()))?;
+        store.write_state(&record).map_err(|e| StepError::Failed(e.to_string()))?;
+        done.outputs = outputs;
+        Ok(())
+    });
+    let _ = store::remove_tree(&tmp);
+    result
+}
+
+/// Progress goes to stdout as JSON lines; the scheduler reads them.
+fn emit(p: &Progress) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, &serde_json::json!({ "progress": p }));
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}

@@ -1,0 +1,7 @@
+//! Executing a plan: the scheduler, and running one step from its spec.
+
+pub mod child;
+pub mod local;
+pub mod spec;
+
+pub use local::{Outcome, RunOptions, RunSummary, StepReport, run};

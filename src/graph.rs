@@ -1,0 +1,534 @@
+//! Expands a manifest's fan-outs, resolves references and builds the step DAG.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use marked_yaml::types::MarkedScalarNode;
+use marked_yaml::{Node, Span};
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::Value;
+
+use crate::manifest::template::{self, Piece, Ref, Select, Split};
+use crate::manifest::{
+    Diags, Manifest, ManifestError, Resources, did_you_mean, json_to_node, lookup_param,
+};
+use crate::steps::{self, Plan, StepKind};
+
+/// Where an input's content comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A workspace file or folder: absolute path, and the path as written.
+    Path { abs: PathBuf, written: String },
+    Dataset { name: String, split: Split },
+    /// Outputs of one or more (with `[*]`) upstream nodes.
+    Steps { nodes: Vec<usize>, output: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// The reference as written and normalised, or the path: the key in the spec.
+    pub key: String,
+    pub source: Source,
+    pub span: Span,
+}
+
+/// One node of the DAG: a step, or one item of a fan-out step.
+pub struct StepNode {
+    pub id: String,
+    pub base: String,
+    pub item: Option<String>,
+    pub kind: &'static dyn StepKind,
+    pub plan: Plan,
+    pub inputs: Vec<Input>,
+    pub params_used: BTreeMap<String, Value>,
+    pub resources: Resources,
+    pub span: Span,
+}
+
+pub struct Graph {
+    pub manifest: Manifest,
+    pub nodes: Vec<StepNode>,
+    /// Upstream nodes of each node, sorted and unique.
+    pub deps: Vec<Vec<usize>>,
+    /// A topological order (manifest order where the edges allow).
+    pub order: Vec<usize>,
+}
+
+fn expanded_id(base: &str, item: Option<&str>) -> String {
+    match item {
+        Some(i) => format!("{base}[{i}]"),
+        None => base.to_string(),
+    }
+}
+
+impl Graph {
+    pub fn build(manifest: Manifest) -> Result<Graph, ManifestError> {
+        let src = manifest.src.clone();
+        let mut d = Diags::new(&src);
+        let mut nodes = Vec::new();
+        // base id -> [(item, node index)]
+        let mut by_base: HashMap<String, Vec<(Option<String>, usize)>> = HashMap::new();
+        let mut raw_refs: Vec<Vec<(Ref, Span)>> = Vec::new();
+        for decl in &manifest.steps {
+            let Some(kind) = steps::kind(&decl.kind) else {
+                d.push(
+                    &decl.kind_span,
+                    format!("unknown step kind `{}`", decl.kind),
+                    "unknown kind",
+                    did_you_mean(&decl.kind, steps::kind_names())
+                        .or_else(|| Some(format!("kinds: {}", steps::kind_names().join(", ")))),
+                );
+                continue;
+            };
+            let items: Vec<Option<String>> = match &decl.foreach {
+                Some(f) => f.items.iter().cloned().map(Some).collect(),
+                None => vec![None],
+            };
+            for item in items {
+                let mut body = Node::Mapping(decl.body.clone());
+                let mut used = BTreeMap::new();
+                let before = d.problems.len();
+                substitute(&mut body, &manifest, item.as_deref(), &mut used, &mut d);
+                if d.problems.len() > before {
+                    continue;
+                }
+                let Some(plan) = kind.plan(&body, &mut d) else { continue };
+                let mut refs = Vec::new();
+                collect_refs(&body, &mut refs);
+                if !plan.runtime_refs {
+                    for (r, span) in &refs {
+                        if matches!(r, Ref::Input(_) | Ref::Output(_) | Ref::OutDir) {
+                            d.error(span, format!("`{r}` is not available in a `{}` step", kind.name()), "reference");
+                        }
+                    }
+                }
+                let idx = nodes.len();
+                by_base.entry(decl.id.clone()).or_default().push((item.clone(), idx));
+                raw_refs.push(refs);
+                nodes.push(StepNode {
+                    id: expanded_id(&decl.id, item.as_deref()),
+                    base: decl.id.clone(),
+                    item,
+                    kind,
+                    plan,
+                    inputs: Vec::new(),
+                    params_used: used,
+                    resources: decl.resources.clone(),
+                    span: decl.id_span.clone(),
+                });
+            }
+        }
+        // Resolve references into inputs and edges.
+        let mut edges: Vec<(usize, usize, Span)> = Vec::new();
+        let step_ids: Vec<&str> = manifest.steps.iter().map(|s| s.id.as_str()).collect();
+        for (idx, refs) in raw_refs.iter().enumerate() {
+            let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
+            for (r, span) in refs {
+                let source = match r {
+                    Ref::Dataset { name, split } => {
+                        if !manifest.datasets.contains_key(name) {
+                            d.push(
+                                span,
+                                format!("unknown dataset `{name}`"),
+                                "no such dataset",
+                                did_you_mean(name, manifest.datasets.keys().map(String::as_str)),
+                            );
+                            continue;
+                        }
+                        Source::Dataset { name: name.clone(), split: *split }
+                    }
+                    Ref::Step { id, select, output } => {
+                        let Some(targets) = by_base.get(id) else {
+                            if step_ids.contains(&id.as_str()) {
+                                continue; // the target had its own errors
+                            }
+                            d.push(
+                                span,
+                                format!("unknown step `{id}`"),
+                                "no such step",
+                                did_you_mean(id, step_ids.iter().copied()),
+                            );
+                            continue;
+                        };
+                        let fans_out = targets[0].0.is_some();
+                        let chosen: Vec<usize> = match select {
+                            Select::One if fans_out => {
+                                d.push(
+                                    span,
+                                    format!("step `{id}` fans out with `foreach`; pick one node or all of them"),
+                                    "ambiguous",
+                                    Some(format!(
+                                        "use `${{steps.{id}[KEY].{output}}}` or `${{steps.{id}[*].{output}}}`"
+                                    )),
+                                );
+                                continue;
+                            }
+                            Select::One => vec![targets[0].1],
+                            Select::Key(_) | Select::All if !fans_out => {
+                                d.error(span, format!("step `{id}` has no `foreach`; write `${{steps.{id}.{output}}}`"), "not a fan-out");
+                                continue;
+                            }
+                            Select::Key(k) => match targets.iter().find(|(i, _)| i.as_deref() == Some(k)) {
+                                Some((_, n)) => vec![*n],
+                                None => {
+                                    let keys: Vec<&str> = targets.iter().filter_map(|(i, _)| i.as_deref()).collect();
+                                    d.push(
+                                        span,
+                                        format!("step `{id}` has no item `{k}`"),
+                                        "no such item",
+                                        did_you_mean(k, keys.iter().copied()).or_else(|| Some(format!("items: {}", keys.join(", ")))),
+                                    );
+                                    continue;
+                                }
+                            },
+                            Select::All => targets.iter().map(|(_, n)| *n).collect(),
+                        };
+                        let outs = &nodes[chosen[0]].plan.outputs;
+                        if !outs.contains_key(output) {
+                            d.push(
+                                span,
+                                format!("step `{id}` has no output `{output}`"),
+                                "no such output",
+                                did_you_mean(output, outs.keys().map(String::as_str))
+                                    .or_else(|| Some(format!("outputs: {}", outs.keys().cloned().collect::<Vec<_>>().join(", ")))),
+                            );
+                            continue;
+                        }
+                        for &c in &chosen {
+                            edges.push((c, idx, span.clone()));
+                        }
+                        Source::Steps { nodes: chosen, output: output.clone() }
+                    }
+                    _ => continue,
+                };
+                let key = r.to_string();
+                inputs.insert(key.clone(), Input { key, source, span: span.clone() });
+            }
+            for p in &nodes[idx].plan.paths {
+                let written = p.as_str().to_string();
+                let abs = manifest.dir.join(&written);
+                inputs.insert(
+                    written.clone(),
+                    Input { key: written.clone(), source: Source::Path { abs, written }, span: p.span().clone() },
+                );
+            }
+            nodes[idx].inputs = inputs.into_values().collect();
+        }
+        // Explicit ordering with `after:`.
+        for decl in &manifest.steps {
+            for a in &decl.after {
+                let (base, item) = match a.as_str().split_once('[') {
+                    Some((b, rest)) => (b, rest.strip_suffix(']')),
+                    None => (a.as_str(), None),
+                };
+                let Some(targets) = by_base.get(base) else {
+                    d.push(a.span(), format!("unknown step `{}` in `after`", a.as_str()), "no such step", did_you_mean(base, step_ids.iter().copied()));
+                    continue;
+                };
+                let sources: Vec<usize> = targets
+                    .iter()
+                    .filter(|(i, _)| item.is_none() || i.as_deref() == item)
+                    .map(|(_, n)| *n)
+                    .collect();
+                if sources.is_empty() {
+                    d.error(a.span(), format!("`{}` names no step node", a.as_str()), "no such step");
+                }
+                for (_, to) in by_base.get(&decl.id).cloned().unwrap_or_default() {
+                    for &s in &sources {
+                        edges.push((s, to, a.span().clone()));
+                    }
+                }
+            }
+        }
+        if !d.is_empty() {
+            return Err(d.finish().unwrap_err());
+        }
+        let mut g: DiGraph<usize, Span> = DiGraph::new();
+        let ix: Vec<NodeIndex> = (0..nodes.len()).map(|i| g.add_node(i)).collect();
+        let mut deps = vec![BTreeSet::new(); nodes.len()];
+        for (a, b, span) in &edges {
+            g.update_edge(ix[*a], ix[*b], span.clone());
+            deps[*b].insert(*a);
+        }
+        if let Some(cycle) = find_cycle(&g) {
+            let names: Vec<&str> = cycle.iter().map(|&n| nodes[g[n]].id.as_str()).collect();
+            let closing = g
+                .find_edge(cycle[cycle.len() - 1], cycle[0])
+                .map(|e| g[e].clone())
+                .unwrap_or_else(|| nodes[g[cycle[0]]].span.clone());
+            let mut path = names.join(" -> ");
+            path.push_str(&format!(" -> {}", names[0]));
+            d.push(
+                &closing,
+                format!("dependency cycle: {path}"),
+                "this reference closes the cycle",
+                Some(format!("steps on the cycle: {}", names.join(", "))),
+            );
+            return Err(d.finish().unwrap_err());
+        }
+        let order = topo_order(&deps);
+        Ok(Graph {
+            manifest,
+            nodes,
+            deps: deps.into_iter().map(|s| s.into_iter().collect()).collect(),
+            order,
+        })
+    }
+
+    /// The node with this expanded id.
+    pub fn find(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// Nodes named by `sel`: an expanded id (`train[math]`) or a base id (all items).
+    pub fn select(&self, sel: &str) -> Vec<usize> {
+        if let Some(i) = self.find(sel) {
+            return vec![i];
+        }
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].base == sel).collect()
+    }
+
+    /// `targets` and everything upstream of them.
+    pub fn with_ancestors(&self, targets: &[usize]) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<usize> = targets.to_vec();
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(&self.deps[n]);
+            }
+        }
+        seen
+    }
+
+    /// Nodes downstream of `n`.
+    pub fn dependents(&self, n: usize) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.deps[i].contains(&n)).collect()
+    }
+}
+
+/// Kahn's algorithm, taking the lowest index (manifest order) first.
+fn topo_order(deps: &[BTreeSet<usize>]) -> Vec<usize> {
+    let n = deps.len();
+    let mut indeg: Vec<usize> = deps.iter().map(|d| d.len()).collect();
+    let mut users = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            users[d].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.insert(u);
+            }
+        }
+    }
+    order
+}
+
+/// A cycle as a list of nodes, each with an edge to the next and the last to the first.
+fn find_cycle(g: &DiGraph<usize, Span>) -> Option<Vec<NodeIndex>> {
+    for scc in petgraph::algo::tarjan_scc(g) {
+        let first = scc[0];
+        if scc.len() == 1 && g.find_edge(first, first).is_none() {
+            continue;
+        }
+        if scc.len() == 1 {
+            return Some(vec![first]);
+        }
+        let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
+        // Depth-first from `first` within the component until an edge leads back.
+        let start = *members.iter().next().expect("non-empty");
+        let mut path = vec![start];
+        let mut visited = BTreeSet::from([start]);
+        fn dfs(
+            g: &DiGraph<usize, Span>,
+            members: &BTreeSet<NodeIndex>,
+            start: NodeIndex,
+            path: &mut Vec<NodeIndex>,
+            visited: &mut BTreeSet<NodeIndex>,
+        ) -> bool {
+            let cur = *path.last().expect("non-empty");
+            let mut next: Vec<NodeIndex> = g.neighbors(cur).filter(|n| members.contains(n)).collect();
+            next.sort();
+            for n in next {
+                if n == start {
+                    return true;
+                }
+                if visited.insert(n) {
+                    path.push(n);
+                    if dfs(g, members, start, path, visited) {
+                        return true;
+                    }
+                    path.pop();
+                }
+            }
+            false
+        }
+        if dfs(g, &members, start, &mut path, &mut visited) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// Replaces `${params.*}` and `${item}` in every scalar, and `$item` inside references.
+fn substitute(
+    node: &mut Node,
+    m: &Manifest,
+    item: Option<&str>,
+    used: &mut BTreeMap<String, Value>,
+    d: &mut Diags,
+) {
+    match node {
+        Node::Mapping(map) => {
+            for (_, v) in map.iter_mut() {
+                substitute(v, m, item, used, d);
+            }
+        }
+        Node::Sequence(seq) => {
+            for v in seq.iter_mut() {
+                substitute(v, m, item, used, d);
+            }
+        }
+        Node::Scalar(s) => {
+            if !template::has_refs(s.as_str()) && !s.as_str().contains("$${") {
+                return;
+            }
+            let span = s.span().clone();
+            let pieces = match template::parse(s.as_str()) {
+                Ok(p) => p,
+                Err(e) => {
+                    d.error(&span, e, "template");
+                    return;
+                }
+            };
+            let lookup = |path: &[String], used: &mut BTreeMap<String, Value>, d: &mut Diags| -> Option<Value> {
+                match lookup_param(&m.params, path) {
+                    Some(v) => {
+                        used.insert(path.join("."), v.clone());
+                        Some(v.clone())
+                    }
+                    None => {
+                        d.push(
+                            &span,
+                            format!("unknown parameter `params.{}`", path.join(".")),
+                            "no such parameter",
+                            did_you_mean(&path[0], m.params.keys().map(String::as_str)),
+                        );
+                        None
+                    }
+                }
+            };
+            // A whole-value parameter keeps its type (a number stays a number, a list a list).
+            if let [Piece::Ref(Ref::Param(path))] = pieces.as_slice() {
+                if let Some(v) = lookup(path, used, d) {
+                    *node = match &v {
+                        Value::String(_) => json_to_node(&v, &span),
+                        Value::Array(_) | Value::Object(_) => json_to_node(&v, &span),
+                        other => Node::Scalar(MarkedScalarNode::new(span.clone(), other.to_string())),
+                    };
+                }
+                return;
+            }
+            let mut out = String::new();
+            let mut may_coerce = true;
+            for p in pieces {
+                match p {
+                    Piece::Lit(l) => {
+                        // Keep escapes for a later parse of the text.
+                        out.push_str(&l.replace("${", "$${"));
+                        may_coerce = false;
+                    }
+                    Piece::Ref(Ref::Param(path)) => match lookup(&path, used, d) {
+                        Some(Value::String(s)) => out.push_str(&s.replace("${", "$${")),
+                        Some(v @ (Value::Array(_) | Value::Object(_))) => {
+                            d.error(&span, format!("`params.{}` is a {}; it can only be used as a whole value", path.join("."), if v.is_array() { "list" } else { "mapping" }), "parameter");
+                        }
+                        Some(v) => out.push_str(&v.to_string()),
+                        None => {}
+                    },
+                    Piece::Ref(Ref::Item) => match item {
+                        Some(i) => out.push_str(i),
+                        None => d.push(&span, "`${item}` is only defined in a step with `foreach`", "no item here", None),
+                    },
+                    Piece::Ref(mut r) => {
+                        if let Some(i) = item {
+                            match &mut r {
+                                Ref::Dataset { name, .. } if name == "$item" => *name = i.to_string(),
+                                Ref::Step { select: Select::Key(k), .. } if k == "$item" => *k = i.to_string(),
+                                _ => {}
+                            }
+                        } else if matches!(&r, Ref::Dataset { name, .. } if name == "$item")
+                            || matches!(&r, Ref::Step { select: Select::Key(k), .. } if k == "$item")
+                        {
+                            d.push(&span, "`$item` is only defined in a step with `foreach`", "no item here", None);
+                        }
+                        out.push_str(&r.to_string());
+                        may_coerce = false;
+                    }
+                }
+            }
+            let mut n = MarkedScalarNode::new(span, out);
+            n.set_coerce(may_coerce);
+            *node = Node::Scalar(n);
+        }
+    }
+}
+
+/// Every `${steps.*}` and `${datasets.*}` (and runtime) reference in a node.
+fn collect_refs(node: &Node, out: &mut Vec<(Ref, Span)>) {
+    match node {
+        Node::Mapping(map) => map.values().for_each(|v| collect_refs(v, out)),
+        Node::Sequence(seq) => seq.iter().for_each(|v| collect_refs(v, out)),
+        Node::Scalar(s) => {
+            if let Ok(pieces) = template::parse(s.as_str()) {
+                for p in pieces {
+                    if let Piece::Ref(r) = p {
+                        out.push((r, s.span().clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves a dataset split's globs to sorted, unique files. An empty match is an error
+/// that names the glob.
+pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathBuf>, String> {
+    let decl = m.datasets.get(name).ok_or_else(|| format!("unknown dataset `{name}`"))?;
+    let globs = match split {
+        Split::Train => &decl.files,
+        Split::Validation if !decl.validation.is_empty() => &decl.validation,
+        // Without validation files the split is done by the ML steps, by document.
+        Split::Validation => &decl.files,
+    };
+    let mut files = BTreeSet::new();
+    for g in globs {
+        let pattern = if Path::new(g.as_str()).is_absolute() {
+            g.as_str().to_string()
+        } else {
+            m.dir.join(g.as_str()).display().to_string()
+        };
+        let mut n = 0;
+        let paths = glob::glob(&pattern).map_err(|e| format!("{}: bad glob: {e}", m.src.location(g.span())))?;
+        for p in paths.flatten() {
+            if p.is_file() {
+                files.insert(p);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err(format!(
+                "{}: dataset `{name}`: `{}` matches no files",
+                m.src.location(g.span()),
+                g.as_str()
+            ));
+        }
+    }
+    Ok(files.into_iter().collect())
+}

@@ -1,0 +1,19 @@
+//! demix: a declarative, content-addressed workflow engine for data-mixture search.
+//!
+//! The core (manifest, graph, store, plan, exec) knows nothing of the command line
+//! and nothing of libtorch; step kinds plug in behind [`steps::StepKind`].
+
+pub mod exec;
+pub mod graph;
+pub mod hash;
+pub mod key;
+pub mod lineage;
+pub mod manifest;
+pub mod maintenance;
+pub mod plan;
+pub mod progress;
+pub mod steps;
+pub mod store;
+
+/// The engine's version, recorded with every result.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

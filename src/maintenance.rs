@@ -1,0 +1,245 @@
+//! Store upkeep: `gc`, `verify` and the run history behind `log`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::exec::RunSummary;
+use crate::key::Origin;
+use crate::store::{self, ResultRecord, Store, du, read_dir_sorted};
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub results: usize,
+    pub trees: usize,
+    pub objects: usize,
+    pub tmp: usize,
+    pub logs: usize,
+    pub freed_bytes: u64,
+    pub kept_results: usize,
+    pub removed: Vec<String>,
+}
+
+/// The run summaries in the store, oldest first.
+pub fn runs(store: &Store) -> Vec<RunSummary> {
+    read_dir_sorted(&store.runs_dir())
+        .into_iter()
+        .filter_map(|p| {
+            let b = fs::read(&p).ok()?;
+            serde_json::from_slice::<RunLog>(&b).ok().map(|r| r.into_summary())
+        })
+        .collect()
+}
+
+/// A run log as stored (the summary with owned fields).
+#[derive(serde::Deserialize)]
+struct RunLog {
+    id: String,
+    manifest: String,
+    manifest_path: PathBuf,
+    started: jiff::Timestamp,
+    finished: jiff::Timestamp,
+    host: String,
+    engine_version: String,
+    command: Vec<String>,
+    ok: bool,
+    interrupted: bool,
+    steps: Vec<serde_json::Value>,
+}
+
+impl RunLog {
+    fn into_summary(self) -> RunSummary {
+        let reports = self
+            .steps
+            .into_iter()
+            .filter_map(|v| {
+                let id = v.get("id")?.as_str()?.to_string();
+                let key = v.get("key").and_then(|k| k.as_str()).map(str::to_string);
+                let duration_s = v.get("duration_s").and_then(|d| d.as_f64()).unwrap_or(0.0);
+                let outcome = match v.get("outcome")?.as_str()? {
+                    "ran" => crate::exec::Outcome::Ran,
+                    "fresh" => crate::exec::Outcome::Fresh,
+                    "cancelled" => crate::exec::Outcome::Cancelled,
+                    "failed" => crate::exec::Outcome::Failed {
+                        error: v.get("error").and_then(|e| e.as_str()).unwrap_or("").to_string(),
+                    },
+                    _ => crate::exec::Outcome::Skipped {
+                        because: v.get("because").and_then(|e| e.as_str()).unwrap_or("").to_string(),
+                    },
+                };
+                let reasons = v
+                    .get("reasons")
+                    .and_then(|r| serde_json::from_value(r.clone()).ok())
+                    .unwrap_or_default();
+                Some(crate::exec::StepReport { id, key, outcome, reasons, duration_s })
+            })
+            .collect();
+        RunSummary {
+            id: self.id,
+            manifest: self.manifest,
+            manifest_path: self.manifest_path,
+            started: self.started,
+            finished: self.finished,
+            host: self.host,
+            engine_version: self.engine_version,
+            command: self.command,
+            ok: self.ok,
+            interrupted: self.interrupted,
+            steps: reports,
+        }
+    }
+}
+
+/// Removes everything no kept run references. Kept: each step's latest result, the
+/// results of each workflow's last `keep_runs` runs, and everything upstream of them
+/// (so lineage stays complete).
+pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, String> {
+    let _guard = store
+        .usage_lock(true)
+        .map_err(|e| e.to_string())?
+        .ok_or("another demix is using this store; run gc when it has finished")?;
+    let all: BTreeMap<String, ResultRecord> = store.all_results().into_iter().map(|r| (r.key.clone(), r)).collect();
+    let mut keep: BTreeSet<String> = store.all_states().into_iter().map(|r| r.key).collect();
+    let mut by_manifest: BTreeMap<String, Vec<RunSummary>> = BTreeMap::new();
+    for r in runs(store) {
+        by_manifest.entry(r.manifest.clone()).or_default().push(r);
+    }
+    for list in by_manifest.values() {
+        for r in list.iter().rev().take(keep_runs) {
+            keep.extend(r.steps.iter().filter_map(|s| s.key.clone()));
+        }
+    }
+    // Close over upstream results.
+    let mut stack: Vec<String> = keep.iter().cloned().collect();
+    while let Some(k) = stack.pop() {
+        if let Some(r) = all.get(&k) {
+            for inp in r.record.inputs.values() {
+                if let Origin::Steps { outputs } = &inp.origin {
+                    for u in outputs {
+                        if keep.insert(u.key.clone()) {
+                            stack.push(u.key.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut rep = GcReport::default();
+    let mut live_trees = BTreeSet::new();
+    let mut live_objects = BTreeSet::new();
+    for (k, r) in &all {
+        if keep.contains(k) {
+            rep.kept_results += 1;
+            live_trees.insert(r.tree.clone());
+            live_objects.extend(r.files.iter().map(|f| f.hash.clone()));
+        }
+    }
+    let remove = |p: PathBuf, what: &str, rep: &mut GcReport| {
+        rep.freed_bytes += du(&p);
+        rep.removed.push(format!("{what} {}", p.display()));
+        if !dry_run {
+            if p.is_dir() {
+                let _ = store::remove_tree(&p);
+            } else {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    };
+    for (k, _) in all.iter().filter(|(k, _)| !keep.contains(*k)) {
+        remove(store.result_path(k), "result", &mut rep);
+        rep.results += 1;
+        let log = store.log_path(k);
+        if log.exists() {
+            remove(log, "log", &mut rep);
+            rep.logs += 1;
+        }
+    }
+    for t in store.all_trees() {
+        if !live_trees.contains(&t) {
+            let dir = store.tree_dir(&t);
+            // Tree files are hard links: count their bytes under objects, not twice.
+            rep.removed.push(format!("tree {}", dir.display()));
+            if !dry_run {
+                let _ = store::remove_tree(&dir);
+                let _ = fs::remove_file(dir.with_extension("json"));
+            }
+            rep.trees += 1;
+        }
+    }
+    for (h, p) in store.all_objects() {
+        if !live_objects.contains(&h) {
+            remove(p, "object", &mut rep);
+            rep.objects += 1;
+        }
+    }
+    // Work directories of processes that are gone.
+    for p in read_dir_sorted(&store.tmp_dir()) {
+        if p.file_name().is_some_and(|n| n == "specs") {
+            continue;
+        }
+        if !owner_alive(&p) {
+            remove(p, "tmp", &mut rep);
+            rep.tmp += 1;
+        }
+    }
+    Ok(rep)
+}
+
+/// Work directories are named `<prefix><pid>-<n>-<t>`; alive if that pid is.
+fn owner_alive(p: &std::path::Path) -> bool {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parts: Vec<&str> = name.rsplitn(4, '-').collect();
+    let Some(pid) = parts.get(2).and_then(|s| s.parse::<i32>().ok()) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub objects: usize,
+    pub bytes: u64,
+    pub corrupt: Vec<CorruptObject>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CorruptObject {
+    pub hash: String,
+    pub actual: String,
+    pub path: PathBuf,
+    /// Steps whose results held this object; their next run rebuilds it.
+    pub steps: Vec<String>,
+}
+
+/// Re-hashes every object. Corrupt objects and their tree links are removed so the
+/// steps that made them are stale and rerun.
+pub fn verify(store: &Store, progress: &dyn Fn(usize, usize)) -> Result<VerifyReport, String> {
+    let objects = store.all_objects();
+    let mut rep = VerifyReport::default();
+    let results = store.all_results();
+    for (i, (h, p)) in objects.iter().enumerate() {
+        progress(i, objects.len());
+        let actual = crate::hash::hash_file(p, &|_, _| {}).map_err(|e| format!("{}: {e}", p.display()))?;
+        rep.objects += 1;
+        rep.bytes += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        if &actual != h {
+            let mut steps = BTreeSet::new();
+            for r in &results {
+                if let Some(f) = r.files.iter().find(|f| &f.hash == h) {
+                    steps.insert(format!("{}:{}", r.manifest, r.step));
+                    let link = store.tree_dir(&r.tree).join(&f.path);
+                    store.stat.forget(&link);
+                    let _ = fs::remove_file(&link);
+                }
+            }
+            store.stat.forget(p);
+            let _ = fs::remove_file(p);
+            rep.corrupt.push(CorruptObject { hash: h.clone(), actual, path: p.clone(), steps: steps.into_iter().collect() });
+        }
+    }
+    let _ = store.stat.save();
+    Ok(rep)
+}
