@@ -75,8 +75,7 @@ fn manifest_path(arg: Option<PathBuf>) -> Result<PathBuf, CliError> {
 
 fn load_graph(arg: Option<PathBuf>) -> Result<Graph, CliError> {
     let path = manifest_path(arg)?;
-    let m = Manifest::load(&path)?;
-    Graph::build(m).map_err(|e| CliError::Manifest(LoadError::Invalid(e)))
+    Ok(demix::manifest::load_graph(&path)?)
 }
 
 fn store(cli_cache: &Option<PathBuf>) -> Store {

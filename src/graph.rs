@@ -63,13 +63,19 @@ fn expanded_id(base: &str, item: Option<&str>) -> String {
 
 impl Graph {
     pub fn build(manifest: Manifest) -> Result<Graph, ManifestError> {
+        Self::build_checked(manifest, Vec::new())
+    }
+
+    /// Builds the graph, adding its problems to those already found in the manifest.
+    pub fn build_checked(manifest: Manifest, earlier: Vec<crate::manifest::ManifestDiag>) -> Result<Graph, ManifestError> {
         let src = manifest.src.clone();
         let mut d = Diags::new(&src);
+        d.problems = earlier;
         let mut nodes = Vec::new();
         // base id -> [(item, node index)]
         let mut by_base: HashMap<String, Vec<(Option<String>, usize)>> = HashMap::new();
         let mut raw_refs: Vec<Vec<(Ref, Span)>> = Vec::new();
-        for decl in &manifest.steps {
+        for decl in manifest.steps.iter().filter(|s| !s.broken) {
             let Some(kind) = steps::kind(&decl.kind) else {
                 d.push(
                     &decl.kind_span,

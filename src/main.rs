@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Wrapped diagnostics help a terminal; in logs and pipes one line per message is better.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(miette::MietteHandlerOpts::new().wrap_lines(tty).build())
+    }));
     let cli = cli::Cli::parse();
     commands::init_tracing(&cli);
     match commands::dispatch(cli) {

@@ -667,7 +667,8 @@ def osis_clean(raw):
     t = html.unescape(t)
     t = " ".join(t.split())
     t = re.sub(r" ([,.;:!?»)\]])", r"\1", t)
-    t = re.sub(r"([(\[«¿¡]) ", r"\1", t)
+    t = re.sub(r"([(\[«¿¡“‘]) ", r"\1", t)
+    t = re.sub(r" ([”’])", r"\1", t)
     return t
 
 
@@ -705,6 +706,7 @@ def sword_ztext(moddir):
             return cache[n]
 
         book = name = None
+        names = {}
         chapter = None
         verses = []
         last_chapter = 0
@@ -716,6 +718,7 @@ def sword_ztext(moddir):
                 a = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
                 if a.get("type") == "book" and "osisID" in a and "eID" not in a:
                     new_book = a["osisID"]
+                    after = raw[m.end():]
             chap = re.search(r'<chapter\b[^>]*\bsID="([^"]+)\.(\d+)"', raw)
             if new_book or chap:
                 if chapter is not None:
@@ -723,9 +726,17 @@ def sword_ztext(moddir):
                     chapter, verses = None, []
             if new_book:
                 book = new_book
-                t = re.search(r'<title\b[^>]*type="main"[^>]*>(.*?)</title>', raw, re.S)
-                h = re.search(r'<milestone\b[^>]*n="([^"]+)"[^>]*type="x-usfm-h"', raw)
-                name = osis_clean(t.group(1)) if t else (h.group(1) if h else book)
+                t = re.search(r'<title\b[^>]*type="main"[^>]*>(.*?)</title>', after, re.S)
+                h = re.search(r'<milestone\b[^>]*n="([^"]+)"[^>]*type="x-usfm-h"', after)
+                name = (html.unescape(h.group(1)).strip() if h else
+                        (osis_clean(t.group(1)) if t else book))
+                names[book] = name
+                last_chapter = 0
+            if chap and chap.group(1) != book and chap.group(2) == "1":
+                # A book whose intro slot holds another book's intro (osis2mod puts
+                # a book that the versification lacks, e.g. DanGr under NRSVA, there).
+                book = chap.group(1)
+                name = names.get(book, book)
                 last_chapter = 0
             if chap:
                 if chap.group(1) != book or int(chap.group(2)) != last_chapter + 1:
@@ -1121,8 +1132,7 @@ One document = one question and its answer, `Question: <question>\\nAnswer: <ans
 id = `s<seed>/<regime>/<module>/<index>`. Exact duplicates are dropped (first kept).
 """.format(reqs=", ".join("`%s`" % r for r in MATH_REQUIREMENTS), s_tr=MATH_SEEDS["train"],
            s_va=MATH_SEEDS["validation"], s_ta=MATH_SEEDS["tasks"],
-           n_tr=(MATH_PER_MODULE_LARGE if large else MATH_PER_MODULE)["train"],
-           n_va=(MATH_PER_MODULE_LARGE if large else MATH_PER_MODULE)["validation"])
+           n_tr=m["per"]["train"], n_va=m["per"]["validation"])
         split = ""
     elif domain == "metamath":
         st = m["stats"]
@@ -1246,7 +1256,8 @@ verse index are read; book and chapter boundaries come from the OSIS `<div type=
 positions after the chapter intro. Markup is removed: `<note>` and `<title>` elements are
 dropped with their content (footnotes, editorial headings), all other tags (Strong's-number
 `<w>` wrappers, `<transChange>` etc.) are dropped keeping their text; entities are unescaped,
-whitespace collapsed, no space before `,.;:!?»)]` or after `([«¿¡`.
+whitespace collapsed, no space before `,.;:!?»)]”’` or after `([«¿¡“‘` (tags are replaced by a space first, as
+some modules rely on tag boundaries to separate words).
 
 ## Licence
 
@@ -1254,8 +1265,12 @@ Public domain (module `DistributionLicense=Public Domain`). No licence text requ
 
 ## Documents
 
+Where a book's intro slot holds another book's intro instead (in the WEB module, Hosea's slot
+holds the intro of Greek Daniel, a book the NRSVA versification lacks), the OSIS id is used as
+the book name.
+
 One document = one chapter: a first line `<book name> <chapter>` (the book name is the module's
-own book title), then one line per verse, `<verse number> <text>`. id = `<OSIS book>.<chapter>`
+own short book name, its `x-usfm-h` milestone), then one line per verse, `<verse number> <text>`. id = `<OSIS book>.<chapter>`
 (e.g. `Gen.1`).
 """.format(domain=domain, title=title, deb=deb, dv=DEBS[deb][0], mod=mod, ver=ver,
            nv=fmt_int(m["n_verses"]), nc=fmt_int(m["n_chapters"]))
@@ -1442,7 +1457,7 @@ def _build(out, src, large, only, jobs, allow_drift, math_per_module, workdir):
             task_files["math_qa"] = (qa, "qa", "mathematics_dataset %s, seed %d, interpolate"
                                      % (MATH_REQUIREMENTS[0].split("==")[1], MATH_SEEDS["tasks"]))
             licences["LICENSE"] = _apache_text(src)
-            meta = {}
+            meta = {"per": per}
             val_pool = None
         elif domain == "metamath":
             docs, meta = docs_metamath(src, large)

@@ -90,19 +90,51 @@ pub struct ManifestDiag {
     pub help: Option<String>,
 }
 
-/// All problems found in a manifest. Rendered as the first with the rest related.
-#[derive(Debug, Error)]
-#[error("invalid manifest {file}: {count} problem(s)", count = self.problems.len())]
+/// All problems found in a manifest. One problem renders as itself; several as a
+/// summary with each problem related.
+#[derive(Debug)]
 pub struct ManifestError {
     pub file: String,
     pub problems: Vec<ManifestDiag>,
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => write!(f, "invalid manifest {}: {} problems", self.file, many.len()),
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+impl ManifestError {
+    fn single(&self) -> Option<&ManifestDiag> {
+        match self.problems.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
 }
 
 impl Diagnostic for ManifestError {
     fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
         Some(Box::new("demix::manifest"))
     }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.single().map(|p| &p.src as &dyn miette::SourceCode)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        self.single().and_then(|p| p.labels())
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.single().and_then(|p| p.help())
+    }
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
+        if self.single().is_some() {
+            return None;
+        }
         Some(Box::new(self.problems.iter().map(|p| p as &dyn Diagnostic)))
     }
 }
@@ -145,7 +177,8 @@ impl<'a> Diags<'a> {
         self.problems.is_empty()
     }
 
-    pub fn finish(self) -> Result<(), ManifestError> {
+    pub fn finish(mut self) -> Result<(), ManifestError> {
+        self.problems.sort_by_key(|p| p.at.offset());
         if self.problems.is_empty() {
             Ok(())
         } else {

@@ -167,6 +167,8 @@ pub struct StepDecl {
     pub body: MarkedMappingNode,
     /// Explicit ordering edges, for steps that must wait without consuming outputs.
     pub after: Vec<Spanned<String>>,
+    /// Its common fields had errors (already reported); the graph skips it.
+    pub broken: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -287,14 +289,21 @@ pub fn json_to_node(v: &Value, span: &Span) -> Node {
 impl Manifest {
     /// Reads and checks a manifest file. Nothing is written anywhere.
     pub fn load(path: &Path) -> Result<Manifest, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(Self::parse(path, text)?)
+        Ok(Self::parse(path, read(path)?)?)
     }
 
     pub fn parse(path: &Path, text: String) -> Result<Manifest, ManifestError> {
+        let (m, problems) = Self::parse_partial(path, text)?;
+        if problems.is_empty() {
+            Ok(m)
+        } else {
+            Err(ManifestError { file: m.src.name.clone(), problems })
+        }
+    }
+
+    /// Parses as much as it can: a syntax error is fatal, other problems are returned
+    /// beside the manifest so the graph checks can add theirs.
+    pub fn parse_partial(path: &Path, text: String) -> Result<(Manifest, Vec<ManifestDiag>), ManifestError> {
         let src = SourceFile::new(path, text);
         let mut d = Diags::new(&src);
         let opts = LoaderOptions::default()
@@ -312,14 +321,28 @@ impl Manifest {
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
             .unwrap_or(Path::new("."));
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        let m = parse_root(&mut d, &root, path, dir);
-        d.finish()?;
-        Ok(m.expect("no problems means a manifest"))
+        match parse_root(&mut d, &root, path, dir) {
+            Some(m) => Ok((m, d.problems)),
+            None => Err(d.finish().unwrap_err()),
+        }
     }
 
     pub fn step(&self, id: &str) -> Option<&StepDecl> {
         self.steps.iter().find(|s| s.id == id)
     }
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a manifest and builds its graph, reporting every problem of both at once.
+pub fn load_graph(path: &Path) -> Result<crate::graph::Graph, LoadError> {
+    let (m, problems) = Manifest::parse_partial(path, read(path)?)?;
+    Ok(crate::graph::Graph::build_checked(m, problems)?)
 }
 
 fn load_error(d: &mut Diags, e: marked_yaml::LoadError) {
@@ -345,13 +368,22 @@ fn load_error(d: &mut Diags, e: marked_yaml::LoadError) {
     d.error(&Span::new_start(mark), msg, "here");
 }
 
+/// Where a mapping starts, for "missing field" errors: its first key.
+fn start_of(map: &MarkedMappingNode) -> Span {
+    map.keys()
+        .next()
+        .map(|k| k.span().clone())
+        .unwrap_or_else(|| map.span().clone())
+}
+
 fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<Manifest> {
     let map = root.as_mapping()?;
+    let top = start_of(map);
     check_keys(d, map, TOP_KEYS, "the manifest");
     let version = map.get_node("version");
     match version {
         None => d.push(
-            map.span(),
+            &top,
             "missing `version`",
             "manifest",
             Some("add `version: 1` at the top".into()),
@@ -369,7 +401,7 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
             String::new()
         }
         None => {
-            d.error(map.span(), "missing `name`", "manifest");
+            d.error(&top, "missing `name`", "manifest");
             String::new()
         }
     };
@@ -429,7 +461,7 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
             }
         }
         Some(n) => d.error(n.span(), "`steps` must be a list of steps", "steps"),
-        None => d.push(map.span(), "missing `steps`", "manifest", Some("add a `steps:` list".into())),
+        None => d.push(&top, "missing `steps`", "manifest", Some("add a `steps:` list".into())),
     }
     // Duplicate ids, pointing at the second with the first named.
     let mut seen: BTreeMap<&str, &Span> = BTreeMap::new();
@@ -484,7 +516,7 @@ fn parse_step(d: &mut Diags, n: &Node, params: &serde_json::Map<String, Value>) 
             return None;
         }
         None => {
-            d.error(n.span(), "a step needs an `id`", "step");
+            d.error(&start_of(map), "a step needs an `id`", "step");
             return None;
         }
     };
@@ -499,6 +531,7 @@ fn parse_step(d: &mut Diags, n: &Node, params: &serde_json::Map<String, Value>) 
             return None;
         }
     };
+    let before = d.problems.len();
     let foreach = match map.get_node("foreach") {
         None => None,
         Some(node) => parse_foreach(d, node, params),
@@ -550,6 +583,7 @@ fn parse_step(d: &mut Diags, n: &Node, params: &serde_json::Map<String, Value>) 
         resources,
         body,
         after,
+        broken: d.problems.len() > before,
     })
 }
 

@@ -1,0 +1,122 @@
+//! A small harness that drives the real `demix` binary in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub out: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert!(
+            self.out.status.success(),
+            "demix failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    #[track_caller]
+    pub fn fails(self, code: i32) -> Self {
+        assert_eq!(self.code(), code, "stdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
+    }
+    /// The ids of steps the run says it ran, in order.
+    pub fn ran(&self) -> Vec<String> {
+        self.stderr()
+            .lines()
+            .filter_map(|l| l.strip_prefix("run    "))
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_demix"))
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> &Self {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+        self
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(exe());
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("DEMIX_CACHE")
+            .env_remove("DEMIX_GPUS")
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .env("COLUMNS", "120");
+        c
+    }
+
+    pub fn demix(&self, args: &[&str]) -> Run {
+        Run { out: self.cmd(args).output().expect("run demix") }
+    }
+
+    /// All files under the store, for "nothing was written" checks.
+    pub fn store_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.path("cache"), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+/// A step output's path in the store, from `status --json`'s key and the result record.
+pub fn output_path(env: &Env, manifest: &str, step: &str, output: &str) -> PathBuf {
+    let state = env.path(&format!("cache/state/{manifest}/{step}.json"));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).expect("state record")).expect("json");
+    let tree = r["tree"].as_str().expect("tree");
+    let path = r["outputs"][output]["path"].as_str().expect("output path");
+    env.path(&format!("cache/trees/{}/{tree}/{path}", &tree[..2]))
+}
