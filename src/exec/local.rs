@@ -122,6 +122,15 @@ enum NodeState {
     Failed,
 }
 
+/// Messages a caller (such as `demix watch`) sends a run in progress.
+#[derive(Clone, Debug)]
+pub enum Control {
+    /// Cancel these running steps (by expanded id); the rest of the run goes on.
+    Cancel(Vec<String>),
+    /// Cancel every running step and start nothing new.
+    Stop,
+}
+
 struct Finished {
     node: usize,
     completion: Option<Completion>,
@@ -132,6 +141,17 @@ struct Finished {
 /// Runs the graph. Returns when every selected step is done, failed or skipped, or
 /// when Ctrl-C cancelled the run.
 pub async fn run(graph: &Graph, store: &Store, opts: &RunOptions, rep: Arc<Reporter>) -> RunSummary {
+    run_controlled(graph, store, opts, rep, None).await
+}
+
+/// [`run`], also obeying `control` messages while it runs.
+pub async fn run_controlled(
+    graph: &Graph,
+    store: &Store,
+    opts: &RunOptions,
+    rep: Arc<Reporter>,
+    mut control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
+) -> RunSummary {
     let started = jiff::Timestamp::now();
     let t0 = Instant::now();
     let machine = Machine::detect(opts.gpus.clone());
@@ -350,6 +370,22 @@ pub async fn run(graph: &Graph, store: &Store, opts: &RunOptions, rep: Arc<Repor
                             stop = true;
                             cancel_all(&pids);
                         }
+                    }
+                }
+            }
+            Some(msg) = async { match control.as_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {
+                match msg {
+                    Control::Stop => {
+                        stop = true;
+                        cancel_all(&pids);
+                    }
+                    Control::Cancel(ids) => {
+                        let chosen: HashMap<usize, u32> = pids
+                            .iter()
+                            .filter(|(i, _)| ids.contains(&graph.nodes[**i].id))
+                            .map(|(i, p)| (*i, *p))
+                            .collect();
+                        cancel_all(&chosen);
                     }
                 }
             }

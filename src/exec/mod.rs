@@ -4,4 +4,4 @@ pub mod child;
 pub mod local;
 pub mod spec;
 
-pub use local::{Outcome, RunOptions, RunSummary, StepReport, run};
+pub use local::{Control, Outcome, RunOptions, RunSummary, StepReport, run, run_controlled};
