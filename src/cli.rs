@@ -26,6 +26,8 @@ pub enum Command {
     Run(RunArgs),
     /// Show each step as fresh, stale or new, and why.
     Status(StatusArgs),
+    /// Watch the manifest and inputs; rerun exactly the steps a change makes stale.
+    Watch(WatchArgs),
     /// Check a manifest without running anything.
     Check(ManifestArg),
     /// Print the step graph.
@@ -57,6 +59,8 @@ pub enum Internal {
         #[arg(long)]
         die_with_parent: bool,
     },
+    /// Run several specs of a batch folder one after another (a Slurm job of several steps).
+    ExecBatch { dir: PathBuf, names: Vec<String> },
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +101,26 @@ pub struct RunArgs {
     /// Print the run summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Act on changes after this many milliseconds of quiet.
+    #[arg(long, value_name = "MS", default_value = "200")]
+    pub debounce: u64,
+    /// Steps run at once [default: the number of CPUs]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// After a failure, finish the steps that do not depend on it.
+    #[arg(long, short = 'k')]
+    pub keep_going: bool,
+    /// GPU device ids steps may use, e.g. `0,1` [default: CUDA_VISIBLE_DEVICES, else all]
+    #[arg(long, env = "DEMIX_GPUS", value_name = "IDS")]
+    pub gpus: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -152,4 +176,30 @@ pub struct GcArgs {
     pub keep_runs: usize,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where `run` runs steps; see docs/cluster.md.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// Run steps here (`local`) or as Slurm jobs (`slurm`) [default: the manifest's `executor.type`, else local]
+    #[arg(long, value_enum, value_name = "EXECUTOR")]
+    pub executor: Option<Executor>,
+    /// Slurm partition for the jobs [default: the manifest's `executor.partition`]
+    #[arg(long, value_name = "NAME")]
+    pub slurm_partition: Option<String>,
+    /// Slurm account for the jobs [default: the manifest's `executor.account`]
+    #[arg(long, value_name = "NAME")]
+    pub slurm_account: Option<String>,
+    /// An extra sbatch argument (repeatable), after the manifest's `executor.flags`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub slurm_flag: Vec<String>,
+    /// Steps with equal requests per Slurm job, run one after another [default: `executor.batch`, else 1]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub slurm_batch: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Executor {
+    Local,
+    Slurm,
 }

@@ -104,6 +104,22 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => run(a, &cache, v),
         Command::Status(a) => status(a.manifest.manifest, a.json.json, &cache),
+        Command::Watch(a) => {
+            let opts = demix::watch::WatchOptions {
+                manifest: manifest_path(a.manifest.manifest)?,
+                cache: cache.clone().unwrap_or_else(|| PathBuf::from("cache")),
+                debounce: std::time::Duration::from_millis(a.debounce),
+                jobs: a.jobs,
+                keep_going: a.keep_going,
+                gpus: a.gpus,
+                verbosity: v,
+            };
+            let code = demix::watch::watch(opts).map_err(|e| match e {
+                demix::watch::WatchError::Manifest(e) => CliError::Manifest(e),
+                demix::watch::WatchError::Failed(e) => CliError::Failed(e),
+            })?;
+            Ok(ExitCode::from(code))
+        }
         Command::Check(a) => {
             let g = load_graph(a.manifest)?;
             if v != Verbosity::Quiet {
@@ -175,6 +191,10 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
             let code = demix::exec::child::exec_step(&spec, completion.as_deref(), die_with_parent);
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Command::Internal { command: Internal::ExecBatch { dir, names } } => {
+            let code = demix::exec::slurm::exec_batch(&dir, &names);
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
     }
 }
 
@@ -207,11 +227,12 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         println!("dry run: {would} step(s) would run, {problems} problem(s); nothing was written");
         return Ok(if problems > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS });
     }
+    let slurm = slurm_config(&a.cluster, &g)?;
     let _usage = s
         .usage_lock(false)
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let gpus = demix::exec::local::detect_gpus(a.gpus.as_deref());
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         jobs: a.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |j| j as usize),
         keep_going: a.keep_going,
         force,
@@ -222,7 +243,12 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
             .or_else(|| std::env::current_exe().ok())
             .ok_or_else(|| CliError::Failed("cannot find the demix executable".into()))?,
         argv: std::env::args().collect(),
+        slurm: None,
     };
+    if slurm.is_some() && a.jobs.is_none() {
+        opts.jobs = demix::exec::slurm::DEFAULT_JOBS;
+    }
+    opts.slurm = slurm;
     let rep = Arc::new(Reporter::new(v));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -255,6 +281,44 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The Slurm executor's settings when this run uses it: `--executor`, else the
+/// manifest's `executor.type`; the manifest's block under the `--slurm-*` flags.
+fn slurm_config(c: &crate::cli::ClusterArgs, g: &Graph) -> Result<Option<exec::slurm::SlurmConfig>, CliError> {
+    use demix::manifest::ExecutorKind;
+    let decl = g.manifest.executor.as_ref();
+    let on = match c.executor {
+        Some(e) => e == crate::cli::Executor::Slurm,
+        None => decl.is_some_and(|d| d.kind == ExecutorKind::Slurm),
+    };
+    if !on {
+        let given = [
+            ("--slurm-partition", c.slurm_partition.is_some()),
+            ("--slurm-account", c.slurm_account.is_some()),
+            ("--slurm-flag", !c.slurm_flag.is_empty()),
+            ("--slurm-batch", c.slurm_batch.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            return Err(CliError::Usage(format!(
+                "{flag} needs the Slurm executor: add --executor slurm (or `executor: {{type: slurm}}` in the manifest)"
+            )));
+        }
+        return Ok(None);
+    }
+    exec::slurm::check_commands().map_err(CliError::Usage)?;
+    let mut cfg = exec::slurm::SlurmConfig::from_decl(decl);
+    if let Some(p) = &c.slurm_partition {
+        cfg.partition = Some(p.clone());
+    }
+    if let Some(a) = &c.slurm_account {
+        cfg.account = Some(a.clone());
+    }
+    cfg.flags.extend(c.slurm_flag.iter().cloned());
+    if let Some(b) = c.slurm_batch {
+        cfg.batch = b;
+    }
+    Ok(Some(cfg))
 }
 
 fn status(manifest: Option<PathBuf>, json_out: bool, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {

@@ -210,6 +210,23 @@ impl Graph {
                 let key = r.to_string();
                 inputs.insert(key.clone(), Input { key, source, span: span.clone() });
             }
+            for (name, split) in &nodes[idx].plan.datasets {
+                if !manifest.datasets.contains_key(name.as_str()) {
+                    d.push(
+                        name.span(),
+                        format!("unknown dataset `{}`", name.as_str()),
+                        "no such dataset",
+                        did_you_mean(name.as_str(), manifest.datasets.keys().map(String::as_str)),
+                    );
+                    continue;
+                }
+                let r = Ref::Dataset { name: name.as_str().to_string(), split: *split };
+                let key = r.to_string();
+                inputs.insert(
+                    key.clone(),
+                    Input { key, source: Source::Dataset { name: name.as_str().to_string(), split: *split }, span: name.span().clone() },
+                );
+            }
             for p in &nodes[idx].plan.paths {
                 let written = p.as_str().to_string();
                 let abs = manifest.dir.join(&written);

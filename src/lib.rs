@@ -9,11 +9,15 @@ pub mod hash;
 pub mod key;
 pub mod lineage;
 pub mod manifest;
+pub mod mix;
 pub mod maintenance;
+#[cfg(feature = "torch")]
+pub mod ml;
 pub mod plan;
 pub mod progress;
 pub mod steps;
 pub mod store;
+pub mod watch;
 
 /// The engine's version, recorded with every result.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

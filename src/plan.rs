@@ -115,8 +115,14 @@ impl<'a> Planner<'a> {
             Source::Dataset { name, split } => {
                 let paths = graph::dataset_files(&self.graph.manifest, name, *split)?;
                 let files = self.hash_files(&paths)?;
+                // How the files are read is part of the dataset's identity.
+                let how = serde_json::to_string(&crate::exec::spec::DatasetInput::of(&self.graph.manifest, name, *split))
+                    .expect("serializes");
+                let how_hash = crate::hash::hex(&blake3::hash(how.as_bytes()));
                 InputRecord {
-                    hash: crate::hash::tree_hash(files.iter().map(|(p, h)| (p.as_str(), h.as_str()))),
+                    hash: crate::hash::tree_hash(
+                        files.iter().map(|(p, h)| (p.as_str(), h.as_str())).chain([("#read", how_hash.as_str())]),
+                    ),
                     origin: Origin::Dataset { name: name.clone(), split: *split, files },
                 }
             }

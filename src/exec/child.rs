@@ -16,13 +16,18 @@ extern "C" fn on_signal(_: libc::c_int) {
     CANCEL.store(true, Ordering::SeqCst);
 }
 
-fn install_signal_handlers() {
+pub fn install_signal_handlers() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
             libc::signal(sig, on_signal as *const () as libc::sighandler_t);
         }
     }
+}
+
+/// Whether a signal asked this process to stop.
+pub fn cancel_requested() -> bool {
+    CANCEL.load(Ordering::SeqCst)
 }
 
 /// Watches for the parent dying (a killed `demix run`), so an orphaned step stops too.
@@ -84,6 +89,13 @@ pub fn exec_step(spec_path: &Path, completion_path: Option<&Path>, die_with_pare
             done.exit_code = 0;
         }
         Err(StepError::Cancelled) => {
+            done.cancelled = true;
+            done.exit_code = EXIT_CANCELLED;
+            done.error = Some("cancelled".into());
+        }
+        // A failure after a stop signal is the signal's doing: under Slurm, scancel
+        // and the time limit signal the step's command as well as this process.
+        Err(_) if CANCEL.load(Ordering::SeqCst) => {
             done.cancelled = true;
             done.exit_code = EXIT_CANCELLED;
             done.error = Some("cancelled".into());

@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub exe: PathBuf,
     /// The command line, for the run log.
     pub argv: Vec<String>,
+    /// Run steps as Slurm jobs instead of local processes.
+    pub slurm: Option<crate::exec::slurm::SlurmConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -129,6 +131,9 @@ pub enum Control {
     Cancel(Vec<String>),
     /// Cancel every running step and start nothing new.
     Stop,
+    /// Start nothing new; let running steps finish. A caller whose inputs changed
+    /// mid-run uses it so no step starts with inputs hashed before the change.
+    Drain,
 }
 
 struct Finished {
@@ -155,6 +160,9 @@ pub async fn run_controlled(
     let started = jiff::Timestamp::now();
     let t0 = Instant::now();
     let machine = Machine::detect(opts.gpus.clone());
+    let slurm = opts.slurm.clone().map(|c| {
+        crate::exec::slurm::Slurm::start(c, opts.exe.clone(), opts.jobs, &graph.manifest.name, store, rep.clone())
+    });
     let rep_hash = rep.clone();
     let on_hash = move |p: &std::path::Path, done: u64, total: u64| {
         rep_hash.line(&format!("hashing {} {}/{}", p.display(), human_bytes(done), human_bytes(total)));
@@ -244,7 +252,7 @@ pub async fn run_controlled(
         // Start ready steps within the limits.
         if !stop {
             for &i in &graph.order {
-                if running.len() >= opts.jobs.max(1) {
+                if running.len() >= slurm.as_ref().map_or(opts.jobs.max(1), |s| s.step_cap()) {
                     break;
                 }
                 if !matches!(state[i], NodeState::Ready(_)) {
@@ -254,6 +262,8 @@ pub async fn run_controlled(
                 let cpus = res.cpus().min(machine.cpus);
                 let mem = res.memory.as_deref().and_then(|m| parse_bytes(m).ok()).unwrap_or(0);
                 let gpus = res.gpus() as usize;
+                // Slurm, not this machine, gates Slurm jobs.
+                let (cpus, mem, gpus) = if slurm.is_some() { (0, 0, 0) } else { (cpus, mem, gpus) };
                 let impossible = if mem > machine.memory {
                     Some(format!("needs {} of memory; this machine has {}", human_bytes(mem), human_bytes(machine.memory)))
                 } else if gpus > machine.gpus.len() {
@@ -286,7 +296,7 @@ pub async fn run_controlled(
                 holding.insert(i, (cpus, mem, devices.clone()));
                 let reasons: Vec<String> = a.reasons.iter().map(|r| r.to_string()).collect();
                 rep.line(&format!("run    {} ({})", id(i), reasons.join("; ")));
-                match spawn_step(graph, store, &results, i, &a, &devices, opts, &rep, &mut running) {
+                match spawn_step(graph, store, &results, i, &a, &devices, opts, &rep, &mut running, slurm.as_ref()) {
                     Ok(pid) => {
                         pids.insert(i, pid);
                         started_at.insert(i, Instant::now());
@@ -307,6 +317,9 @@ pub async fn run_controlled(
                     }
                 }
             }
+        }
+        if let Some(s) = &slurm {
+            s.flush();
         }
         if running.is_empty() {
             break;
@@ -368,7 +381,7 @@ pub async fn run_controlled(
                         state[i] = NodeState::Failed;
                         if !opts.keep_going && !stop {
                             stop = true;
-                            cancel_all(&pids);
+                            cancel_all(&pids, slurm.as_ref());
                         }
                     }
                 }
@@ -377,15 +390,16 @@ pub async fn run_controlled(
                 match msg {
                     Control::Stop => {
                         stop = true;
-                        cancel_all(&pids);
+                        cancel_all(&pids, slurm.as_ref());
                     }
+                    Control::Drain => stop = true,
                     Control::Cancel(ids) => {
                         let chosen: HashMap<usize, u32> = pids
                             .iter()
                             .filter(|(i, _)| ids.contains(&graph.nodes[**i].id))
                             .map(|(i, p)| (*i, *p))
                             .collect();
-                        cancel_all(&chosen);
+                        cancel_all(&chosen, slurm.as_ref());
                     }
                 }
             }
@@ -393,9 +407,12 @@ pub async fn run_controlled(
                 rep.always("interrupted: cancelling running steps");
                 interrupted = true;
                 stop = true;
-                cancel_all(&pids);
+                cancel_all(&pids, slurm.as_ref());
             }
         }
+    }
+    if let Some(s) = &slurm {
+        s.finish().await;
     }
     let _ = store.stat.save();
     let mut steps: Vec<StepReport> = graph
@@ -428,7 +445,11 @@ pub async fn run_controlled(
     summary
 }
 
-fn cancel_all(pids: &HashMap<usize, u32>) {
+fn cancel_all(pids: &HashMap<usize, u32>, slurm: Option<&crate::exec::slurm::Slurm>) {
+    if let Some(s) = slurm {
+        s.cancel(pids.keys().copied());
+        return;
+    }
     for &pid in pids.values() {
         // SAFETY: signals our own child; it cancels its step and exits.
         unsafe {
@@ -453,9 +474,13 @@ pub fn build_spec(graph: &Graph, store: &Store, results: &HashMap<usize, ResultR
     let node = &graph.nodes[i];
     let mut inputs = std::collections::BTreeMap::new();
     for inp in &node.inputs {
+        let mut dataset = None;
         let paths = match &inp.source {
             Source::Path { abs, .. } => vec![abs.clone()],
-            Source::Dataset { name, split } => crate::graph::dataset_files(&graph.manifest, name, *split)?,
+            Source::Dataset { name, split } => {
+                dataset = crate::exec::spec::DatasetInput::of(&graph.manifest, name, *split);
+                crate::graph::dataset_files(&graph.manifest, name, *split)?
+            }
             Source::Steps { nodes, output } => nodes
                 .iter()
                 .map(|u| {
@@ -465,7 +490,7 @@ pub fn build_spec(graph: &Graph, store: &Store, results: &HashMap<usize, ResultR
                 })
                 .collect(),
         };
-        inputs.insert(inp.key.clone(), InputSpec { paths });
+        inputs.insert(inp.key.clone(), InputSpec { paths, dataset });
     }
     Ok(StepSpec {
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -495,8 +520,17 @@ fn spawn_step(
     opts: &RunOptions,
     rep: &Arc<Reporter>,
     running: &mut JoinSet<Finished>,
+    slurm: Option<&crate::exec::slurm::Slurm>,
 ) -> Result<u32, String> {
     let spec = build_spec(graph, store, results, i, a)?;
+    if let Some(s) = slurm {
+        let done = s.submit(i, spec);
+        running.spawn(async move {
+            let d = done.await;
+            Finished { node: i, completion: d.completion, stderr: d.stderr, status: d.status }
+        });
+        return Ok(0);
+    }
     let dir = store.tmp_dir().join("specs");
     let base = crate::store::unique_name(&format!("{}-", &spec.key[..12]));
     let spec_path = dir.join(format!("{base}.json"));

@@ -2,6 +2,7 @@
 
 pub mod child;
 pub mod local;
+pub mod slurm;
 pub mod spec;
 
 pub use local::{Control, Outcome, RunOptions, RunSummary, StepReport, run, run_controlled};

@@ -17,6 +17,34 @@ use crate::store::OutputRecord;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InputSpec {
     pub paths: Vec<PathBuf>,
+    /// For a dataset: how to read its documents.
+    #[serde(default)]
+    pub dataset: Option<DatasetInput>,
+}
+
+/// A dataset split as a step reads it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DatasetInput {
+    pub name: String,
+    pub split: crate::manifest::template::Split,
+    pub format: crate::manifest::DataFormat,
+    pub field: String,
+    /// The split is done by document at this fraction, because the dataset has no
+    /// validation files; `paths` are then all its files.
+    pub split_fraction: Option<f64>,
+}
+
+impl DatasetInput {
+    pub fn of(m: &crate::manifest::Manifest, name: &str, split: crate::manifest::template::Split) -> Option<DatasetInput> {
+        let d = m.datasets.get(name)?;
+        Some(DatasetInput {
+            name: name.to_string(),
+            split,
+            format: d.format,
+            field: d.field.clone(),
+            split_fraction: d.validation.is_empty().then(|| d.validation_fraction.unwrap_or(0.1)),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

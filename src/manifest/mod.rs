@@ -47,6 +47,8 @@ pub struct Manifest {
     pub params: serde_json::Map<String, Value>,
     pub datasets: BTreeMap<String, DatasetDecl>,
     pub steps: Vec<StepDecl>,
+    /// Where the steps run (`executor:`); `None` is the local machine.
+    pub executor: Option<ExecutorDecl>,
 }
 
 /// A named text source. Globs are relative to the manifest's folder.
@@ -154,6 +156,54 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok((n * mult) as u64)
 }
 
+/// Where steps run: the top-level `executor:` block. It never changes a step's key.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorDecl {
+    /// `local` (the default: child processes on this machine) or `slurm` (one
+    /// `sbatch` job per step, or per batch of steps). `demix run --executor` overrides it.
+    #[serde(rename = "type", default)]
+    pub kind: ExecutorKind,
+    /// Slurm partition (`--partition`).
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// Slurm account (`--account`).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Time limit of a step that sets no `resources.time`, e.g. `30m`, `2h`, `01:30:00`.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Extra `sbatch` arguments, e.g. `[--qos=high, --constraint=a100]`.
+    #[serde(default)]
+    #[schemars(with = "OneOrMany")]
+    pub flags: Vec<String>,
+    /// How often a preempted, timed-out or requeued step is run again (default 2).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// `sbatch --signal` (default `B:USR1@60`: the step is told to stop 60 s before
+    /// its time limit, and is then run again).
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// Submit ready steps with equal requests as one job array (default true).
+    #[serde(default)]
+    pub array: Option<bool>,
+    /// Run up to this many ready steps with equal requests one after another in one
+    /// job (or array task), so tiny steps share a job's start-up cost (default 1).
+    #[serde(default)]
+    pub batch: Option<u32>,
+    /// Seconds between two `squeue` polls of the run's jobs (default 1).
+    #[serde(default)]
+    pub poll: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    #[default]
+    Local,
+    Slurm,
+}
+
 /// A step as written, before fan-out expansion.
 #[derive(Debug, Clone)]
 pub struct StepDecl {
@@ -179,7 +229,7 @@ pub struct Foreach {
 
 /// Keys every step has; the rest belong to its kind.
 pub const COMMON_KEYS: &[&str] = &["id", "kind", "foreach", "resources", "after", "description"];
-const TOP_KEYS: &[&str] = &["version", "name", "description", "params", "datasets", "steps"];
+const TOP_KEYS: &[&str] = &["version", "name", "description", "params", "datasets", "steps", "executor"];
 
 fn is_id(s: &str) -> bool {
     !s.is_empty()
@@ -451,6 +501,7 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
         Some(n) => d.error(n.span(), "`datasets` must be a mapping of names to sources", "datasets"),
         None => {}
     }
+    let executor = map.get_node("executor").and_then(|n| parse_executor(d, n));
     let mut steps = Vec::new();
     match map.get_node("steps") {
         Some(Node::Sequence(seq)) => {
@@ -481,7 +532,42 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
         params,
         datasets,
         steps,
+        executor,
     })
+}
+
+fn parse_executor(d: &mut Diags, node: &Node) -> Option<ExecutorDecl> {
+    let mut node = node.clone();
+    if let Some(m) = node.as_mapping_mut() {
+        listify(m, "flags");
+    }
+    let e = match marked_yaml::from_node::<ExecutorDecl>(&node) {
+        Ok(e) => e,
+        Err(e) => {
+            serde_diag(d, node.span(), "executor", e);
+            return None;
+        }
+    };
+    let at = |key: &str| {
+        node.as_mapping()
+            .and_then(|m| m.get_node(key))
+            .map(|n| *n.span())
+            .unwrap_or_else(|| *node.span())
+    };
+    if let Some(t) = &e.time
+        && parse_duration(t).is_err()
+    {
+        d.error(&at("time"), format!("`{t}` is not a duration (expected e.g. 30m, 2h, 01:30:00)"), "time");
+    }
+    if e.batch == Some(0) {
+        d.error(&at("batch"), "`batch` must be at least 1", "batch");
+    }
+    if let Some(p) = e.poll
+        && !(0.05..=600.0).contains(&p)
+    {
+        d.error(&at("poll"), format!("`poll` is in seconds, between 0.05 and 600, not {p}"), "poll");
+    }
+    Some(e)
 }
 
 fn check_glob(d: &mut Diags, g: &Spanned<String>) {

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{DatasetDecl, Resources};
+use super::{DatasetDecl, ExecutorDecl, Resources};
 use crate::steps;
 
 fn root<T: schemars::JsonSchema>() -> Value {
@@ -28,6 +28,8 @@ pub fn manifest_schema() -> Value {
     let resources = take_defs(root::<Resources>(), &mut defs);
     defs.insert("Dataset".into(), dataset);
     defs.insert("Resources".into(), resources);
+    let executor = take_defs(root::<ExecutorDecl>(), &mut defs);
+    defs.insert("Executor".into(), executor);
     let common = json!({
         "id": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*$", "description": "Unique step id; a fan-out step's nodes are `id[item]`." },
         "foreach": {
@@ -77,6 +79,7 @@ pub fn manifest_schema() -> Value {
             "description": { "type": "string" },
             "params": { "type": "object", "description": "Values steps refer to as `${params.NAME}`." },
             "datasets": { "type": "object", "additionalProperties": { "$ref": "#/definitions/Dataset" } },
+            "executor": { "$ref": "#/definitions/Executor" },
             "steps": {
                 "type": "array",
                 "items": {

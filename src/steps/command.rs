@@ -255,6 +255,7 @@ impl StepKind for Command {
             paths,
             outputs,
             runtime_refs: true,
+            datasets: Vec::new(),
         })
     }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::exec::spec::StepSpec;
+use crate::manifest::template::Split;
 use crate::manifest::Diags;
 
 /// What planning a step yields: everything its cache key and its run need.
@@ -25,6 +26,9 @@ pub struct Plan {
     /// Whether runtime references (`${inputs.*}`, `${outputs.*}`, `${out}`) may
     /// appear in the step's fields.
     pub runtime_refs: bool,
+    /// Datasets the step reads by name (not through a `${datasets.*}` reference),
+    /// such as the keys of a training mixture.
+    pub datasets: Vec<(Spanned<String>, Split)>,
 }
 
 /// Progress a running step reports; the scheduler shows it.

@@ -2,6 +2,19 @@
 
 mod harness;
 
+mod data;
 mod engine;
 mod invalid;
+mod mix;
 mod schema;
+mod slurm;
+mod watch;
+
+#[cfg(feature = "torch")]
+mod ml_common;
+#[cfg(feature = "torch")]
+mod ml_hf_check;
+#[cfg(feature = "torch")]
+mod ml_link;
+#[cfg(feature = "torch")]
+mod ml_train_eval;

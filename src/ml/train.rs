@@ -1,0 +1,626 @@
+//! Training: a mixture of tokenized shards, AdamW with warmup + cosine,
+//! checkpoints at token budgets, and an atomic resume state.
+//!
+//! Determinism: the batch of step `s` is drawn from SplitMix64(seed, s), so
+//! resuming needs only the step; weights and moments are saved in f32, so a
+//! resumed run equals an uninterrupted one bit for bit on CPU (same thread
+//! count). On CUDA the compute is bf16 with f32 master weights.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::ml::data::{ComponentMix, Shard};
+use crate::ml::device::{parse_device, set_threads};
+use crate::ml::error::{IoContext, MlError, Result};
+use crate::ml::model::{load_config, load_safetensors, save_safetensors, Qwen3, Qwen3Config};
+use crate::ml::optim::{AdamW, LrSchedule};
+use crate::ml::progress::Progress;
+use crate::ml::rng::{fnv1a64, SplitMix64};
+use crate::ml::util;
+
+/// Mixture over named shards: plain weights, or DeMix's component recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DataMix {
+    Component(ComponentMix),
+    Weights(BTreeMap<String, f64>),
+}
+
+impl DataMix {
+    /// Normalized weights (> 0 only), sorted by name.
+    pub fn weights(&self) -> Result<BTreeMap<String, f64>> {
+        let w = match self {
+            DataMix::Component(c) => c.weights()?,
+            DataMix::Weights(w) => w.clone(),
+        };
+        if w.values().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(MlError::Spec(
+                "mixture weights must be finite and >= 0".into(),
+            ));
+        }
+        let sum: f64 = w.values().sum();
+        if sum <= 0.0 {
+            return Err(MlError::Spec("mixture weights sum to 0".into()));
+        }
+        Ok(w.into_iter()
+            .filter(|(_, v)| *v > 0.0)
+            .map(|(k, v)| (k, v / sum))
+            .collect())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 compute on CUDA, f32 on CPU.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Architecture for a fresh model; exclusive with `init_from`.
+    #[serde(default)]
+    pub model: Option<Qwen3Config>,
+    /// Checkpoint directory to continue from (resolved path).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    #[serde(default)]
+    pub seed: u64,
+    pub data: DataMix,
+    /// Token budget (batches are batch_size x seq_len tokens).
+    pub tokens: u64,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    #[serde(default = "d_min_lr")]
+    pub min_lr_ratio: f64,
+    /// Warmup in tokens; when absent, `warmup_fraction` of the budget.
+    #[serde(default)]
+    pub warmup_tokens: Option<u64>,
+    #[serde(default = "d_warm_frac")]
+    pub warmup_fraction: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "d_eps")]
+    pub eps: f64,
+    /// Global gradient norm clip; 0 disables.
+    #[serde(default = "d_clip")]
+    pub grad_clip: f64,
+    /// Token budgets at which to also save a checkpoint.
+    #[serde(default)]
+    pub checkpoints: Vec<u64>,
+    #[serde(default = "d_device")]
+    pub device: String,
+    /// CPU threads for torch; 0 keeps torch's default.
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default)]
+    pub precision: Precision,
+    /// Save the resume state every this many steps (and on cancellation).
+    #[serde(default = "d_state_every")]
+    pub state_every_steps: u64,
+    #[serde(default = "d_one")]
+    pub log_every_steps: u64,
+}
+
+fn d_lr() -> f64 {
+    3e-4
+}
+fn d_min_lr() -> f64 {
+    0.2
+}
+fn d_warm_frac() -> f64 {
+    0.01
+}
+fn d_wd() -> f64 {
+    0.1
+}
+fn d_betas() -> [f64; 2] {
+    [0.9, 0.95]
+}
+fn d_eps() -> f64 {
+    1e-8
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_device() -> String {
+    "auto".into()
+}
+fn d_state_every() -> u64 {
+    100
+}
+fn d_one() -> u64 {
+    1
+}
+
+impl TrainSpec {
+    pub fn tokens_per_step(&self) -> u64 {
+        (self.batch_size * self.seq_len) as u64
+    }
+    pub fn total_steps(&self) -> u64 {
+        self.tokens.div_ceil(self.tokens_per_step().max(1))
+    }
+    pub fn schedule(&self) -> LrSchedule {
+        let warm = self
+            .warmup_tokens
+            .unwrap_or((self.tokens as f64 * self.warmup_fraction) as u64);
+        LrSchedule {
+            peak: self.lr,
+            warmup_steps: warm.div_ceil(self.tokens_per_step().max(1)),
+            total_steps: self.total_steps(),
+            min_ratio: self.min_lr_ratio,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(MlError::Spec(m.into()));
+        match (&self.model, &self.init_from) {
+            (None, None) => return bad("set one of model or init_from"),
+            (Some(_), Some(_)) => return bad("set only one of model and init_from"),
+            (Some(c), None) => c.validate()?,
+            _ => {}
+        }
+        if self.batch_size == 0 || self.seq_len == 0 || self.tokens == 0 {
+            return bad("tokens, batch_size and seq_len must be positive");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) || !(0.0..=1.0).contains(&self.warmup_fraction)
+        {
+            return bad("min_lr_ratio and warmup_fraction must be in [0, 1]");
+        }
+        if self.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return bad("betas must be in [0, 1)");
+        }
+        if let Some(b) = self
+            .checkpoints
+            .iter()
+            .find(|&&b| b == 0 || b > self.tokens)
+        {
+            return Err(MlError::Spec(format!(
+                "checkpoint budget {b} is not within (0, tokens = {}]",
+                self.tokens
+            )));
+        }
+        self.data.weights()?;
+        Ok(())
+    }
+
+    /// Hash of the fields that decide the trajectory (not device, threads,
+    /// logging or extra checkpoints), stored in the state to refuse resuming
+    /// a different run.
+    pub fn fingerprint(&self) -> String {
+        let mut s = self.clone();
+        s.device = String::new();
+        s.threads = 0;
+        s.state_every_steps = 0;
+        s.log_every_steps = 0;
+        s.checkpoints.clear();
+        let j = serde_json::to_string(&s).unwrap_or_default();
+        format!("{:016x}", fnv1a64(j.as_bytes()))
+    }
+}
+
+/// Where training reads and writes (all resolved by the engine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainPaths {
+    /// Shard directory per dataset name used in the mixture.
+    pub shards: BTreeMap<String, PathBuf>,
+    /// Final checkpoint directory.
+    pub output: PathBuf,
+    /// Budget checkpoints go to `<checkpoints_dir>/tokens-<budget>`.
+    pub checkpoints_dir: PathBuf,
+    /// Resume state directory.
+    pub state_dir: PathBuf,
+    /// Metrics JSON Lines file (appended).
+    pub metrics: PathBuf,
+    /// tokenizer.json copied into every checkpoint.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl TrainPaths {
+    pub fn checkpoint_dir(&self, budget: u64) -> PathBuf {
+        self.checkpoints_dir.join(format!("tokens-{budget}"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsLine {
+    pub step: u64,
+    pub tokens: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub elapsed: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub tokens: u64,
+    pub resumed_from_step: u64,
+    pub final_loss: f64,
+    pub elapsed_s: f64,
+    pub tokens_per_s: f64,
+    pub params: i64,
+    pub checkpoints: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeState {
+    format: String,
+    step: u64,
+    tokens: u64,
+    fingerprint: String,
+    elapsed_s: f64,
+    /// The batch of step s comes from SplitMix64::derive(seed, s).
+    sampler: String,
+    checkpoints_done: Vec<u64>,
+}
+
+const STATE_FORMAT: &str = "demix-train-state-v1";
+
+/// Draws a batch for `step`: per sequence, a dataset by weight, then a
+/// uniform window of seq_len + 1 tokens in its shard.
+pub fn sample_batch(
+    seed: u64,
+    step: u64,
+    mix: &[(f64, &Shard)],
+    batch: usize,
+    seq: usize,
+) -> Vec<i64> {
+    let mut rng = SplitMix64::derive(seed, step);
+    let mut out = Vec::with_capacity(batch * (seq + 1));
+    for _ in 0..batch {
+        let u = rng.next_f64();
+        let mut acc = 0.0;
+        let mut pick = mix.len() - 1;
+        for (i, (w, _)) in mix.iter().enumerate() {
+            acc += w;
+            if u < acc {
+                pick = i;
+                break;
+            }
+        }
+        let toks = mix[pick].1.tokens();
+        let starts = (toks.len() - seq) as u64;
+        let s = rng.below(starts) as usize;
+        out.extend(toks[s..s + seq + 1].iter().map(|&t| t as i64));
+    }
+    out
+}
+
+fn append_metrics(path: &Path, line: &MetricsLine) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).with_path(p)?;
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_path(path)?;
+    let s = serde_json::to_string(line).unwrap_or_default();
+    writeln!(f, "{s}").with_path(path)
+}
+
+/// Drops metrics lines past `step` (written after the state we resume from).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(s) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = s
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<MetricsLine>(l)
+                .map(|m| m.step <= step)
+                .unwrap_or(false)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    util::write_atomic(path, kept.as_bytes())
+}
+
+fn save_state(model: &Qwen3, opt: &AdamW, st: &ResumeState, dir: &Path) -> Result<()> {
+    util::write_dir_atomic(dir, |tmp| {
+        save_safetensors(
+            &tmp.join("model.safetensors"),
+            &model.named_parameters(),
+            Some(Kind::Float),
+            None,
+        )?;
+        util::write_json_atomic(&tmp.join("config.json"), &model.config)?;
+        opt.save(&tmp.join("optim.safetensors"))?;
+        util::write_json_atomic(&tmp.join("state.json"), st)
+    })
+}
+
+/// Trains per `spec`, resuming from `paths.state_dir` when it holds a state
+/// of the same spec. Returns `Err(Cancelled)` after saving the state when
+/// `cancel` is set, `Err(NonFiniteLoss)` (nothing saved) on NaN/inf loss.
+pub fn train(
+    spec: &TrainSpec,
+    paths: &TrainPaths,
+    progress: &dyn Fn(&Progress),
+    cancel: &AtomicBool,
+) -> Result<TrainSummary> {
+    spec.validate()?;
+    set_threads(spec.threads);
+    let device = parse_device(&spec.device)?;
+    let weights = spec.data.weights()?;
+
+    // Model: fresh, or from a checkpoint; the resume state overrides below.
+    let (config, init_dir) = match (&spec.model, &spec.init_from) {
+        (Some(c), _) => (c.clone(), None),
+        (None, Some(d)) => (load_config(d)?, Some(d.clone())),
+        _ => unreachable!("validated"),
+    };
+    let tokenizer = paths.tokenizer.clone().or_else(|| {
+        init_dir
+            .as_ref()
+            .map(|d| d.join("tokenizer.json"))
+            .filter(|p| p.exists())
+    });
+
+    let mut shards = vec![];
+    for (name, w) in &weights {
+        let dir = paths
+            .shards
+            .get(name)
+            .ok_or_else(|| MlError::Spec(format!("no shard given for dataset '{name}'")))?;
+        let sh = Shard::open(dir)?;
+        if sh.tokens().len() <= spec.seq_len {
+            return Err(MlError::Shard {
+                path: dir.clone(),
+                msg: format!(
+                    "{} tokens, fewer than seq_len + 1 = {}",
+                    sh.tokens().len(),
+                    spec.seq_len + 1
+                ),
+            });
+        }
+        if sh.meta.vocab_size as i64 > config.vocab_size {
+            return Err(MlError::Shard {
+                path: dir.clone(),
+                msg: format!(
+                    "tokenizer vocabulary {} exceeds the model's vocab_size {}",
+                    sh.meta.vocab_size, config.vocab_size
+                ),
+            });
+        }
+        shards.push((*w, sh));
+    }
+    if let Some(h) = shards.first().map(|(_, s)| s.meta.tokenizer_hash.clone()) {
+        if let Some((_, s)) = shards.iter().find(|(_, s)| s.meta.tokenizer_hash != h) {
+            return Err(MlError::Shard {
+                path: s.dir.clone(),
+                msg: "tokenized with a different tokenizer than the other shards".into(),
+            });
+        }
+    }
+
+    let state_json = paths.state_dir.join("state.json");
+    let resume: Option<ResumeState> = if state_json.exists() {
+        let st: ResumeState = util::read_json(&state_json)?;
+        if st.format != STATE_FORMAT || st.fingerprint != spec.fingerprint() {
+            return Err(MlError::Spec(format!(
+                "{} belongs to a different training spec; remove it to start over",
+                paths.state_dir.display()
+            )));
+        }
+        Some(st)
+    } else {
+        None
+    };
+
+    let model = match (&resume, &init_dir) {
+        (Some(_), _) => {
+            let (sd, _) =
+                load_safetensors(&paths.state_dir.join("model.safetensors"), Device::Cpu)?;
+            Qwen3::from_state_dict(&config, sd, device)?
+        }
+        (None, Some(d)) => Qwen3::load(d, device)?,
+        (None, None) => Qwen3::init(&config, spec.seed, device)?,
+    };
+    let mut model = model;
+    model.compute_kind = match (spec.precision, device) {
+        (Precision::F32, _) | (Precision::Auto, Device::Cpu) => Kind::Float,
+        _ => Kind::BFloat16,
+    };
+    model.set_requires_grad(true);
+    let mut opt = AdamW::new(
+        model.named_parameters(),
+        (spec.betas[0], spec.betas[1]),
+        spec.eps,
+        spec.weight_decay,
+    );
+    let mut checkpoints_done = vec![];
+    let mut prior_elapsed = 0.0;
+    let start_step = match &resume {
+        Some(st) => {
+            opt.load(&paths.state_dir.join("optim.safetensors"))?;
+            if opt.step != st.step {
+                return Err(MlError::checkpoint(
+                    &paths.state_dir,
+                    "optimizer step differs from state.json",
+                ));
+            }
+            truncate_metrics(&paths.metrics, st.step)?;
+            checkpoints_done = st.checkpoints_done.clone();
+            prior_elapsed = st.elapsed_s;
+            st.step
+        }
+        None => 0,
+    };
+
+    let sched = spec.schedule();
+    let total = spec.total_steps();
+    let tps = spec.tokens_per_step();
+    let (b, t) = (spec.batch_size, spec.seq_len);
+    let mix: Vec<(f64, &Shard)> = shards.iter().map(|(w, s)| (*w, s)).collect();
+    let started = Instant::now();
+    let mut last_log = (Instant::now(), start_step);
+    let mut last_loss = f64::NAN;
+    let mut saved = vec![];
+    let make_state = |step: u64, done: &Vec<u64>, elapsed: f64| ResumeState {
+        format: STATE_FORMAT.into(),
+        step,
+        tokens: step * tps,
+        fingerprint: spec.fingerprint(),
+        elapsed_s: elapsed,
+        sampler: format!("splitmix64(seed={}, step)", spec.seed),
+        checkpoints_done: done.clone(),
+    };
+
+    for step in start_step + 1..=total {
+        let data = sample_batch(spec.seed, step, &mix, b, t);
+        let batch = Tensor::from_slice(&data)
+            .view([b as i64, t as i64 + 1])
+            .to_device(device);
+        let inputs = batch.narrow(1, 0, t as i64);
+        let targets = batch.narrow(1, 1, t as i64);
+        let loss = model.loss(&inputs, &targets);
+        let lv = loss.double_value(&[]);
+        if !lv.is_finite() {
+            return Err(MlError::NonFiniteLoss { step });
+        }
+        loss.backward();
+        let gn = opt.clip_grad_norm(spec.grad_clip);
+        let lr = sched.lr(step);
+        opt.update(lr);
+        opt.zero_grad();
+        last_loss = lv;
+        let tokens = step * tps;
+        let elapsed = prior_elapsed + started.elapsed().as_secs_f64();
+
+        if step % spec.log_every_steps.max(1) == 0 || step == total {
+            let dt = last_log.0.elapsed().as_secs_f64().max(1e-9);
+            let rate = (step - last_log.1) as f64 * tps as f64 / dt;
+            last_log = (Instant::now(), step);
+            append_metrics(
+                &paths.metrics,
+                &MetricsLine {
+                    step,
+                    tokens,
+                    loss: lv,
+                    lr,
+                    grad_norm: gn,
+                    tokens_per_s: rate,
+                    elapsed,
+                },
+            )?;
+            progress(&Progress {
+                stage: "train",
+                current: tokens,
+                total: total * tps,
+                unit: "tokens",
+                message: format!("step {step}/{total} loss {lv:.4} lr {lr:.2e} {rate:.0} tokens/s"),
+            });
+        }
+
+        for &bud in &spec.checkpoints {
+            if bud <= tokens && !checkpoints_done.contains(&bud) {
+                let d = paths.checkpoint_dir(bud);
+                model.save(&d, tokenizer.as_deref())?;
+                checkpoints_done.push(bud);
+                saved.push(d);
+            }
+        }
+
+        if cancel.load(Ordering::Relaxed) {
+            save_state(
+                &model,
+                &opt,
+                &make_state(step, &checkpoints_done, elapsed),
+                &paths.state_dir,
+            )?;
+            return Err(MlError::Cancelled);
+        }
+        if spec.state_every_steps > 0 && step % spec.state_every_steps == 0 && step < total {
+            save_state(
+                &model,
+                &opt,
+                &make_state(step, &checkpoints_done, elapsed),
+                &paths.state_dir,
+            )?;
+        }
+    }
+
+    model.save(&paths.output, tokenizer.as_deref())?;
+    let elapsed = prior_elapsed + started.elapsed().as_secs_f64();
+    save_state(
+        &model,
+        &opt,
+        &make_state(total, &checkpoints_done, elapsed),
+        &paths.state_dir,
+    )?;
+    let run_s = started.elapsed().as_secs_f64().max(1e-9);
+    Ok(TrainSummary {
+        steps: total,
+        tokens: total * tps,
+        resumed_from_step: start_step,
+        final_loss: last_loss,
+        elapsed_s: elapsed,
+        tokens_per_s: (total - start_step) as f64 * tps as f64 / run_s,
+        params: config.num_params(),
+        checkpoints: saved,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_mix_forms_and_schedule() {
+        let c: DataMix =
+            serde_json::from_str(r#"{"candidate":"math","general":"sotu","beta":0.25}"#).unwrap();
+        let w = c.weights().unwrap();
+        assert_eq!((w["math"], w["sotu"]), (0.75, 0.25));
+        let m: DataMix = serde_json::from_str(r#"{"math":2,"sotu":6,"code":0}"#).unwrap();
+        let w = m.weights().unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!((w["math"], w["sotu"]), (0.25, 0.75));
+        assert!(DataMix::Weights([("a".to_string(), -1.0)].into())
+            .weights()
+            .is_err());
+        let spec: TrainSpec = serde_json::from_value(serde_json::json!({
+            "init_from": "/ck", "data": {"a": 1}, "tokens": 10000,
+            "batch_size": 2, "seq_len": 10, "warmup_tokens": 100
+        }))
+        .unwrap();
+        assert_eq!(spec.total_steps(), 500);
+        let s = spec.schedule();
+        assert_eq!((s.warmup_steps, s.total_steps), (5, 500));
+        assert_eq!(s.min_ratio, 0.2);
+        spec.validate().unwrap();
+        let mut bad = spec.clone();
+        bad.checkpoints = vec![20000];
+        assert!(bad.validate().is_err());
+        let mut other = spec.clone();
+        other.device = "cuda".into();
+        other.checkpoints = vec![5000];
+        assert_eq!(other.fingerprint(), spec.fingerprint());
+        other.lr = 1e-3;
+        assert_ne!(other.fingerprint(), spec.fingerprint());
+    }
+}
