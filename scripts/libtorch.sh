@@ -37,7 +37,7 @@ fi
 
 if [[ "${DEMIX_HF_CHECK:-0}" == "1" && ! -f "$HF_STAMP" ]]; then
   log "installing transformers + safetensors into $VENV"
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -q transformers safetensors >&2
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "transformers==5.24.0" "safetensors==0.8.0" >&2
   touch "$HF_STAMP"
 fi
 

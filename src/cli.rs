@@ -42,6 +42,8 @@ pub enum Command {
     Verify(JsonArg),
     /// Print the manifest's JSON Schema.
     Schema,
+    /// Print the libtorch version, whether CUDA is usable, the devices and threads.
+    Doctor,
     #[command(hide = true)]
     Internal {
         #[command(subcommand)]

@@ -183,6 +183,14 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
             }
             Ok(if r.corrupt.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Command::Doctor => {
+            println!("demix {}", demix::VERSION);
+            #[cfg(feature = "torch")]
+            print!("{}", demix::ml::device::doctor());
+            #[cfg(not(feature = "torch"))]
+            println!("built without libtorch (feature `torch`): ML steps cannot run here; build with `--features torch` (scripts/demix does)");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             print!("{}", demix::manifest::schema::manifest_schema_text());
             Ok(ExitCode::SUCCESS)

@@ -484,10 +484,12 @@ fn substitute(
                             match &mut r {
                                 Ref::Dataset { name, .. } if name == "$item" => *name = i.to_string(),
                                 Ref::Step { select: Select::Key(k), .. } if k == "$item" => *k = i.to_string(),
+                                Ref::Step { id, .. } if id == "$item" => *id = i.to_string(),
                                 _ => {}
                             }
                         } else if matches!(&r, Ref::Dataset { name, .. } if name == "$item")
                             || matches!(&r, Ref::Step { select: Select::Key(k), .. } if k == "$item")
+                            || matches!(&r, Ref::Step { id, .. } if id == "$item")
                         {
                             d.push(&span, "`$item` is only defined in a step with `foreach`", "no item here", None);
                         }

@@ -179,6 +179,8 @@ impl<'a> Diags<'a> {
 
     pub fn finish(mut self) -> Result<(), ManifestError> {
         self.problems.sort_by_key(|p| p.at.offset());
+        // A fan-out step repeats its problems once per item: show each once.
+        self.problems.dedup_by(|a, b| a.message == b.message);
         if self.problems.is_empty() {
             Ok(())
         } else {

@@ -166,7 +166,7 @@ fn parse_ref(expr: &str) -> Result<Ref, String> {
                 }
                 None => (id_sel, Select::One),
             };
-            if !is_name(id) || !is_name(output) {
+            if !(is_name(id) || id == "$item") || !is_name(output) {
                 return Err(bad("expected `steps.ID.OUTPUT`"));
             }
             Ok(Ref::Step {

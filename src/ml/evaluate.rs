@@ -397,8 +397,8 @@ pub fn evaluate_task(
                     let (ctx, cont) = split_ids(tok, prompt, answer)?;
                     let (lp, k) = continuation_logprob(model, &ctx, &cont);
                     lp_sum += lp / k.max(1) as f64;
-                    let gen = greedy_generate(model, tok, &ctx, spec.max_new_tokens)?;
-                    em += (gen.trim() == answer.trim()) as usize;
+                    let generated = greedy_generate(model, tok, &ctx, spec.max_new_tokens)?;
+                    em += (generated.trim() == answer.trim()) as usize;
                 }
             }
             progress(&Progress {

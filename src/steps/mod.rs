@@ -2,6 +2,9 @@
 //! the machine-learning kinds plug in behind it.
 
 pub mod command;
+pub mod ml;
+#[cfg(feature = "torch")]
+mod run;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -99,10 +102,14 @@ pub trait StepKind: Sync + Send {
 }
 
 static COMMAND: command::Command = command::Command;
+static TOKENIZER: ml::Tokenizer = ml::Tokenizer;
+static TRAIN: ml::Train = ml::Train;
+static EVALUATE: ml::Evaluate = ml::Evaluate;
 
-/// Every kind this build knows.
+/// Every kind this build knows. The ML kinds plan everywhere and run only with the
+/// `torch` feature.
 pub fn kinds() -> Vec<&'static dyn StepKind> {
-    vec![&COMMAND]
+    vec![&COMMAND, &TOKENIZER, &TRAIN, &EVALUATE]
 }
 
 pub fn kind(name: &str) -> Option<&'static dyn StepKind> {

@@ -18,3 +18,5 @@ mod ml_hf_check;
 mod ml_link;
 #[cfg(feature = "torch")]
 mod ml_train_eval;
+#[cfg(feature = "torch")]
+mod ml_workflow;

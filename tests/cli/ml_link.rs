@@ -4,7 +4,13 @@ use std::process::Command;
 
 #[test]
 fn links_libtorch_cuda_and_resolves_it() {
-    let exe = std::env::current_exe().unwrap();
+    // The demix binary itself and this test binary.
+    for exe in [std::path::PathBuf::from(env!("CARGO_BIN_EXE_demix")), std::env::current_exe().unwrap()] {
+        check(&exe);
+    }
+}
+
+fn check(exe: &std::path::Path) {
     let lib = env!("DEMIX_LIBTORCH_LIB");
     if !std::path::Path::new(lib).join("libtorch_cuda.so").exists() {
         println!("skipped: {lib} has no libtorch_cuda.so (CPU-only libtorch)");

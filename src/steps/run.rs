@@ -1,0 +1,331 @@
+//! Running the ML step kinds through libtorch (feature `torch`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use super::ml::{DataField, EvalFields, ModelField, TokenizerFields, TrainFields};
+use super::{Progress, RunCtx, StepError};
+use crate::exec::spec::{DatasetInput, InputSpec};
+use crate::manifest::DataFormat;
+use crate::manifest::template::{Ref, Split};
+use crate::ml;
+use crate::ml::data::{Format, SourceSpec, SplitPart, SplitSpec, TokenizeSpec};
+use crate::store::Store;
+
+fn ml_err(e: ml::MlError) -> StepError {
+    match e {
+        ml::MlError::Cancelled => StepError::Cancelled,
+        other => StepError::Failed(other.to_string()),
+    }
+}
+
+fn fields<T: serde::de::DeserializeOwned>(ctx: &RunCtx) -> Result<T, StepError> {
+    serde_json::from_value(ctx.spec.params.clone()).map_err(|e| StepError::Failed(format!("bad step spec: {e}")))
+}
+
+fn progress<'a>(ctx: &'a RunCtx) -> impl Fn(&ml::Progress) + 'a {
+    move |p: &ml::Progress| {
+        (ctx.progress)(Progress {
+            done: p.current,
+            total: (p.total > 0).then_some(p.total),
+            unit: p.unit.to_string(),
+            message: Some(format!("{} {}", p.stage, p.message).trim().to_string()),
+        })
+    }
+}
+
+fn dataset_key(name: &str, split: Split) -> String {
+    Ref::Dataset { name: name.to_string(), split }.to_string()
+}
+
+fn dataset<'a>(ctx: &'a RunCtx, name: &str, split: Split) -> Result<(&'a InputSpec, &'a DatasetInput), StepError> {
+    let key = dataset_key(name, split);
+    let inp = ctx
+        .spec
+        .inputs
+        .get(&key)
+        .ok_or_else(|| StepError::Failed(format!("dataset input {key} was not resolved")))?;
+    let d = inp
+        .dataset
+        .as_ref()
+        .ok_or_else(|| StepError::Failed(format!("{key} carries no dataset description")))?;
+    Ok((inp, d))
+}
+
+/// The documents of a dataset split, as the ML library reads them.
+fn sources(inp: &InputSpec, d: &DatasetInput) -> (Vec<SourceSpec>, SplitSpec) {
+    let format = match d.format {
+        DataFormat::Auto => Format::Auto,
+        DataFormat::Text => Format::Text,
+        DataFormat::Jsonl => Format::Jsonl,
+        DataFormat::Parquet => Format::Parquet,
+    };
+    let srcs = inp
+        .paths
+        .iter()
+        .map(|p| {
+            let mut s = SourceSpec::new(p);
+            s.format = format;
+            s.text_field = d.field.clone();
+            s
+        })
+        .collect();
+    let split = match d.split_fraction {
+        // No validation files: split this dataset's files by document.
+        Some(f) => SplitSpec {
+            part: if d.split == Split::Train { SplitPart::Train } else { SplitPart::Validation },
+            validation_fraction: f,
+            seed: 0,
+        },
+        None => SplitSpec { part: SplitPart::All, validation_fraction: 0.0, seed: 0 },
+    };
+    (srcs, split)
+}
+
+/// The token shard of a dataset split under a tokenizer, content-addressed in the
+/// store (`shards/<hash>/`) so every step that needs it shares one copy.
+fn shard(ctx: &RunCtx, name: &str, split: Split, tok: &ml::tokenizer::Tok, tok_hash: &str) -> Result<PathBuf, StepError> {
+    let (inp, d) = dataset(ctx, name, split)?;
+    let key = dataset_key(name, split);
+    let data_hash = &ctx
+        .spec
+        .record
+        .inputs
+        .get(&key)
+        .ok_or_else(|| StepError::Failed(format!("no content hash for {key}")))?
+        .hash;
+    let id = crate::hash::hex(&blake3::hash(format!("{}\n{data_hash}\n{tok_hash}", ml::data::SHARD_FORMAT).as_bytes()));
+    let store = Store::open(&ctx.spec.store);
+    let dir = store.root.join("shards").join(&id);
+    let _lock = store
+        .lock(&format!("shard-{id}"), &|| {})
+        .map_err(|e| StepError::Failed(e.to_string()))?;
+    if dir.join("shard.json").is_file() && ml::data::Shard::open(&dir).is_ok() {
+        return Ok(dir);
+    }
+    let (srcs, split_spec) = sources(inp, d);
+    let spec = TokenizeSpec { split: split_spec, ..Default::default() };
+    std::fs::create_dir_all(dir.parent().expect("has a parent")).map_err(StepError::io("creating the shard folder"))?;
+    ml::data::tokenize_to_shard(&srcs, &spec, tok, &dir, &progress(ctx), ctx.cancel).map_err(ml_err)?;
+    Ok(dir)
+}
+
+fn one_path<'a>(ctx: &'a RunCtx, key: &str) -> Result<&'a Path, StepError> {
+    ctx.input(key)?
+        .first()
+        .map(PathBuf::as_path)
+        .ok_or_else(|| StepError::Failed(format!("input `{key}` has no path")))
+}
+
+fn tokenizer_hash(ctx: &RunCtx, key: &str, path: &Path) -> Result<String, StepError> {
+    match ctx.spec.record.inputs.get(key) {
+        Some(r) => Ok(r.hash.clone()),
+        None => crate::hash::hash_file(path, &|_, _| {}).map_err(StepError::io(format!("hashing {}", path.display()))),
+    }
+}
+
+pub fn tokenizer(ctx: &RunCtx) -> Result<(), StepError> {
+    let f: TokenizerFields = fields(ctx)?;
+    let out = ctx.out_dir.join("tokenizer.json");
+    if let Some(file) = &f.file {
+        let src = one_path(ctx, file)?;
+        ml::tokenizer::Tok::load(src).map_err(ml_err)?;
+        std::fs::copy(src, &out).map_err(StepError::io(format!("copying {}", src.display())))?;
+        return Ok(());
+    }
+    let mut srcs = Vec::new();
+    let mut split = SplitSpec { part: SplitPart::All, validation_fraction: 0.0, seed: 0 };
+    for name in &f.datasets {
+        let (inp, d) = dataset(ctx, name, Split::Train)?;
+        let (s, sp) = sources(inp, d);
+        srcs.extend(s);
+        // One split rule for all: a dataset without validation files keeps its held-out part out.
+        if sp.part != SplitPart::All {
+            split = sp;
+        }
+    }
+    let mut spec = ml::tokenizer::TokenizerSpec {
+        vocab_size: f.vocab_size as usize,
+        min_frequency: f.min_frequency,
+        max_bytes: f.max_bytes,
+        split,
+        ..Default::default()
+    };
+    if let Some(s) = f.special_tokens {
+        spec.special_tokens = s;
+    }
+    ml::tokenizer::train_tokenizer(&srcs, &spec, &out, &progress(ctx), ctx.cancel).map_err(ml_err)?;
+    Ok(())
+}
+
+fn model_config(m: &ModelField, vocab: usize) -> Result<Value, StepError> {
+    Ok(match m {
+        ModelField::Preset(_) => {
+            let mut c = ml::model::Qwen3Config::qwen3_1_7b();
+            c.vocab_size = vocab as i64;
+            serde_json::to_value(c).expect("serializes")
+        }
+        ModelField::Config(c) => {
+            let mut v = json!({
+                "vocab_size": c.vocab_size.map_or(vocab as u64, u64::from),
+                "hidden_size": c.hidden_size,
+                "intermediate_size": c.intermediate_size,
+                "num_hidden_layers": c.num_hidden_layers,
+                "num_attention_heads": c.num_attention_heads,
+                "num_key_value_heads": c.num_key_value_heads,
+                "head_dim": c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
+                "tie_word_embeddings": c.tie_word_embeddings.unwrap_or(true),
+            });
+            let o = v.as_object_mut().expect("object");
+            if let Some(x) = c.max_position_embeddings {
+                o.insert("max_position_embeddings".into(), json!(x));
+            }
+            if let Some(x) = c.rope_theta {
+                o.insert("rope_theta".into(), json!(x));
+            }
+            if let Some(x) = c.rms_norm_eps {
+                o.insert("rms_norm_eps".into(), json!(x));
+            }
+            v
+        }
+    })
+}
+
+pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
+    let f: TrainFields = fields(ctx)?;
+    let store = Store::open(&ctx.spec.store);
+    let init = f.init.as_deref().map(|k| one_path(ctx, k)).transpose()?;
+    let tok_path: PathBuf = match (&f.tokenizer, init) {
+        (Some(k), _) => one_path(ctx, k)?.to_path_buf(),
+        (None, Some(dir)) => dir.join("tokenizer.json"),
+        (None, None) => return Err(StepError::Failed("no tokenizer".into())),
+    };
+    let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
+    let tok_hash = match &f.tokenizer {
+        Some(k) => tokenizer_hash(ctx, k, &tok_path)?,
+        None => tokenizer_hash(ctx, "", &tok_path)?,
+    };
+    let (mix, names): (Value, Vec<String>) = match &f.data {
+        DataField::Weights(w) => (json!(w), w.keys().cloned().collect()),
+        DataField::Component { candidate, general, beta } => {
+            let mut c = Map::new();
+            c.insert("candidate".into(), json!(candidate));
+            c.insert("general".into(), json!(general));
+            if let Some(b) = beta {
+                c.insert("beta".into(), json!(b));
+            }
+            (Value::Object(c), vec![candidate.clone(), general.clone()])
+        }
+    };
+    let mut shards = BTreeMap::new();
+    for n in names {
+        if !shards.contains_key(&n) {
+            let dir = shard(ctx, &n, Split::Train, &tok, &tok_hash)?;
+            shards.insert(n, dir);
+        }
+    }
+    let mut spec = Map::new();
+    match (&f.model, init) {
+        (Some(m), _) => {
+            spec.insert("model".into(), model_config(m, tok.vocab_size())?);
+        }
+        (None, Some(dir)) => {
+            spec.insert("init_from".into(), json!(dir));
+        }
+        (None, None) => unreachable!("checked when planned"),
+    }
+    spec.insert("seed".into(), json!(f.seed));
+    spec.insert("data".into(), mix);
+    spec.insert("tokens".into(), json!(f.tokens));
+    spec.insert("batch_size".into(), json!(f.batch_size));
+    spec.insert("seq_len".into(), json!(f.seq_len));
+    spec.insert("checkpoints".into(), json!(f.checkpoints));
+    let optional = [
+        ("lr", f.lr.map(|x| json!(x))),
+        ("min_lr_ratio", f.min_lr_ratio.map(|x| json!(x))),
+        ("warmup_tokens", f.warmup_tokens.map(|x| json!(x))),
+        ("warmup_fraction", f.warmup_fraction.map(|x| json!(x))),
+        ("weight_decay", f.weight_decay.map(|x| json!(x))),
+        ("betas", f.betas.map(|x| json!(x))),
+        ("eps", f.eps.map(|x| json!(x))),
+        ("grad_clip", f.grad_clip.map(|x| json!(x))),
+        ("device", f.device.as_ref().map(|x| json!(x))),
+        ("threads", f.threads.map(|x| json!(x))),
+        ("precision", f.precision.as_ref().map(|x| json!(x))),
+        ("state_every_steps", f.state_every_steps.map(|x| json!(x))),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            spec.insert(k.into(), v);
+        }
+    }
+    let spec: ml::train::TrainSpec =
+        serde_json::from_value(Value::Object(spec)).map_err(|e| StepError::Failed(format!("bad training spec: {e}")))?;
+    // The resumable state lives in the store by key, so a killed or cancelled run
+    // picks up where it stopped; it is removed once the result is committed.
+    let resume = store.root.join("resume").join(&ctx.spec.key);
+    std::fs::create_dir_all(&resume).map_err(StepError::io("creating the resume folder"))?;
+    let paths = ml::train::TrainPaths {
+        shards,
+        output: ctx.out_dir.join("checkpoint"),
+        checkpoints_dir: ctx.out_dir.join("checkpoints"),
+        state_dir: resume.join("state"),
+        metrics: resume.join("metrics.jsonl"),
+        tokenizer: Some(tok_path),
+    };
+    let summary = ml::train::train(&spec, &paths, &progress(ctx), ctx.cancel).map_err(ml_err)?;
+    std::fs::copy(&paths.metrics, ctx.out_dir.join("metrics.jsonl")).map_err(StepError::io("copying metrics"))?;
+    let _ = crate::store::remove_tree(&resume);
+    let line = serde_json::to_string(&summary).unwrap_or_default();
+    let _ = std::fs::write(ctx.log, format!("summary {line}\n"));
+    Ok(())
+}
+
+pub fn evaluate(ctx: &RunCtx) -> Result<(), StepError> {
+    let f: EvalFields = fields(ctx)?;
+    let ckpt = one_path(ctx, &f.checkpoint)?.to_path_buf();
+    let tok_path = ckpt.join("tokenizer.json");
+    let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
+    let tok_hash = tokenizer_hash(ctx, "", &tok_path)?;
+    let mut validation = BTreeMap::new();
+    for name in &f.datasets {
+        validation.insert(name.clone(), shard(ctx, name, Split::Validation, &tok, &tok_hash)?);
+    }
+    let mut tasks = BTreeMap::new();
+    for (name, p) in &f.tasks {
+        tasks.insert(name.clone(), one_path(ctx, p)?.to_path_buf());
+    }
+    let mut spec = Map::new();
+    let optional = [
+        ("max_tokens", f.max_tokens.map(|x| json!(x))),
+        ("seq_len", f.seq_len.map(|x| json!(x))),
+        ("batch_size", f.batch_size.map(|x| json!(x))),
+        ("max_examples", f.max_examples.map(|x| json!(x))),
+        ("max_new_tokens", f.max_new_tokens.map(|x| json!(x))),
+        ("device", f.device.as_ref().map(|x| json!(x))),
+        ("threads", f.threads.map(|x| json!(x))),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            spec.insert(k.into(), v);
+        }
+    }
+    let spec: ml::evaluate::EvalSpec =
+        serde_json::from_value(Value::Object(spec)).map_err(|e| StepError::Failed(format!("bad evaluation spec: {e}")))?;
+    let paths = ml::evaluate::EvalPaths { validation, tasks, output: Some(ctx.out_dir.join("metrics.json")) };
+    ml::evaluate::evaluate_checkpoint(&ckpt, &spec, &paths, &progress(ctx), ctx.cancel).map_err(ml_err)?;
+    // Name the checkpoint as the manifest does, not by its path in this store, so
+    // the same evaluation gives the same bytes in any store.
+    let out = ctx.out_dir.join("metrics.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&out).map_err(StepError::io("reading metrics"))?)
+        .map_err(|e| StepError::Failed(format!("metrics: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("checkpoint".into(), json!(f.checkpoint));
+    }
+    let mut bytes = serde_json::to_vec_pretty(&v).expect("serializes");
+    bytes.push(b'\n');
+    std::fs::write(&out, bytes).map_err(StepError::io("writing metrics"))?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The ML step kinds through the CLI: tokenizer -> train -> component -> evaluate on
+//! the shipped corpora, cached, resumable after an interrupt, byte-identical.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Env, output_path};
+
+fn manifest(tokens: u64) -> String {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    format!(
+        r#"version: 1
+name: ml
+datasets:
+  sotu: {{files: {d}/sotu/train.jsonl, validation: {d}/sotu/validation.jsonl}}
+  math: {{files: {d}/math/train.jsonl, validation: {d}/math/validation.jsonl}}
+steps:
+  - id: tok
+    kind: tokenizer
+    datasets: [sotu, math]
+    vocab_size: 512
+    max_bytes: 300000
+  - id: base
+    kind: train
+    tokenizer: ${{steps.tok.tokenizer}}
+    model: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2}}
+    data: {{sotu: 1}}
+    tokens: {tokens}
+    batch_size: 4
+    seq_len: 32
+    lr: 0.003
+    checkpoints: [2048]
+    state_every_steps: 2
+    device: cpu
+    threads: 1
+  - id: comp
+    kind: train
+    init: ${{steps.base.checkpoint}}
+    data: {{candidate: math, general: sotu, beta: 0.5}}
+    tokens: 2048
+    batch_size: 4
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: eval
+    kind: evaluate
+    checkpoint: ${{steps.comp.checkpoint}}
+    datasets: [sotu, math]
+    tasks: {{qa: {d}/tasks/math_qa.jsonl}}
+    max_tokens: 2048
+    seq_len: 32
+    max_examples: 5
+    max_new_tokens: 4
+    device: cpu
+    threads: 1
+"#,
+        d = data.display()
+    )
+}
+
+#[test]
+fn an_ml_workflow_runs_caches_and_traces() {
+    let env = Env::new();
+    env.write("demix.yaml", &manifest(4096));
+    let r = env.demix(&["run"]).ok();
+    assert_eq!(r.ran().len(), 4, "{}", r.stderr());
+    let ckpt = output_path(&env, "ml", "base", "checkpoint");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(ckpt.join(f).is_file(), "{f} missing in {}", ckpt.display());
+    }
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "Qwen3ForCausalLM");
+    assert_eq!(config["vocab_size"], 512);
+    assert!(output_path(&env, "ml", "base", "tokens_2048").join("model.safetensors").is_file());
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(output_path(&env, "ml", "eval", "metrics")).unwrap()).unwrap();
+    for d in ["sotu", "math"] {
+        let bpb = m["datasets"][d]["bits_per_byte"].as_f64().unwrap();
+        assert!(bpb.is_finite() && bpb > 0.0, "{m}");
+    }
+    assert_eq!(m["checkpoint"], "${steps.comp.checkpoint}");
+    assert_eq!(m["tasks"]["qa"]["examples"], 5);
+    let metrics = std::fs::read_to_string(output_path(&env, "ml", "base", "metrics")).unwrap();
+    assert_eq!(metrics.lines().count(), 32, "one line per step (4096 tokens / 128 per step)");
+    // Nothing changed: nothing runs. Lineage reaches the corpus files.
+    assert!(env.demix(&["run"]).ok().ran().is_empty());
+    let l = env.demix(&["lineage", "eval"]).ok().stdout();
+    assert!(l.contains("step comp (train v1)") && l.contains("step base (train v1)") && l.contains("sotu/train.jsonl"), "{l}");
+    // A different mixture share reruns the component and its evaluation only.
+    env.write("demix.yaml", &manifest(4096).replace("beta: 0.5", "beta: 0.25"));
+    let r = env.demix(&["run"]).ok();
+    assert_eq!(r.ran(), ["comp", "eval"], "{}", r.stderr());
+}
+
+#[test]
+fn an_interrupted_training_resumes_to_the_same_bytes() {
+    let reference = Env::new();
+    reference.write("demix.yaml", &manifest(16384));
+    reference.demix(&["run", "--target", "base"]).ok();
+    let want = std::fs::read(output_path(&reference, "ml", "base", "checkpoint").join("model.safetensors")).unwrap();
+
+    let env = Env::new();
+    env.write("demix.yaml", &manifest(16384));
+    let mut child = env
+        .cmd(&["run", "--target", "base"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until training has saved a resumable state, then interrupt.
+    let t0 = Instant::now();
+    let resume = env.path("cache/resume");
+    loop {
+        let saved = std::fs::read_dir(&resume)
+            .map(|d| d.flatten().any(|e| e.path().join("state").is_dir()))
+            .unwrap_or(false);
+        if saved {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "no resume state appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!env.path("cache/state/ml/base.json").exists(), "no result for an interrupted step");
+    let r = env.demix(&["run", "--target", "base"]).ok();
+    assert_eq!(r.ran(), ["base"]);
+    let log = std::fs::read_dir(env.path("cache/logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .find(|s| s.contains("\"resumed_from_step\""))
+        .expect("a training summary in the log");
+    assert!(!log.contains("\"resumed_from_step\":0"), "the rerun resumed: {log}");
+    let got = std::fs::read(output_path(&env, "ml", "base", "checkpoint").join("model.safetensors")).unwrap();
+    assert!(got == want, "a resumed run must equal an uninterrupted one byte for byte");
+    assert!(!env.path("cache/resume").read_dir().unwrap().any(|_| true), "resume state is removed after success");
+}
+
+#[test]
+fn doctor_reports_libtorch() {
+    let out = Env::new().demix(&["doctor"]).ok().stdout();
+    assert!(out.contains("libtorch:     2.11.0"), "{out}");
+    assert!(out.contains("cuda:"), "{out}");
+}
