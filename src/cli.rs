@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "demix", version, about = "A content-addressed workflow engine for LLM data-mixture search (DeMix).", propagate_version = true)]
+#[command(
+    name = "demix",
+    version,
+    about = "A content-addressed workflow engine for LLM data-mixture search (DeMix).",
+    propagate_version = true
+)]
 pub struct Cli {
     /// The artifact store [default: ./cache]
     #[arg(long, global = true, env = "DEMIX_CACHE", value_name = "DIR")]

@@ -38,8 +38,13 @@ pub fn exit_code(report: &miette::Report) -> u8 {
 }
 
 pub fn init_tracing(cli: &Cli) {
-    let level = if cli.verbose { "demix=debug" } else { "demix=warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DEMIX_LOG").unwrap_or_else(|_| level.into());
+    let level = if cli.verbose {
+        "demix=debug"
+    } else {
+        "demix=warn"
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("DEMIX_LOG").unwrap_or_else(|_| level.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -91,7 +96,9 @@ fn select(g: &Graph, sels: &[String], what: &str) -> Result<Vec<usize>, CliError
             let hint = demix::manifest::did_you_mean(s, ids.iter().copied())
                 .map(|h| format!(" ({h})"))
                 .unwrap_or_default();
-            return Err(CliError::Usage(format!("{what} `{s}` is not a step of this workflow{hint}")));
+            return Err(CliError::Usage(format!(
+                "{what} `{s}` is not a step of this workflow{hint}"
+            )));
         }
         out.extend(hits);
     }
@@ -176,30 +183,54 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
                         "corrupt {} (content hashes to {}); removed; rerun to rebuild: {}",
                         c.path.display(),
                         &c.actual[..12],
-                        if c.steps.is_empty() { "no step".into() } else { c.steps.join(", ") }
+                        if c.steps.is_empty() {
+                            "no step".into()
+                        } else {
+                            c.steps.join(", ")
+                        }
                     );
                 }
-                println!("verified {} objects ({}): {} corrupt", r.objects, human_bytes(r.bytes), r.corrupt.len());
+                println!(
+                    "verified {} objects ({}): {} corrupt",
+                    r.objects,
+                    human_bytes(r.bytes),
+                    r.corrupt.len()
+                );
             }
-            Ok(if r.corrupt.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if r.corrupt.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Doctor => {
             println!("demix {}", demix::VERSION);
             #[cfg(feature = "torch")]
             print!("{}", demix::ml::device::doctor());
             #[cfg(not(feature = "torch"))]
-            println!("built without libtorch (feature `torch`): ML steps cannot run here; build with `--features torch` (scripts/demix does)");
+            println!(
+                "built without libtorch (feature `torch`): ML steps cannot run here; build with `--features torch` (scripts/demix does)"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
             print!("{}", demix::manifest::schema::manifest_schema_text());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Internal { command: Internal::ExecStep { spec, completion, die_with_parent } } => {
+        Command::Internal {
+            command:
+                Internal::ExecStep {
+                    spec,
+                    completion,
+                    die_with_parent,
+                },
+        } => {
             let code = demix::exec::child::exec_step(&spec, completion.as_deref(), die_with_parent);
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
-        Command::Internal { command: Internal::ExecBatch { dir, names } } => {
+        Command::Internal {
+            command: Internal::ExecBatch { dir, names },
+        } => {
             let code = demix::exec::slurm::exec_batch(&dir, &names);
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
@@ -212,7 +243,8 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
     let force = select(&g, &a.force, "--force")?;
     let s = store(cache);
     if a.dry_run {
-        let only: Option<BTreeSet<usize>> = (!targets.is_empty()).then(|| g.with_ancestors(&targets));
+        let only: Option<BTreeSet<usize>> =
+            (!targets.is_empty()).then(|| g.with_ancestors(&targets));
         let no_progress = |_: &Path, _: u64, _: u64| {};
         let planner = Planner::new(&g, &s, &no_progress);
         let mut would = 0;
@@ -233,7 +265,11 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
             }
         }
         println!("dry run: {would} step(s) would run, {problems} problem(s); nothing was written");
-        return Ok(if problems > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS });
+        return Ok(if problems > 0 {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let slurm = slurm_config(&a.cluster, &g)?;
     let _usage = s
@@ -241,7 +277,10 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let gpus = demix::exec::local::detect_gpus(a.gpus.as_deref());
     let mut opts = RunOptions {
-        jobs: a.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |j| j as usize),
+        jobs: a.jobs.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |j| j as usize,
+        ),
         keep_going: a.keep_going,
         force,
         targets,
@@ -271,7 +310,13 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
     let cancelled = summary.count(|o| *o == Outcome::Cancelled);
     let line = format!(
         "{}: {ran} ran, {fresh} fresh, {failed} failed, {skipped} skipped, {cancelled} cancelled in {:.2}s",
-        if summary.interrupted { "interrupted" } else if summary.ok { "done" } else { "FAILED" },
+        if summary.interrupted {
+            "interrupted"
+        } else if summary.ok {
+            "done"
+        } else {
+            "FAILED"
+        },
         t0.elapsed().as_secs_f64()
     );
     if summary.ok {
@@ -280,7 +325,10 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         rep.always(&line);
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("serializes")
+        );
     }
     Ok(if summary.interrupted {
         ExitCode::from(130)
@@ -293,7 +341,10 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
 
 /// The Slurm executor's settings when this run uses it: `--executor`, else the
 /// manifest's `executor.type`; the manifest's block under the `--slurm-*` flags.
-fn slurm_config(c: &crate::cli::ClusterArgs, g: &Graph) -> Result<Option<exec::slurm::SlurmConfig>, CliError> {
+fn slurm_config(
+    c: &crate::cli::ClusterArgs,
+    g: &Graph,
+) -> Result<Option<exec::slurm::SlurmConfig>, CliError> {
     use demix::manifest::ExecutorKind;
     let decl = g.manifest.executor.as_ref();
     let on = match c.executor {
@@ -329,7 +380,11 @@ fn slurm_config(c: &crate::cli::ClusterArgs, g: &Graph) -> Result<Option<exec::s
     Ok(Some(cfg))
 }
 
-fn status(manifest: Option<PathBuf>, json_out: bool, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
+fn status(
+    manifest: Option<PathBuf>,
+    json_out: bool,
+    cache: &Option<PathBuf>,
+) -> miette::Result<ExitCode> {
     let g = load_graph(manifest)?;
     let s = store(cache);
     let no_progress = |_: &Path, _: u64, _: u64| {};
@@ -375,7 +430,10 @@ fn status(manifest: Option<PathBuf>, json_out: bool, cache: &Option<PathBuf>) ->
             "steps": items,
             "counts": { "fresh": counts[0], "stale": counts[1], "new": counts[2], "error": counts[3] },
         });
-        println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializes")
+        );
     } else {
         for (node, state, reasons, _, error) in &steps {
             match (state, error) {
@@ -393,10 +451,18 @@ fn status(manifest: Option<PathBuf>, json_out: bool, cache: &Option<PathBuf>) ->
             counts[0],
             counts[1],
             counts[2],
-            if counts[3] > 0 { format!(", {} with errors", counts[3]) } else { String::new() }
+            if counts[3] > 0 {
+                format!(", {} with errors", counts[3])
+            } else {
+                String::new()
+            }
         );
     }
-    Ok(if counts[3] > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if counts[3] > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn dag(g: &Graph, format: DagFormat) -> String {
@@ -414,9 +480,15 @@ fn dag(g: &Graph, format: DagFormat) -> String {
             }
         }
         DagFormat::Dot => {
-            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", g.manifest.name));
+            out.push_str(&format!(
+                "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
+                g.manifest.name
+            ));
             for &i in &g.order {
-                out.push_str(&format!("  n{i} [label=\"{}\"];\n", label(i).replace('"', "\\\"")));
+                out.push_str(&format!(
+                    "  n{i} [label=\"{}\"];\n",
+                    label(i).replace('"', "\\\"")
+                ));
             }
             for &i in &g.order {
                 for &d in &g.deps[i] {
@@ -428,7 +500,10 @@ fn dag(g: &Graph, format: DagFormat) -> String {
         DagFormat::Mermaid => {
             out.push_str("flowchart LR\n");
             for &i in &g.order {
-                out.push_str(&format!("  n{i}[\"{}\"]\n", label(i).replace('"', "#quot;")));
+                out.push_str(&format!(
+                    "  n{i}[\"{}\"]\n",
+                    label(i).replace('"', "#quot;")
+                ));
             }
             for &i in &g.order {
                 for &d in &g.deps[i] {
@@ -445,7 +520,10 @@ fn lineage(a: crate::cli::LineageArgs, cache: &Option<PathBuf>) -> miette::Resul
     // Step ids are looked up in the manifest's workflow when there is one.
     let name = match a.manifest {
         Some(p) => Some(Manifest::load(&p).map_err(CliError::Manifest)?.name),
-        None => manifest_path(None).ok().and_then(|p| Manifest::load(&p).ok()).map(|m| m.name),
+        None => manifest_path(None)
+            .ok()
+            .and_then(|p| Manifest::load(&p).ok())
+            .map(|m| m.name),
     };
     let r = demix::lineage::resolve(&s, name.as_deref(), &a.what).map_err(CliError::Usage)?;
     let l = demix::lineage::lineage(&s, &r);
@@ -462,7 +540,10 @@ fn log(a: crate::cli::LogArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCo
     let runs = demix::maintenance::runs(&s);
     let shown = &runs[runs.len().saturating_sub(a.limit)..];
     if a.json {
-        println!("{}", serde_json::to_string_pretty(shown).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(shown).expect("serializes")
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if shown.is_empty() {
@@ -470,7 +551,13 @@ fn log(a: crate::cli::LogArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCo
     }
     for r in shown {
         let secs = (r.finished.as_millisecond() - r.started.as_millisecond()) as f64 / 1000.0;
-        let state = if r.interrupted { "interrupted" } else if r.ok { "ok" } else { "FAILED" };
+        let state = if r.interrupted {
+            "interrupted"
+        } else if r.ok {
+            "ok"
+        } else {
+            "FAILED"
+        };
         println!(
             "{}  {:<11} {:<20} {} ran, {} fresh, {} failed  {secs:.2}s  on {}",
             r.started.strftime("%Y-%m-%d %H:%M:%S"),

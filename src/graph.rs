@@ -18,10 +18,19 @@ use crate::steps::{self, Plan, StepKind};
 #[derive(Clone, Debug)]
 pub enum Source {
     /// A workspace file or folder: absolute path, and the path as written.
-    Path { abs: PathBuf, written: String },
-    Dataset { name: String, split: Split },
+    Path {
+        abs: PathBuf,
+        written: String,
+    },
+    Dataset {
+        name: String,
+        split: Split,
+    },
     /// Outputs of one or more (with `[*]`) upstream nodes.
-    Steps { nodes: Vec<usize>, output: String },
+    Steps {
+        nodes: Vec<usize>,
+        output: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -67,7 +76,10 @@ impl Graph {
     }
 
     /// Builds the graph, adding its problems to those already found in the manifest.
-    pub fn build_checked(manifest: Manifest, earlier: Vec<crate::manifest::ManifestDiag>) -> Result<Graph, ManifestError> {
+    pub fn build_checked(
+        manifest: Manifest,
+        earlier: Vec<crate::manifest::ManifestDiag>,
+    ) -> Result<Graph, ManifestError> {
         let src = manifest.src.clone();
         let mut d = Diags::new(&src);
         d.problems = earlier;
@@ -98,18 +110,27 @@ impl Graph {
                 if d.problems.len() > before {
                     continue;
                 }
-                let Some(plan) = kind.plan(&body, &mut d) else { continue };
+                let Some(plan) = kind.plan(&body, &mut d) else {
+                    continue;
+                };
                 let mut refs = Vec::new();
                 collect_refs(&body, &mut refs);
                 if !plan.runtime_refs {
                     for (r, span) in &refs {
                         if matches!(r, Ref::Input(_) | Ref::Output(_) | Ref::OutDir) {
-                            d.error(span, format!("`{r}` is not available in a `{}` step", kind.name()), "reference");
+                            d.error(
+                                span,
+                                format!("`{r}` is not available in a `{}` step", kind.name()),
+                                "reference",
+                            );
                         }
                     }
                 }
                 let idx = nodes.len();
-                by_base.entry(decl.id.clone()).or_default().push((item.clone(), idx));
+                by_base
+                    .entry(decl.id.clone())
+                    .or_default()
+                    .push((item.clone(), idx));
                 raw_refs.push(refs);
                 nodes.push(StepNode {
                     id: expanded_id(&decl.id, item.as_deref()),
@@ -120,7 +141,7 @@ impl Graph {
                     inputs: Vec::new(),
                     params_used: used,
                     resources: decl.resources.clone(),
-                    span: decl.id_span.clone(),
+                    span: decl.id_span,
                 });
             }
         }
@@ -141,7 +162,10 @@ impl Graph {
                             );
                             continue;
                         }
-                        Source::Dataset { name: name.clone(), split: *split }
+                        Source::Dataset {
+                            name: name.clone(),
+                            split: *split,
+                        }
                     }
                     Ref::Step { id, select, output } => {
                         let Some(targets) = by_base.get(id) else {
@@ -174,15 +198,21 @@ impl Graph {
                                 d.error(span, format!("step `{id}` has no `foreach`; write `${{steps.{id}.{output}}}`"), "not a fan-out");
                                 continue;
                             }
-                            Select::Key(k) => match targets.iter().find(|(i, _)| i.as_deref() == Some(k)) {
+                            Select::Key(k) => match targets
+                                .iter()
+                                .find(|(i, _)| i.as_deref() == Some(k))
+                            {
                                 Some((_, n)) => vec![*n],
                                 None => {
-                                    let keys: Vec<&str> = targets.iter().filter_map(|(i, _)| i.as_deref()).collect();
+                                    let keys: Vec<&str> =
+                                        targets.iter().filter_map(|(i, _)| i.as_deref()).collect();
                                     d.push(
                                         span,
                                         format!("step `{id}` has no item `{k}`"),
                                         "no such item",
-                                        did_you_mean(k, keys.iter().copied()).or_else(|| Some(format!("items: {}", keys.join(", ")))),
+                                        did_you_mean(k, keys.iter().copied()).or_else(|| {
+                                            Some(format!("items: {}", keys.join(", ")))
+                                        }),
                                     );
                                     continue;
                                 }
@@ -195,20 +225,36 @@ impl Graph {
                                 span,
                                 format!("step `{id}` has no output `{output}`"),
                                 "no such output",
-                                did_you_mean(output, outs.keys().map(String::as_str))
-                                    .or_else(|| Some(format!("outputs: {}", outs.keys().cloned().collect::<Vec<_>>().join(", ")))),
+                                did_you_mean(output, outs.keys().map(String::as_str)).or_else(
+                                    || {
+                                        Some(format!(
+                                            "outputs: {}",
+                                            outs.keys().cloned().collect::<Vec<_>>().join(", ")
+                                        ))
+                                    },
+                                ),
                             );
                             continue;
                         }
                         for &c in &chosen {
-                            edges.push((c, idx, span.clone()));
+                            edges.push((c, idx, *span));
                         }
-                        Source::Steps { nodes: chosen, output: output.clone() }
+                        Source::Steps {
+                            nodes: chosen,
+                            output: output.clone(),
+                        }
                     }
                     _ => continue,
                 };
                 let key = r.to_string();
-                inputs.insert(key.clone(), Input { key, source, span: span.clone() });
+                inputs.insert(
+                    key.clone(),
+                    Input {
+                        key,
+                        source,
+                        span: *span,
+                    },
+                );
             }
             for (name, split) in &nodes[idx].plan.datasets {
                 if !manifest.datasets.contains_key(name.as_str()) {
@@ -220,11 +266,21 @@ impl Graph {
                     );
                     continue;
                 }
-                let r = Ref::Dataset { name: name.as_str().to_string(), split: *split };
+                let r = Ref::Dataset {
+                    name: name.as_str().to_string(),
+                    split: *split,
+                };
                 let key = r.to_string();
                 inputs.insert(
                     key.clone(),
-                    Input { key, source: Source::Dataset { name: name.as_str().to_string(), split: *split }, span: name.span().clone() },
+                    Input {
+                        key,
+                        source: Source::Dataset {
+                            name: name.as_str().to_string(),
+                            split: *split,
+                        },
+                        span: *name.span(),
+                    },
                 );
             }
             for p in &nodes[idx].plan.paths {
@@ -232,7 +288,11 @@ impl Graph {
                 let abs = manifest.dir.join(&written);
                 inputs.insert(
                     written.clone(),
-                    Input { key: written.clone(), source: Source::Path { abs, written }, span: p.span().clone() },
+                    Input {
+                        key: written.clone(),
+                        source: Source::Path { abs, written },
+                        span: *p.span(),
+                    },
                 );
             }
             nodes[idx].inputs = inputs.into_values().collect();
@@ -245,7 +305,12 @@ impl Graph {
                     None => (a.as_str(), None),
                 };
                 let Some(targets) = by_base.get(base) else {
-                    d.push(a.span(), format!("unknown step `{}` in `after`", a.as_str()), "no such step", did_you_mean(base, step_ids.iter().copied()));
+                    d.push(
+                        a.span(),
+                        format!("unknown step `{}` in `after`", a.as_str()),
+                        "no such step",
+                        did_you_mean(base, step_ids.iter().copied()),
+                    );
                     continue;
                 };
                 let sources: Vec<usize> = targets
@@ -254,11 +319,15 @@ impl Graph {
                     .map(|(_, n)| *n)
                     .collect();
                 if sources.is_empty() {
-                    d.error(a.span(), format!("`{}` names no step node", a.as_str()), "no such step");
+                    d.error(
+                        a.span(),
+                        format!("`{}` names no step node", a.as_str()),
+                        "no such step",
+                    );
                 }
                 for (_, to) in by_base.get(&decl.id).cloned().unwrap_or_default() {
                     for &s in &sources {
-                        edges.push((s, to, a.span().clone()));
+                        edges.push((s, to, *a.span()));
                     }
                 }
             }
@@ -270,15 +339,15 @@ impl Graph {
         let ix: Vec<NodeIndex> = (0..nodes.len()).map(|i| g.add_node(i)).collect();
         let mut deps = vec![BTreeSet::new(); nodes.len()];
         for (a, b, span) in &edges {
-            g.update_edge(ix[*a], ix[*b], span.clone());
+            g.update_edge(ix[*a], ix[*b], *span);
             deps[*b].insert(*a);
         }
         if let Some(cycle) = find_cycle(&g) {
             let names: Vec<&str> = cycle.iter().map(|&n| nodes[g[n]].id.as_str()).collect();
             let closing = g
                 .find_edge(cycle[cycle.len() - 1], cycle[0])
-                .map(|e| g[e].clone())
-                .unwrap_or_else(|| nodes[g[cycle[0]]].span.clone());
+                .map(|e| g[e])
+                .unwrap_or_else(|| nodes[g[cycle[0]]].span);
             let mut path = names.join(" -> ");
             path.push_str(&format!(" -> {}", names[0]));
             d.push(
@@ -308,7 +377,9 @@ impl Graph {
         if let Some(i) = self.find(sel) {
             return vec![i];
         }
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].base == sel).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].base == sel)
+            .collect()
     }
 
     /// `targets` and everything upstream of them.
@@ -325,7 +396,9 @@ impl Graph {
 
     /// Nodes downstream of `n`.
     pub fn dependents(&self, n: usize) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| self.deps[i].contains(&n)).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.deps[i].contains(&n))
+            .collect()
     }
 }
 
@@ -376,7 +449,8 @@ fn find_cycle(g: &DiGraph<usize, Span>) -> Option<Vec<NodeIndex>> {
             visited: &mut BTreeSet<NodeIndex>,
         ) -> bool {
             let cur = *path.last().expect("non-empty");
-            let mut next: Vec<NodeIndex> = g.neighbors(cur).filter(|n| members.contains(n)).collect();
+            let mut next: Vec<NodeIndex> =
+                g.neighbors(cur).filter(|n| members.contains(n)).collect();
             next.sort();
             for n in next {
                 if n == start {
@@ -422,7 +496,7 @@ fn substitute(
             if !template::has_refs(s.as_str()) && !s.as_str().contains("$${") {
                 return;
             }
-            let span = s.span().clone();
+            let span = *s.span();
             let pieces = match template::parse(s.as_str()) {
                 Ok(p) => p,
                 Err(e) => {
@@ -430,7 +504,10 @@ fn substitute(
                     return;
                 }
             };
-            let lookup = |path: &[String], used: &mut BTreeMap<String, Value>, d: &mut Diags| -> Option<Value> {
+            let lookup = |path: &[String],
+                          used: &mut BTreeMap<String, Value>,
+                          d: &mut Diags|
+             -> Option<Value> {
                 match lookup_param(&m.params, path) {
                     Some(v) => {
                         used.insert(path.join("."), v.clone());
@@ -453,7 +530,7 @@ fn substitute(
                     *node = match &v {
                         Value::String(_) => json_to_node(&v, &span),
                         Value::Array(_) | Value::Object(_) => json_to_node(&v, &span),
-                        other => Node::Scalar(MarkedScalarNode::new(span.clone(), other.to_string())),
+                        other => Node::Scalar(MarkedScalarNode::new(span, other.to_string())),
                     };
                 }
                 return;
@@ -470,20 +547,38 @@ fn substitute(
                     Piece::Ref(Ref::Param(path)) => match lookup(&path, used, d) {
                         Some(Value::String(s)) => out.push_str(&s.replace("${", "$${")),
                         Some(v @ (Value::Array(_) | Value::Object(_))) => {
-                            d.error(&span, format!("`params.{}` is a {}; it can only be used as a whole value", path.join("."), if v.is_array() { "list" } else { "mapping" }), "parameter");
+                            d.error(
+                                &span,
+                                format!(
+                                    "`params.{}` is a {}; it can only be used as a whole value",
+                                    path.join("."),
+                                    if v.is_array() { "list" } else { "mapping" }
+                                ),
+                                "parameter",
+                            );
                         }
                         Some(v) => out.push_str(&v.to_string()),
                         None => {}
                     },
                     Piece::Ref(Ref::Item) => match item {
                         Some(i) => out.push_str(i),
-                        None => d.push(&span, "`${item}` is only defined in a step with `foreach`", "no item here", None),
+                        None => d.push(
+                            &span,
+                            "`${item}` is only defined in a step with `foreach`",
+                            "no item here",
+                            None,
+                        ),
                     },
                     Piece::Ref(mut r) => {
                         if let Some(i) = item {
                             match &mut r {
-                                Ref::Dataset { name, .. } if name == "$item" => *name = i.to_string(),
-                                Ref::Step { select: Select::Key(k), .. } if k == "$item" => *k = i.to_string(),
+                                Ref::Dataset { name, .. } if name == "$item" => {
+                                    *name = i.to_string()
+                                }
+                                Ref::Step {
+                                    select: Select::Key(k),
+                                    ..
+                                } if k == "$item" => *k = i.to_string(),
                                 Ref::Step { id, .. } if id == "$item" => *id = i.to_string(),
                                 _ => {}
                             }
@@ -491,7 +586,12 @@ fn substitute(
                             || matches!(&r, Ref::Step { select: Select::Key(k), .. } if k == "$item")
                             || matches!(&r, Ref::Step { id, .. } if id == "$item")
                         {
-                            d.push(&span, "`$item` is only defined in a step with `foreach`", "no item here", None);
+                            d.push(
+                                &span,
+                                "`$item` is only defined in a step with `foreach`",
+                                "no item here",
+                                None,
+                            );
                         }
                         out.push_str(&r.to_string());
                         may_coerce = false;
@@ -514,7 +614,7 @@ fn collect_refs(node: &Node, out: &mut Vec<(Ref, Span)>) {
             if let Ok(pieces) = template::parse(s.as_str()) {
                 for p in pieces {
                     if let Piece::Ref(r) = p {
-                        out.push((r, s.span().clone()));
+                        out.push((r, *s.span()));
                     }
                 }
             }
@@ -525,7 +625,10 @@ fn collect_refs(node: &Node, out: &mut Vec<(Ref, Span)>) {
 /// Resolves a dataset split's globs to sorted, unique files. An empty match is an error
 /// that names the glob.
 pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathBuf>, String> {
-    let decl = m.datasets.get(name).ok_or_else(|| format!("unknown dataset `{name}`"))?;
+    let decl = m
+        .datasets
+        .get(name)
+        .ok_or_else(|| format!("unknown dataset `{name}`"))?;
     let globs = match split {
         Split::Train => &decl.files,
         Split::Validation if !decl.validation.is_empty() => &decl.validation,
@@ -540,7 +643,8 @@ pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathB
             m.dir.join(g.as_str()).display().to_string()
         };
         let mut n = 0;
-        let paths = glob::glob(&pattern).map_err(|e| format!("{}: bad glob: {e}", m.src.location(g.span())))?;
+        let paths = glob::glob(&pattern)
+            .map_err(|e| format!("{}: bad glob: {e}", m.src.location(g.span())))?;
         for p in paths.flatten() {
             if p.is_file() {
                 files.insert(p);

@@ -159,7 +159,11 @@ impl StatCache {
             .expect("stat cache lock")
             .get(path)
             .is_some_and(|s| {
-                s.size == size && s.mtime_ns == mtime_ns && s.ino == ino && s.dev == dev && s.hash == hash
+                s.size == size
+                    && s.mtime_ns == mtime_ns
+                    && s.ino == ino
+                    && s.dev == dev
+                    && s.hash == hash
             })
     }
 
@@ -171,7 +175,9 @@ impl StatCache {
     /// Writes the cache atomically; concurrent runs may overwrite each other, which
     /// only costs a re-hash.
     pub fn save(&self) -> io::Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         if !*self.dirty.lock().expect("stat cache lock") {
             return Ok(());
         }

@@ -16,7 +16,10 @@ use serde_json::Value;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Origin {
     /// A file or folder in the workspace.
-    Path { path: String, files: Vec<(String, String)> },
+    Path {
+        path: String,
+        files: Vec<(String, String)>,
+    },
     /// A dataset's files (one split).
     Dataset {
         name: String,
@@ -75,7 +78,11 @@ pub fn canonical(v: &Value) -> Value {
         Value::Object(o) => {
             let mut keys: Vec<&String> = o.keys().collect();
             keys.sort();
-            Value::Object(keys.into_iter().map(|k| (k.clone(), canonical(&o[k]))).collect())
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), canonical(&o[k])))
+                    .collect(),
+            )
         }
         Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
         _ => v.clone(),
@@ -90,15 +97,36 @@ pub enum Reason {
     New,
     /// `--force`.
     Forced,
-    ImplementationChanged { kind: String, old: u32, new: u32 },
-    ParamChanged { name: String, old: Option<Value>, new: Option<Value> },
-    InputAdded { input: String },
-    InputRemoved { input: String },
-    InputChanged { input: String, detail: String },
+    ImplementationChanged {
+        kind: String,
+        old: u32,
+        new: u32,
+    },
+    ParamChanged {
+        name: String,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
+    InputAdded {
+        input: String,
+    },
+    InputRemoved {
+        input: String,
+    },
+    InputChanged {
+        input: String,
+        detail: String,
+    },
     /// An upstream step will run first, so this step's inputs are not known yet.
-    UpstreamPending { step: String },
-    OutputMissing { path: String },
-    OutputCorrupt { path: String },
+    UpstreamPending {
+        step: String,
+    },
+    OutputMissing {
+        path: String,
+    },
+    OutputCorrupt {
+        path: String,
+    },
     /// Same inputs and parameters as a result that is no longer in the store.
     ResultMissing,
 }
@@ -116,7 +144,12 @@ impl fmt::Display for Reason {
                 write!(f, "implementation of `{kind}` changed (v{old} -> v{new})")
             }
             Reason::ParamChanged { name, old, new } => {
-                write!(f, "parameter `{name}` changed: {} -> {}", show(old), show(new))
+                write!(
+                    f,
+                    "parameter `{name}` changed: {} -> {}",
+                    show(old),
+                    show(new)
+                )
             }
             Reason::InputAdded { input } => write!(f, "new input {input}"),
             Reason::InputRemoved { input } => write!(f, "input {input} removed"),
@@ -134,7 +167,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     match v {
         Value::Object(o) if !o.is_empty() => {
             for (k, x) in o {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&p, x, out);
             }
         }
@@ -149,7 +186,12 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     }
 }
 
-fn diff_maps(old: &BTreeMap<String, Value>, new: &BTreeMap<String, Value>, prefix: &str, out: &mut Vec<Reason>) {
+fn diff_maps(
+    old: &BTreeMap<String, Value>,
+    new: &BTreeMap<String, Value>,
+    prefix: &str,
+    out: &mut Vec<Reason>,
+) {
     let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     for k in keys {
         let (a, b) = (old.get(k), new.get(k));
@@ -180,7 +222,9 @@ pub fn diff(old: &KeyRecord, new: &KeyRecord) -> Vec<Reason> {
     diff_maps(&a, &b, "", &mut out);
     for (name, inp) in &new.inputs {
         match old.inputs.get(name) {
-            None => out.push(Reason::InputAdded { input: name.clone() }),
+            None => out.push(Reason::InputAdded {
+                input: name.clone(),
+            }),
             Some(o) if o.hash != inp.hash => out.push(Reason::InputChanged {
                 input: name.clone(),
                 detail: describe_change(&o.origin, &inp.origin),
@@ -190,7 +234,9 @@ pub fn diff(old: &KeyRecord, new: &KeyRecord) -> Vec<Reason> {
     }
     for name in old.inputs.keys() {
         if !new.inputs.contains_key(name) {
-            out.push(Reason::InputRemoved { input: name.clone() });
+            out.push(Reason::InputRemoved {
+                input: name.clone(),
+            });
         }
     }
     out
@@ -228,11 +274,16 @@ fn describe_files(old: &[(String, String)], new: &[(String, String)]) -> String 
 fn describe_change(old: &Origin, new: &Origin) -> String {
     match (old, new) {
         (Origin::Path { files: a, .. }, Origin::Path { files: b, .. })
-        | (Origin::Dataset { files: a, .. }, Origin::Dataset { files: b, .. }) => describe_files(a, b),
+        | (Origin::Dataset { files: a, .. }, Origin::Dataset { files: b, .. }) => {
+            describe_files(a, b)
+        }
         (Origin::Steps { outputs: a }, Origin::Steps { outputs: b }) => {
             let changed: Vec<String> = b
                 .iter()
-                .filter(|u| !a.iter().any(|o| o.step == u.step && o.output == u.output && o.hash == u.hash))
+                .filter(|u| {
+                    !a.iter()
+                        .any(|o| o.step == u.step && o.output == u.output && o.hash == u.hash)
+                })
                 .map(|u| format!("`{}` produced new `{}`", u.step, u.output))
                 .collect();
             if changed.is_empty() {

@@ -8,9 +8,9 @@ pub mod graph;
 pub mod hash;
 pub mod key;
 pub mod lineage;
+pub mod maintenance;
 pub mod manifest;
 pub mod mix;
-pub mod maintenance;
 #[cfg(feature = "torch")]
 pub mod ml;
 pub mod plan;

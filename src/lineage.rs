@@ -47,16 +47,20 @@ pub struct InputLineage {
 #[serde(untagged)]
 pub enum Producer {
     Found(Box<Lineage>),
-    Missing { step: String, key: String, missing: bool },
+    Missing {
+        step: String,
+        key: String,
+        missing: bool,
+    },
 }
 
 /// Finds the result a user means: a step id (of the given manifest), a path into the
 /// store, or a prefix of a key or of an output, tree or file hash.
 pub fn resolve(store: &Store, manifest: Option<&str>, what: &str) -> Result<ResultRecord, String> {
-    if let Some(m) = manifest {
-        if let Some(r) = store.read_state(m, what) {
-            return Ok(r);
-        }
+    if let Some(m) = manifest
+        && let Some(r) = store.read_state(m, what)
+    {
+        return Ok(r);
     }
     let results = store.all_results();
     // A path: into a tree, or an object, or a workspace file identical to an output.
@@ -71,11 +75,17 @@ pub fn resolve(store: &Store, manifest: Option<&str>, what: &str) -> Result<Resu
             if let Some(tree) = parts.next() {
                 let tree = tree.as_os_str().to_string_lossy().into_owned();
                 let inner: std::path::PathBuf = parts.collect();
-                return pick(&results, |r| {
-                    r.tree == tree
-                        && (inner.as_os_str().is_empty()
-                            || r.files.iter().any(|f| std::path::Path::new(&f.path).starts_with(&inner)))
-                }, what);
+                return pick(
+                    &results,
+                    |r| {
+                        r.tree == tree
+                            && (inner.as_os_str().is_empty()
+                                || r.files
+                                    .iter()
+                                    .any(|f| std::path::Path::new(&f.path).starts_with(&inner)))
+                    },
+                    what,
+                );
             }
         }
         if abs.is_file() {
@@ -85,26 +95,44 @@ pub fn resolve(store: &Store, manifest: Option<&str>, what: &str) -> Result<Resu
     }
     let prefix = what.trim_start_matches("blake3:");
     if prefix.len() >= 6 && prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-        return pick(&results, |r| {
-            r.key.starts_with(prefix)
-                || r.tree.starts_with(prefix)
-                || r.outputs.values().any(|o| o.hash.starts_with(prefix))
-                || r.files.iter().any(|f| f.hash.starts_with(prefix))
-        }, what);
+        return pick(
+            &results,
+            |r| {
+                r.key.starts_with(prefix)
+                    || r.tree.starts_with(prefix)
+                    || r.outputs.values().any(|o| o.hash.starts_with(prefix))
+                    || r.files.iter().any(|f| f.hash.starts_with(prefix))
+            },
+            what,
+        );
     }
     // A step id of another manifest in the store.
-    let by_step: Vec<ResultRecord> = store.all_states().into_iter().filter(|r| r.step == what).collect();
+    let by_step: Vec<ResultRecord> = store
+        .all_states()
+        .into_iter()
+        .filter(|r| r.step == what)
+        .collect();
     match by_step.len() {
         1 => Ok(by_step.into_iter().next().expect("one")),
-        0 => Err(format!("`{what}` is not a step, a path in the store, or a known hash")),
+        0 => Err(format!(
+            "`{what}` is not a step, a path in the store, or a known hash"
+        )),
         _ => Err(format!(
             "step `{what}` exists in several workflows ({}); pass the manifest",
-            by_step.iter().map(|r| r.manifest.as_str()).collect::<Vec<_>>().join(", ")
+            by_step
+                .iter()
+                .map(|r| r.manifest.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
 
-fn pick(results: &[ResultRecord], f: impl Fn(&ResultRecord) -> bool, what: &str) -> Result<ResultRecord, String> {
+fn pick(
+    results: &[ResultRecord],
+    f: impl Fn(&ResultRecord) -> bool,
+    what: &str,
+) -> Result<ResultRecord, String> {
     let mut hits: Vec<&ResultRecord> = results.iter().filter(|r| f(r)).collect();
     // The newest producer is the one the user most likely means.
     hits.sort_by_key(|r| std::cmp::Reverse(r.finished));
@@ -129,13 +157,24 @@ fn build(store: &Store, r: &ResultRecord, seen: &mut BTreeSet<String>) -> Lineag
                 Origin::Steps { outputs } => outputs
                     .iter()
                     .map(|u| match store.read_result(&u.key) {
-                        Some(up) if !seen.contains(&up.key) => Producer::Found(Box::new(build(store, &up, seen))),
-                        _ => Producer::Missing { step: u.step.clone(), key: u.key.clone(), missing: true },
+                        Some(up) if !seen.contains(&up.key) => {
+                            Producer::Found(Box::new(build(store, &up, seen)))
+                        }
+                        _ => Producer::Missing {
+                            step: u.step.clone(),
+                            key: u.key.clone(),
+                            missing: true,
+                        },
                     })
                     .collect(),
                 _ => Vec::new(),
             };
-            InputLineage { name: name.clone(), hash: inp.hash.clone(), origin: inp.origin.clone(), producers }
+            InputLineage {
+                name: name.clone(),
+                hash: inp.hash.clone(),
+                origin: inp.origin.clone(),
+                producers,
+            }
         })
         .collect();
     Lineage {
@@ -149,7 +188,12 @@ fn build(store: &Store, r: &ResultRecord, seen: &mut BTreeSet<String>) -> Lineag
         outputs: r
             .outputs
             .iter()
-            .map(|(n, o)| OutputLine { name: n.clone(), path: store.tree_dir(&r.tree).join(&o.path).display().to_string(), hash: o.hash.clone(), size: o.size })
+            .map(|(n, o)| OutputLine {
+                name: n.clone(),
+                path: store.tree_dir(&r.tree).join(&o.path).display().to_string(),
+                hash: o.hash.clone(),
+                size: o.size,
+            })
             .collect(),
         started: r.started,
         duration_s: r.duration_s,
@@ -196,10 +240,20 @@ fn render_into(l: &Lineage, depth: usize, out: &mut String) {
         }
     }
     for o in &l.outputs {
-        out.push_str(&format!("{pad}  output   {} = {} (blake3 {}, {})\n", o.name, o.path, short(&o.hash), crate::store::human_bytes(o.size)));
+        out.push_str(&format!(
+            "{pad}  output   {} = {} (blake3 {}, {})\n",
+            o.name,
+            o.path,
+            short(&o.hash),
+            crate::store::human_bytes(o.size)
+        ));
     }
     for i in &l.inputs {
-        out.push_str(&format!("{pad}  input    {} (blake3 {})\n", i.name, short(&i.hash)));
+        out.push_str(&format!(
+            "{pad}  input    {} (blake3 {})\n",
+            i.name,
+            short(&i.hash)
+        ));
         match &i.origin {
             Origin::Path { files, .. } | Origin::Dataset { files, .. } => {
                 const MAX: usize = 20;
@@ -207,7 +261,10 @@ fn render_into(l: &Lineage, depth: usize, out: &mut String) {
                     out.push_str(&format!("{pad}    file   {p} (blake3 {})\n", short(h)));
                 }
                 if files.len() > MAX {
-                    out.push_str(&format!("{pad}    ... and {} more files\n", files.len() - MAX));
+                    out.push_str(&format!(
+                        "{pad}    ... and {} more files\n",
+                        files.len() - MAX
+                    ));
                 }
             }
             Origin::Steps { .. } => {

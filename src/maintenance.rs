@@ -28,7 +28,9 @@ pub fn runs(store: &Store) -> Vec<RunSummary> {
         .into_iter()
         .filter_map(|p| {
             let b = fs::read(&p).ok()?;
-            serde_json::from_slice::<RunLog>(&b).ok().map(|r| r.into_summary())
+            serde_json::from_slice::<RunLog>(&b)
+                .ok()
+                .map(|r| r.into_summary())
         })
         .collect()
 }
@@ -63,17 +65,31 @@ impl RunLog {
                     "fresh" => crate::exec::Outcome::Fresh,
                     "cancelled" => crate::exec::Outcome::Cancelled,
                     "failed" => crate::exec::Outcome::Failed {
-                        error: v.get("error").and_then(|e| e.as_str()).unwrap_or("").to_string(),
+                        error: v
+                            .get("error")
+                            .and_then(|e| e.as_str())
+                            .unwrap_or("")
+                            .to_string(),
                     },
                     _ => crate::exec::Outcome::Skipped {
-                        because: v.get("because").and_then(|e| e.as_str()).unwrap_or("").to_string(),
+                        because: v
+                            .get("because")
+                            .and_then(|e| e.as_str())
+                            .unwrap_or("")
+                            .to_string(),
                     },
                 };
                 let reasons = v
                     .get("reasons")
                     .and_then(|r| serde_json::from_value(r.clone()).ok())
                     .unwrap_or_default();
-                Some(crate::exec::StepReport { id, key, outcome, reasons, duration_s })
+                Some(crate::exec::StepReport {
+                    id,
+                    key,
+                    outcome,
+                    reasons,
+                    duration_s,
+                })
             })
             .collect();
         RunSummary {
@@ -100,7 +116,11 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, St
         .usage_lock(true)
         .map_err(|e| e.to_string())?
         .ok_or("another demix is using this store; run gc when it has finished")?;
-    let all: BTreeMap<String, ResultRecord> = store.all_results().into_iter().map(|r| (r.key.clone(), r)).collect();
+    let all: BTreeMap<String, ResultRecord> = store
+        .all_results()
+        .into_iter()
+        .map(|r| (r.key.clone(), r))
+        .collect();
     let mut keep: BTreeSet<String> = store.all_states().into_iter().map(|r| r.key).collect();
     let mut by_manifest: BTreeMap<String, Vec<RunSummary>> = BTreeMap::new();
     for r in runs(store) {
@@ -189,7 +209,10 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, St
 
 /// Work directories are named `<prefix><pid>-<n>-<t>`; alive if that pid is.
 fn owner_alive(p: &std::path::Path) -> bool {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let parts: Vec<&str> = name.rsplitn(4, '-').collect();
     let Some(pid) = parts.get(2).and_then(|s| s.parse::<i32>().ok()) else {
         return false;
@@ -222,7 +245,8 @@ pub fn verify(store: &Store, progress: &dyn Fn(usize, usize)) -> Result<VerifyRe
     let results = store.all_results();
     for (i, (h, p)) in objects.iter().enumerate() {
         progress(i, objects.len());
-        let actual = crate::hash::hash_file(p, &|_, _| {}).map_err(|e| format!("{}: {e}", p.display()))?;
+        let actual =
+            crate::hash::hash_file(p, &|_, _| {}).map_err(|e| format!("{}: {e}", p.display()))?;
         rep.objects += 1;
         rep.bytes += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         if &actual != h {
@@ -237,7 +261,12 @@ pub fn verify(store: &Store, progress: &dyn Fn(usize, usize)) -> Result<VerifyRe
             }
             store.stat.forget(p);
             let _ = fs::remove_file(p);
-            rep.corrupt.push(CorruptObject { hash: h.clone(), actual, path: p.clone(), steps: steps.into_iter().collect() });
+            rep.corrupt.push(CorruptObject {
+                hash: h.clone(),
+                actual,
+                path: p.clone(),
+                steps: steps.into_iter().collect(),
+            });
         }
     }
     let _ = store.stat.save();

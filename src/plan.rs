@@ -47,7 +47,11 @@ pub struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(graph: &'a Graph, store: &'a Store, on_hash: &'a (dyn Fn(&Path, u64, u64) + Sync)) -> Self {
+    pub fn new(
+        graph: &'a Graph,
+        store: &'a Store,
+        on_hash: &'a (dyn Fn(&Path, u64, u64) + Sync),
+    ) -> Self {
         Planner {
             graph,
             store,
@@ -90,7 +94,10 @@ impl<'a> Planner<'a> {
         let rec = match &input.source {
             Source::Path { abs, written } => {
                 let md = std::fs::metadata(abs).map_err(|e| {
-                    format!("{}: input `{written}`: {e}", self.graph.manifest.src.location(&input.span))
+                    format!(
+                        "{}: input `{written}`: {e}",
+                        self.graph.manifest.src.location(&input.span)
+                    )
                 })?;
                 let files = if md.is_dir() {
                     let mut rels = Vec::new();
@@ -102,33 +109,53 @@ impl<'a> Planner<'a> {
                 };
                 let hash = if md.is_dir() {
                     crate::hash::tree_hash(files.iter().map(|(p, h)| {
-                        (p.strip_prefix(&format!("{written}/")).unwrap_or(p), h.as_str())
+                        (
+                            p.strip_prefix(&format!("{written}/")).unwrap_or(p),
+                            h.as_str(),
+                        )
                     }))
                 } else {
                     files[0].1.clone()
                 };
                 InputRecord {
                     hash,
-                    origin: Origin::Path { path: written.clone(), files },
+                    origin: Origin::Path {
+                        path: written.clone(),
+                        files,
+                    },
                 }
             }
             Source::Dataset { name, split } => {
                 let paths = graph::dataset_files(&self.graph.manifest, name, *split)?;
                 let files = self.hash_files(&paths)?;
                 // How the files are read is part of the dataset's identity.
-                let how = serde_json::to_string(&crate::exec::spec::DatasetInput::of(&self.graph.manifest, name, *split))
-                    .expect("serializes");
+                let how = serde_json::to_string(&crate::exec::spec::DatasetInput::of(
+                    &self.graph.manifest,
+                    name,
+                    *split,
+                ))
+                .expect("serializes");
                 let how_hash = crate::hash::hex(&blake3::hash(how.as_bytes()));
                 InputRecord {
                     hash: crate::hash::tree_hash(
-                        files.iter().map(|(p, h)| (p.as_str(), h.as_str())).chain([("#read", how_hash.as_str())]),
+                        files
+                            .iter()
+                            .map(|(p, h)| (p.as_str(), h.as_str()))
+                            .chain([("#read", how_hash.as_str())]),
                     ),
-                    origin: Origin::Dataset { name: name.clone(), split: *split, files },
+                    origin: Origin::Dataset {
+                        name: name.clone(),
+                        split: *split,
+                        files,
+                    },
                 }
             }
             Source::Steps { .. } => unreachable!(),
         };
-        self.sources.lock().expect("plan lock").insert(cache_key, rec.clone());
+        self.sources
+            .lock()
+            .expect("plan lock")
+            .insert(cache_key, rec.clone());
         Ok(rec)
     }
 
@@ -162,9 +189,14 @@ impl<'a> Planner<'a> {
                     let hash = if outs.len() == 1 {
                         outs[0].hash.clone()
                     } else {
-                        crate::hash::tree_hash(outs.iter().map(|o| (o.step.as_str(), o.hash.as_str())))
+                        crate::hash::tree_hash(
+                            outs.iter().map(|o| (o.step.as_str(), o.hash.as_str())),
+                        )
                     };
-                    InputRecord { hash, origin: Origin::Steps { outputs: outs } }
+                    InputRecord {
+                        hash,
+                        origin: Origin::Steps { outputs: outs },
+                    }
                 }
                 _ => self.source_record(inp)?,
             };
@@ -244,7 +276,11 @@ impl<'a> Planner<'a> {
     }
 
     /// Assesses every node in order, as `status` and `run --dry-run` show them.
-    pub fn assess_all(&self, force: &[usize], only: Option<&std::collections::BTreeSet<usize>>) -> Vec<(usize, Result<Assessment, String>)> {
+    pub fn assess_all(
+        &self,
+        force: &[usize],
+        only: Option<&std::collections::BTreeSet<usize>>,
+    ) -> Vec<(usize, Result<Assessment, String>)> {
         let mut results: HashMap<usize, ResultRecord> = HashMap::new();
         let mut out = Vec::new();
         for &n in &self.graph.order {
@@ -256,7 +292,10 @@ impl<'a> Planner<'a> {
                 Ok(Err(up)) => Ok(self.pending(n, up)),
                 Ok(Ok(rec)) => Ok(self.assess(n, rec, force.contains(&n))),
             };
-            if let Ok(Assessment { result: Some(r), .. }) = &a {
+            if let Ok(Assessment {
+                result: Some(r), ..
+            }) = &a
+            {
                 results.insert(n, r.clone());
             }
             out.push((n, a));

@@ -70,7 +70,10 @@ impl Reporter {
         );
         bar.set_prefix(step.to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
-        self.bars.lock().expect("bars").insert(step.to_string(), bar);
+        self.bars
+            .lock()
+            .expect("bars")
+            .insert(step.to_string(), bar);
     }
 
     pub fn progress(&self, step: &str, p: &Progress) {

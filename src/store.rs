@@ -267,7 +267,11 @@ impl Store {
     ) -> Result<(String, Vec<FileEntry>, BTreeMap<String, OutputRecord>)> {
         for (name, rel) in outputs {
             let p = dir.join(rel.trim_end_matches('/'));
-            let ok = if rel.ends_with('/') { p.is_dir() } else { p.is_file() };
+            let ok = if rel.ends_with('/') {
+                p.is_dir()
+            } else {
+                p.is_file()
+            };
             if !ok {
                 return Err(StoreError::MissingOutput {
                     name: name.clone(),
@@ -519,7 +523,11 @@ impl Store {
             .write(true)
             .open(&path)
             .at(&path)?;
-        let got = if exclusive { f.try_lock() } else { f.try_lock_shared() };
+        let got = if exclusive {
+            f.try_lock()
+        } else {
+            f.try_lock_shared()
+        };
         match got {
             Ok(()) => Ok(Some(f)),
             Err(fs::TryLockError::WouldBlock) if exclusive => Ok(None),

@@ -123,10 +123,12 @@ fn run(spec: &StepSpec, store: &Store, log: &Path, done: &mut Completion) -> Res
     let kind = steps::kind(&spec.kind)
         .ok_or_else(|| StepError::Failed(format!("this demix has no step kind `{}`", spec.kind)))?;
     let _lock = store
-        .lock(&spec.key, &|| emit(&Progress {
-            message: Some("waiting for another demix running this step".into()),
-            ..Default::default()
-        }))
+        .lock(&spec.key, &|| {
+            emit(&Progress {
+                message: Some("waiting for another demix running this step".into()),
+                ..Default::default()
+            })
+        })
         .map_err(|e| StepError::Failed(e.to_string()))?;
     // Another process may have finished it while we waited.
     if let Some(r) = store.read_result(&spec.key)
@@ -134,7 +136,11 @@ fn run(spec: &StepSpec, store: &Store, log: &Path, done: &mut Completion) -> Res
     {
         done.cached = true;
         done.outputs = r.outputs.clone();
-        let _ = store.write_state(&ResultRecord { step: spec.step.clone(), manifest: spec.manifest.clone(), ..r });
+        let _ = store.write_state(&ResultRecord {
+            step: spec.step.clone(),
+            manifest: spec.manifest.clone(),
+            ..r
+        });
         return Ok(());
     }
     let started_at = jiff::Timestamp::now();
@@ -149,7 +155,13 @@ fn run(spec: &StepSpec, store: &Store, log: &Path, done: &mut Completion) -> Res
     }
     let _ = std::fs::write(
         log,
-        format!("# demix {} step {} key {} on {}\n", env!("CARGO_PKG_VERSION"), spec.step, spec.key, done.host),
+        format!(
+            "# demix {} step {} key {} on {}\n",
+            env!("CARGO_PKG_VERSION"),
+            spec.step,
+            spec.key,
+            done.host
+        ),
     );
     let ctx = RunCtx {
         spec,
@@ -182,8 +194,12 @@ fn run(spec: &StepSpec, store: &Store, log: &Path, done: &mut Completion) -> Res
             engine_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         // The result record is the commit point; the state record only explains.
-        store.write_result(&record).map_err(|e| StepError::Failed(e.to_string()))?;
-        store.write_state(&record).map_err(|e| StepError::Failed(e.to_string()))?;
+        store
+            .write_result(&record)
+            .map_err(|e| StepError::Failed(e.to_string()))?;
+        store
+            .write_state(&record)
+            .map_err(|e| StepError::Failed(e.to_string()))?;
         done.outputs = outputs;
         Ok(())
     });

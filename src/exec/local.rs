@@ -93,7 +93,11 @@ impl Machine {
             .and_then(|s| {
                 s.lines()
                     .find(|l| l.starts_with("MemTotal:"))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+                    .and_then(|l| {
+                        l.split_whitespace()
+                            .nth(1)
+                            .and_then(|k| k.parse::<u64>().ok())
+                    })
             })
             .map_or(u64::MAX, |kib| kib * 1024);
         Machine { cpus, memory, gpus }
@@ -104,7 +108,11 @@ impl Machine {
 /// driver's device list.
 pub fn detect_gpus(flag: Option<&str>) -> Vec<String> {
     let split = |s: &str| -> Vec<String> {
-        s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_string).collect()
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect()
     };
     if let Some(f) = flag {
         return split(f);
@@ -118,7 +126,7 @@ pub fn detect_gpus(flag: Option<&str>) -> Vec<String> {
 
 enum NodeState {
     Waiting,
-    Ready(Assessment),
+    Ready(Box<Assessment>),
     Running,
     Done,
     Failed,
@@ -145,7 +153,12 @@ struct Finished {
 
 /// Runs the graph. Returns when every selected step is done, failed or skipped, or
 /// when Ctrl-C cancelled the run.
-pub async fn run(graph: &Graph, store: &Store, opts: &RunOptions, rep: Arc<Reporter>) -> RunSummary {
+pub async fn run(
+    graph: &Graph,
+    store: &Store,
+    opts: &RunOptions,
+    rep: Arc<Reporter>,
+) -> RunSummary {
     run_controlled(graph, store, opts, rep, None).await
 }
 
@@ -161,11 +174,23 @@ pub async fn run_controlled(
     let t0 = Instant::now();
     let machine = Machine::detect(opts.gpus.clone());
     let slurm = opts.slurm.clone().map(|c| {
-        crate::exec::slurm::Slurm::start(c, opts.exe.clone(), opts.jobs, &graph.manifest.name, store, rep.clone())
+        crate::exec::slurm::Slurm::start(
+            c,
+            opts.exe.clone(),
+            opts.jobs,
+            &graph.manifest.name,
+            store,
+            rep.clone(),
+        )
     });
     let rep_hash = rep.clone();
     let on_hash = move |p: &std::path::Path, done: u64, total: u64| {
-        rep_hash.line(&format!("hashing {} {}/{}", p.display(), human_bytes(done), human_bytes(total)));
+        rep_hash.line(&format!(
+            "hashing {} {}/{}",
+            p.display(),
+            human_bytes(done),
+            human_bytes(total)
+        ));
     };
     let planner = Planner::new(graph, store, &on_hash);
     let selected: BTreeSet<usize> = if opts.targets.is_empty() {
@@ -188,12 +213,14 @@ pub async fn run_controlled(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let id = |i: usize| graph.nodes[i].id.clone();
-    let report = |i: usize, key: Option<String>, outcome: Outcome, reasons: Vec<Reason>, d: f64| StepReport {
-        id: graph.nodes[i].id.clone(),
-        key,
-        outcome,
-        reasons,
-        duration_s: d,
+    let report = |i: usize, key: Option<String>, outcome: Outcome, reasons: Vec<Reason>, d: f64| {
+        StepReport {
+            id: graph.nodes[i].id.clone(),
+            key,
+            outcome,
+            reasons,
+            duration_s: d,
+        }
     };
 
     loop {
@@ -205,15 +232,25 @@ pub async fn run_controlled(
                 if !selected.contains(&i) || !matches!(state[i], NodeState::Waiting) {
                     continue;
                 }
-                if let Some(&bad) = graph.deps[i].iter().find(|&&u| matches!(state[u], NodeState::Failed)) {
+                if let Some(&bad) = graph.deps[i]
+                    .iter()
+                    .find(|&&u| matches!(state[u], NodeState::Failed))
+                {
                     state[i] = NodeState::Failed;
                     let because = format!("upstream `{}` did not complete", id(bad));
                     rep.line(&format!("skip   {} ({because})", id(i)));
-                    reports.insert(i, report(i, None, Outcome::Skipped { because }, vec![], 0.0));
+                    reports.insert(
+                        i,
+                        report(i, None, Outcome::Skipped { because }, vec![], 0.0),
+                    );
                     progressed = true;
                     continue;
                 }
-                if stop || !graph.deps[i].iter().all(|&u| matches!(state[u], NodeState::Done)) {
+                if stop
+                    || !graph.deps[i]
+                        .iter()
+                        .all(|&u| matches!(state[u], NodeState::Done))
+                {
                     continue;
                 }
                 progressed = true;
@@ -231,16 +268,22 @@ pub async fn run_controlled(
                             }
                             rep.detail(&format!("fresh  {}", id(i)));
                             results.insert(i, r.clone());
-                            reports.insert(i, report(i, Some(r.key.clone()), Outcome::Fresh, vec![], 0.0));
+                            reports.insert(
+                                i,
+                                report(i, Some(r.key.clone()), Outcome::Fresh, vec![], 0.0),
+                            );
                             state[i] = NodeState::Done;
                         } else {
-                            state[i] = NodeState::Ready(a);
+                            state[i] = NodeState::Ready(Box::new(a));
                         }
                     }
                     Ok(Err(_)) => unreachable!("all upstream steps are done"),
                     Err(e) => {
                         rep.always(&format!("FAILED {}: {e}", id(i)));
-                        reports.insert(i, report(i, None, Outcome::Failed { error: e }, vec![], 0.0));
+                        reports.insert(
+                            i,
+                            report(i, None, Outcome::Failed { error: e }, vec![], 0.0),
+                        );
                         state[i] = NodeState::Failed;
                         if !opts.keep_going {
                             stop = true;
@@ -260,20 +303,38 @@ pub async fn run_controlled(
                 }
                 let res = &graph.nodes[i].resources;
                 let cpus = res.cpus().min(machine.cpus);
-                let mem = res.memory.as_deref().and_then(|m| parse_bytes(m).ok()).unwrap_or(0);
+                let mem = res
+                    .memory
+                    .as_deref()
+                    .and_then(|m| parse_bytes(m).ok())
+                    .unwrap_or(0);
                 let gpus = res.gpus() as usize;
                 // Slurm, not this machine, gates Slurm jobs.
-                let (cpus, mem, gpus) = if slurm.is_some() { (0, 0, 0) } else { (cpus, mem, gpus) };
+                let (cpus, mem, gpus) = if slurm.is_some() {
+                    (0, 0, 0)
+                } else {
+                    (cpus, mem, gpus)
+                };
                 let impossible = if mem > machine.memory {
-                    Some(format!("needs {} of memory; this machine has {}", human_bytes(mem), human_bytes(machine.memory)))
+                    Some(format!(
+                        "needs {} of memory; this machine has {}",
+                        human_bytes(mem),
+                        human_bytes(machine.memory)
+                    ))
                 } else if gpus > machine.gpus.len() {
-                    Some(format!("needs {gpus} GPU(s); this machine has {}", machine.gpus.len()))
+                    Some(format!(
+                        "needs {gpus} GPU(s); this machine has {}",
+                        machine.gpus.len()
+                    ))
                 } else {
                     None
                 };
                 if let Some(why) = impossible {
                     rep.always(&format!("FAILED {}: {why}", id(i)));
-                    reports.insert(i, report(i, None, Outcome::Failed { error: why }, vec![], 0.0));
+                    reports.insert(
+                        i,
+                        report(i, None, Outcome::Failed { error: why }, vec![], 0.0),
+                    );
                     state[i] = NodeState::Failed;
                     if !opts.keep_going {
                         stop = true;
@@ -287,7 +348,8 @@ pub async fn run_controlled(
                 if !fits {
                     continue;
                 }
-                let NodeState::Ready(a) = std::mem::replace(&mut state[i], NodeState::Running) else {
+                let NodeState::Ready(a) = std::mem::replace(&mut state[i], NodeState::Running)
+                else {
                     unreachable!()
                 };
                 let devices: Vec<String> = free_gpus.drain(..gpus).collect();
@@ -296,16 +358,39 @@ pub async fn run_controlled(
                 holding.insert(i, (cpus, mem, devices.clone()));
                 let reasons: Vec<String> = a.reasons.iter().map(|r| r.to_string()).collect();
                 rep.line(&format!("run    {} ({})", id(i), reasons.join("; ")));
-                match spawn_step(graph, store, &results, i, &a, &devices, opts, &rep, &mut running, slurm.as_ref()) {
+                match spawn_step(
+                    graph,
+                    store,
+                    &results,
+                    i,
+                    &a,
+                    &devices,
+                    opts,
+                    &rep,
+                    &mut running,
+                    slurm.as_ref(),
+                ) {
                     Ok(pid) => {
                         pids.insert(i, pid);
                         started_at.insert(i, Instant::now());
-                        reports.insert(i, report(i, a.key.clone(), Outcome::Ran, a.reasons.clone(), 0.0));
+                        reports.insert(
+                            i,
+                            report(i, a.key.clone(), Outcome::Ran, a.reasons.clone(), 0.0),
+                        );
                         rep.start(&id(i));
                     }
                     Err(e) => {
                         rep.always(&format!("FAILED {}: {e}", id(i)));
-                        reports.insert(i, report(i, a.key.clone(), Outcome::Failed { error: e }, a.reasons, 0.0));
+                        reports.insert(
+                            i,
+                            report(
+                                i,
+                                a.key.clone(),
+                                Outcome::Failed { error: e },
+                                a.reasons,
+                                0.0,
+                            ),
+                        );
                         state[i] = NodeState::Failed;
                         let (c, m, g) = holding.remove(&i).expect("held");
                         used_cpus -= c;
@@ -423,10 +508,21 @@ pub async fn run_controlled(
     // Steps never decided (after a failure or an interrupt) are reported as skipped.
     for &i in &graph.order {
         if selected.contains(&i) && matches!(state[i], NodeState::Waiting | NodeState::Ready(_)) {
-            steps.push(report(i, None, Outcome::Skipped { because: "the run stopped".into() }, vec![], 0.0));
+            steps.push(report(
+                i,
+                None,
+                Outcome::Skipped {
+                    because: "the run stopped".into(),
+                },
+                vec![],
+                0.0,
+            ));
         }
     }
-    let ok = !interrupted && steps.iter().all(|s| matches!(s.outcome, Outcome::Ran | Outcome::Fresh));
+    let ok = !interrupted
+        && steps
+            .iter()
+            .all(|s| matches!(s.outcome, Outcome::Ran | Outcome::Fresh));
     let summary = RunSummary {
         id: crate::store::unique_name(&format!("{}-", started.strftime("%Y%m%dT%H%M%S"))),
         manifest: graph.manifest.name.clone(),
@@ -440,7 +536,10 @@ pub async fn run_controlled(
         interrupted,
         steps,
     };
-    let _ = write_json_atomic(&store.runs_dir().join(format!("{}.json", summary.id)), &summary);
+    let _ = write_json_atomic(
+        &store.runs_dir().join(format!("{}.json", summary.id)),
+        &summary,
+    );
     let _ = t0;
     summary
 }
@@ -459,18 +558,29 @@ fn cancel_all(pids: &HashMap<usize, u32>, slurm: Option<&crate::exec::slurm::Slu
 }
 
 fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The last `n` lines of a log file.
 pub fn log_tail(path: &std::path::Path, n: usize) -> String {
-    let Ok(s) = std::fs::read_to_string(path) else { return String::new() };
+    let Ok(s) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
     let lines: Vec<&str> = s.lines().filter(|l| !l.starts_with("# demix ")).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The spec of node `i`, with every input resolved to paths.
-pub fn build_spec(graph: &Graph, store: &Store, results: &HashMap<usize, ResultRecord>, i: usize, a: &Assessment) -> Result<StepSpec, String> {
+pub fn build_spec(
+    graph: &Graph,
+    store: &Store,
+    results: &HashMap<usize, ResultRecord>,
+    i: usize,
+    a: &Assessment,
+) -> Result<StepSpec, String> {
     let node = &graph.nodes[i];
     let mut inputs = std::collections::BTreeMap::new();
     for inp in &node.inputs {
@@ -527,7 +637,12 @@ fn spawn_step(
         let done = s.submit(i, spec);
         running.spawn(async move {
             let d = done.await;
-            Finished { node: i, completion: d.completion, stderr: d.stderr, status: d.status }
+            Finished {
+                node: i,
+                completion: d.completion,
+                stderr: d.stderr,
+                status: d.status,
+            }
         });
         return Ok(0);
     }
@@ -577,7 +692,12 @@ fn spawn_step(
         let completion = Completion::read(&done_path);
         let _ = std::fs::remove_file(&spec_path);
         let _ = std::fs::remove_file(&done_path);
-        Finished { node: i, completion, stderr: err, status }
+        Finished {
+            node: i,
+            completion,
+            stderr: err,
+            status,
+        }
     });
     Ok(pid)
 }

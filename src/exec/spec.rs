@@ -35,14 +35,21 @@ pub struct DatasetInput {
 }
 
 impl DatasetInput {
-    pub fn of(m: &crate::manifest::Manifest, name: &str, split: crate::manifest::template::Split) -> Option<DatasetInput> {
+    pub fn of(
+        m: &crate::manifest::Manifest,
+        name: &str,
+        split: crate::manifest::template::Split,
+    ) -> Option<DatasetInput> {
         let d = m.datasets.get(name)?;
         Some(DatasetInput {
             name: name.to_string(),
             split,
             format: d.format,
             field: d.field.clone(),
-            split_fraction: d.validation.is_empty().then(|| d.validation_fraction.unwrap_or(0.1)),
+            split_fraction: d
+                .validation
+                .is_empty()
+                .then(|| d.validation_fraction.unwrap_or(0.1)),
         })
     }
 }

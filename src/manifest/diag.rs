@@ -53,9 +53,7 @@ impl SourceFile {
                 let line_end = self.text[a..].find('\n').map_or(self.text.len(), |i| a + i);
                 let token = &self.text[a..line_end];
                 // A scalar ends at a flow indicator or a comment.
-                let len = token
-                    .find([',', ']', '}', '#'])
-                    .unwrap_or(token.len());
+                let len = token.find([',', ']', '}', '#']).unwrap_or(token.len());
                 a + token[..len].trim_end().len()
             }
         };
@@ -193,7 +191,10 @@ impl<'a> Diags<'a> {
 }
 
 /// "did you mean `x`?" for a misspelt name.
-pub fn did_you_mean<'n>(name: &str, candidates: impl IntoIterator<Item = &'n str>) -> Option<String> {
+pub fn did_you_mean<'n>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'n str>,
+) -> Option<String> {
     let best = candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(name, c), c))

@@ -127,7 +127,10 @@ impl Resources {
         self.gpus.unwrap_or(0)
     }
     pub fn memory_bytes(&self) -> u64 {
-        self.memory.as_deref().and_then(|m| parse_bytes(m).ok()).unwrap_or(0)
+        self.memory
+            .as_deref()
+            .and_then(|m| parse_bytes(m).ok())
+            .unwrap_or(0)
     }
 }
 
@@ -229,7 +232,15 @@ pub struct Foreach {
 
 /// Keys every step has; the rest belong to its kind.
 pub const COMMON_KEYS: &[&str] = &["id", "kind", "foreach", "resources", "after", "description"];
-const TOP_KEYS: &[&str] = &["version", "name", "description", "params", "datasets", "steps", "executor"];
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "description",
+    "params",
+    "datasets",
+    "steps",
+    "executor",
+];
 
 fn is_id(s: &str) -> bool {
     !s.is_empty()
@@ -240,10 +251,7 @@ fn is_id(s: &str) -> bool {
 
 /// Turns a serde error from a node into a diagnostic at the node it names.
 pub fn serde_diag(d: &mut Diags, at: &Span, what: &str, e: marked_yaml::FromNodeError) {
-    let span = e
-        .start_mark()
-        .map(Span::new_start)
-        .unwrap_or_else(|| at.clone());
+    let span = e.start_mark().map(Span::new_start).unwrap_or_else(|| *at);
     let path = e.path().map(str::to_string);
     let inner = e.into_inner().to_string();
     // Strip the path prefix serde_path_to_error adds; we show our own.
@@ -254,7 +262,10 @@ pub fn serde_diag(d: &mut Diags, at: &Span, what: &str, e: marked_yaml::FromNode
             .to_string(),
         None => inner,
     };
-    let msg = msg.replace("invalid digit found in string", "expected a non-negative integer");
+    let msg = msg.replace(
+        "invalid digit found in string",
+        "expected a non-negative integer",
+    );
     let label = match &path {
         Some(p) => format!("in {what}.{p}"),
         None => format!("in {what}"),
@@ -266,7 +277,7 @@ pub fn serde_diag(d: &mut Diags, at: &Span, what: &str, e: marked_yaml::FromNode
 pub fn listify(map: &mut MarkedMappingNode, key: &str) {
     let k = MarkedScalarNode::from(key);
     if let Some(Node::Scalar(s)) = map.get(&k).cloned() {
-        let span = s.span().clone();
+        let span = *s.span();
         let seq = marked_yaml::types::MarkedSequenceNode::new(span, vec![Node::Scalar(s)]);
         map.insert(k, Node::Sequence(seq));
     }
@@ -311,23 +322,23 @@ fn scalar_to_json(s: &MarkedScalarNode) -> Value {
 /// Builds a node from a JSON value, every part carrying `span`.
 pub fn json_to_node(v: &Value, span: &Span) -> Node {
     match v {
-        Value::Null => Node::Scalar(MarkedScalarNode::new(span.clone(), "")),
-        Value::Bool(b) => Node::Scalar(MarkedScalarNode::new(span.clone(), b.to_string())),
-        Value::Number(n) => Node::Scalar(MarkedScalarNode::new(span.clone(), n.to_string())),
+        Value::Null => Node::Scalar(MarkedScalarNode::new(*span, "")),
+        Value::Bool(b) => Node::Scalar(MarkedScalarNode::new(*span, b.to_string())),
+        Value::Number(n) => Node::Scalar(MarkedScalarNode::new(*span, n.to_string())),
         Value::String(s) => {
-            let mut n = MarkedScalarNode::new(span.clone(), s.as_str());
+            let mut n = MarkedScalarNode::new(*span, s.as_str());
             n.set_coerce(false);
             Node::Scalar(n)
         }
         Value::Array(a) => Node::Sequence(marked_yaml::types::MarkedSequenceNode::new(
-            span.clone(),
+            *span,
             a.iter().map(|x| json_to_node(x, span)).collect(),
         )),
         Value::Object(o) => {
-            let mut m = MarkedMappingNode::new_empty(span.clone());
+            let mut m = MarkedMappingNode::new_empty(*span);
             for (k, x) in o {
                 m.insert(
-                    MarkedScalarNode::new(span.clone(), k.as_str()),
+                    MarkedScalarNode::new(*span, k.as_str()),
                     json_to_node(x, span),
                 );
             }
@@ -347,13 +358,19 @@ impl Manifest {
         if problems.is_empty() {
             Ok(m)
         } else {
-            Err(ManifestError { file: m.src.name.clone(), problems })
+            Err(ManifestError {
+                file: m.src.name.clone(),
+                problems,
+            })
         }
     }
 
     /// Parses as much as it can: a syntax error is fatal, other problems are returned
     /// beside the manifest so the graph checks can add theirs.
-    pub fn parse_partial(path: &Path, text: String) -> Result<(Manifest, Vec<ManifestDiag>), ManifestError> {
+    pub fn parse_partial(
+        path: &Path,
+        text: String,
+    ) -> Result<(Manifest, Vec<ManifestDiag>), ManifestError> {
         let src = SourceFile::new(path, text);
         let mut d = Diags::new(&src);
         let opts = LoaderOptions::default()
@@ -368,7 +385,13 @@ impl Manifest {
         };
         let dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."));
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         match parse_root(&mut d, &root, path, dir) {
@@ -422,8 +445,8 @@ fn load_error(d: &mut Diags, e: marked_yaml::LoadError) {
 fn start_of(map: &MarkedMappingNode) -> Span {
     map.keys()
         .next()
-        .map(|k| k.span().clone())
-        .unwrap_or_else(|| map.span().clone())
+        .map(|k| *k.span())
+        .unwrap_or_else(|| *map.span())
 }
 
 fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<Manifest> {
@@ -440,14 +463,22 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
         ),
         Some(v) => {
             if v.as_scalar().map(|s| s.as_str()) != Some("1") {
-                d.error(v.span(), "unsupported manifest version (this demix reads `version: 1`)", "version");
+                d.error(
+                    v.span(),
+                    "unsupported manifest version (this demix reads `version: 1`)",
+                    "version",
+                );
             }
         }
     }
     let name = match map.get_node("name") {
         Some(Node::Scalar(s)) if is_id(s.as_str()) => s.as_str().to_string(),
         Some(n) => {
-            d.error(n.span(), "`name` must be a plain name (letters, digits, `-`, `_`)", "name");
+            d.error(
+                n.span(),
+                "`name` must be a plain name (letters, digits, `-`, `_`)",
+                "name",
+            );
             String::new()
         }
         None => {
@@ -461,7 +492,11 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
             _ => unreachable!("a mapping converts to an object"),
         },
         Some(n) => {
-            d.error(n.span(), "`params` must be a mapping of names to values", "params");
+            d.error(
+                n.span(),
+                "`params` must be a mapping of names to values",
+                "params",
+            );
             Default::default()
         }
         None => Default::default(),
@@ -471,7 +506,11 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
         Some(Node::Mapping(ds)) => {
             for (k, v) in ds.iter() {
                 if !is_id(k.as_str()) {
-                    d.error(k.span(), "dataset names are plain names (letters, digits, `-`, `_`)", "dataset");
+                    d.error(
+                        k.span(),
+                        "dataset names are plain names (letters, digits, `-`, `_`)",
+                        "dataset",
+                    );
                     continue;
                 }
                 let mut v = v.clone();
@@ -482,12 +521,20 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
                 match marked_yaml::from_node::<DatasetDecl>(&v) {
                     Ok(decl) => {
                         if decl.files.is_empty() {
-                            d.error(v.span(), "a dataset needs at least one `files` glob", k.as_str());
+                            d.error(
+                                v.span(),
+                                "a dataset needs at least one `files` glob",
+                                k.as_str(),
+                            );
                         }
                         if let Some(f) = decl.validation_fraction
                             && !(0.0..1.0).contains(&f)
                         {
-                            d.error(v.span(), format!("`validation_fraction` must be in [0, 1), not {f}"), "validation_fraction");
+                            d.error(
+                                v.span(),
+                                format!("`validation_fraction` must be in [0, 1), not {f}"),
+                                "validation_fraction",
+                            );
                         }
                         for g in decl.files.iter().chain(&decl.validation) {
                             check_glob(d, g);
@@ -498,7 +545,11 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
                 }
             }
         }
-        Some(n) => d.error(n.span(), "`datasets` must be a mapping of names to sources", "datasets"),
+        Some(n) => d.error(
+            n.span(),
+            "`datasets` must be a mapping of names to sources",
+            "datasets",
+        ),
         None => {}
     }
     let executor = map.get_node("executor").and_then(|n| parse_executor(d, n));
@@ -512,14 +563,26 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
             }
         }
         Some(n) => d.error(n.span(), "`steps` must be a list of steps", "steps"),
-        None => d.push(&top, "missing `steps`", "manifest", Some("add a `steps:` list".into())),
+        None => d.push(
+            &top,
+            "missing `steps`",
+            "manifest",
+            Some("add a `steps:` list".into()),
+        ),
     }
     // Duplicate ids, pointing at the second with the first named.
     let mut seen: BTreeMap<&str, &Span> = BTreeMap::new();
     for s in &steps {
         if let Some(first) = seen.get(s.id.as_str()) {
             let line = first.start().map_or(0, |m| m.line());
-            d.error(&s.id_span, format!("duplicate step id `{}` (first defined at line {line})", s.id), "duplicate id");
+            d.error(
+                &s.id_span,
+                format!(
+                    "duplicate step id `{}` (first defined at line {line})",
+                    s.id
+                ),
+                "duplicate id",
+            );
         } else {
             seen.insert(&s.id, &s.id_span);
         }
@@ -557,7 +620,11 @@ fn parse_executor(d: &mut Diags, node: &Node) -> Option<ExecutorDecl> {
     if let Some(t) = &e.time
         && parse_duration(t).is_err()
     {
-        d.error(&at("time"), format!("`{t}` is not a duration (expected e.g. 30m, 2h, 01:30:00)"), "time");
+        d.error(
+            &at("time"),
+            format!("`{t}` is not a duration (expected e.g. 30m, 2h, 01:30:00)"),
+            "time",
+        );
     }
     if e.batch == Some(0) {
         d.error(&at("batch"), "`batch` must be at least 1", "batch");
@@ -565,7 +632,11 @@ fn parse_executor(d: &mut Diags, node: &Node) -> Option<ExecutorDecl> {
     if let Some(p) = e.poll
         && !(0.05..=600.0).contains(&p)
     {
-        d.error(&at("poll"), format!("`poll` is in seconds, between 0.05 and 600, not {p}"), "poll");
+        d.error(
+            &at("poll"),
+            format!("`poll` is in seconds, between 0.05 and 600, not {p}"),
+            "poll",
+        );
     }
     Some(e)
 }
@@ -585,20 +656,38 @@ pub fn check_keys(d: &mut Diags, map: &MarkedMappingNode, known: &[&str], what: 
         if !known.contains(&k.as_str()) {
             let help = did_you_mean(k.as_str(), known.iter().copied())
                 .or_else(|| Some(format!("{what} takes: {}", known.join(", "))));
-            d.push(k.span(), format!("unknown field `{}` in {what}", k.as_str()), "unknown field", help);
+            d.push(
+                k.span(),
+                format!("unknown field `{}` in {what}", k.as_str()),
+                "unknown field",
+                help,
+            );
         }
     }
 }
 
-fn parse_step(d: &mut Diags, n: &Node, params: &serde_json::Map<String, Value>) -> Option<StepDecl> {
+fn parse_step(
+    d: &mut Diags,
+    n: &Node,
+    params: &serde_json::Map<String, Value>,
+) -> Option<StepDecl> {
     let Some(map) = n.as_mapping() else {
-        d.error(n.span(), "a step must be a mapping with `id` and `kind`", "step");
+        d.error(
+            n.span(),
+            "a step must be a mapping with `id` and `kind`",
+            "step",
+        );
         return None;
     };
     let id = match map.get_node("id") {
-        Some(Node::Scalar(s)) if is_id(s.as_str()) => (s.as_str().to_string(), s.span().clone()),
+        Some(Node::Scalar(s)) if is_id(s.as_str()) => (s.as_str().to_string(), *s.span()),
         Some(other) => {
-            d.push(other.span(), "step ids are plain names (letters, digits, `-`, `_`)", "id", None);
+            d.push(
+                other.span(),
+                "step ids are plain names (letters, digits, `-`, `_`)",
+                "id",
+                None,
+            );
             return None;
         }
         None => {
@@ -607,13 +696,18 @@ fn parse_step(d: &mut Diags, n: &Node, params: &serde_json::Map<String, Value>) 
         }
     };
     let kind = match map.get_node("kind") {
-        Some(Node::Scalar(s)) => (s.as_str().to_string(), s.span().clone()),
+        Some(Node::Scalar(s)) => (s.as_str().to_string(), *s.span()),
         Some(other) => {
             d.error(other.span(), "`kind` must be a string", "kind");
             return None;
         }
         None => {
-            d.push(&id.1, format!("step `{}` has no `kind`", id.0), "step", Some(format!("kinds: {}", crate::steps::kind_names().join(", "))));
+            d.push(
+                &id.1,
+                format!("step `{}` has no `kind`", id.0),
+                "step",
+                Some(format!("kinds: {}", crate::steps::kind_names().join(", "))),
+            );
             return None;
         }
     };
@@ -640,7 +734,10 @@ fn parse_step(d: &mut Diags, n: &Node, params: &serde_json::Map<String, Value>) 
         Some(a) => {
             let mut a = a.clone();
             if let Node::Scalar(s) = &a {
-                a = Node::Sequence(marked_yaml::types::MarkedSequenceNode::new(s.span().clone(), vec![a.clone()]));
+                a = Node::Sequence(marked_yaml::types::MarkedSequenceNode::new(
+                    *s.span(),
+                    vec![a.clone()],
+                ));
             }
             match marked_yaml::from_node::<Vec<Spanned<String>>>(&a) {
                 Ok(v) => v,
@@ -677,8 +774,8 @@ fn check_resources(d: &mut Diags, node: &Node, r: &Resources) {
     let at = |key: &str| {
         node.as_mapping()
             .and_then(|m| m.get_node(key))
-            .map(|n| n.span().clone())
-            .unwrap_or_else(|| node.span().clone())
+            .map(|n| *n.span())
+            .unwrap_or_else(|| *node.span())
     };
     if r.cpus == Some(0) {
         d.error(&at("cpus"), "`cpus` must be at least 1", "cpus");
@@ -693,15 +790,23 @@ fn check_resources(d: &mut Diags, node: &Node, r: &Resources) {
     if let Some(t) = &r.time
         && parse_duration(t).is_err()
     {
-        d.error(&at("time"), format!("`{t}` is not a duration (expected e.g. 30m, 2h, 01:30:00)"), "time");
+        d.error(
+            &at("time"),
+            format!("`{t}` is not a duration (expected e.g. 30m, 2h, 01:30:00)"),
+            "time",
+        );
     }
 }
 
 /// Parses `90s`, `30m`, `2h`, `1d`, `HH:MM:SS` or `MM:SS` into seconds.
+#[allow(clippy::result_unit_err)] // the caller words the error with the node's context
 pub fn parse_duration(s: &str) -> Result<u64, ()> {
     let s = s.trim();
     if s.contains(':') {
-        let parts: Vec<u64> = s.split(':').map(|p| p.parse().map_err(|_| ())).collect::<Result<_, _>>()?;
+        let parts: Vec<u64> = s
+            .split(':')
+            .map(|p| p.parse().map_err(|_| ()))
+            .collect::<Result<_, _>>()?;
         return match parts.as_slice() {
             [m, s] => Ok(m * 60 + s),
             [h, m, s] => Ok(h * 3600 + m * 60 + s),
@@ -720,8 +825,12 @@ pub fn parse_duration(s: &str) -> Result<u64, ()> {
     if secs == 0 { Err(()) } else { Ok(secs) }
 }
 
-fn parse_foreach(d: &mut Diags, node: &Node, params: &serde_json::Map<String, Value>) -> Option<Foreach> {
-    let span = node.span().clone();
+fn parse_foreach(
+    d: &mut Diags,
+    node: &Node,
+    params: &serde_json::Map<String, Value>,
+) -> Option<Foreach> {
+    let span = *node.span();
     let values: Vec<Value> = match node {
         Node::Sequence(seq) => seq.iter().map(node_to_json).collect(),
         Node::Scalar(s) => {
@@ -734,26 +843,45 @@ fn parse_foreach(d: &mut Diags, node: &Node, params: &serde_json::Map<String, Va
                 }
             };
             match pieces.as_slice() {
-                [template::Piece::Ref(template::Ref::Param(path))] => match lookup_param(params, path) {
-                    Some(Value::Array(a)) => a.clone(),
-                    Some(_) => {
-                        d.error(&span, format!("`params.{}` is not a list", path.join(".")), "foreach");
-                        return None;
+                [template::Piece::Ref(template::Ref::Param(path))] => {
+                    match lookup_param(params, path) {
+                        Some(Value::Array(a)) => a.clone(),
+                        Some(_) => {
+                            d.error(
+                                &span,
+                                format!("`params.{}` is not a list", path.join(".")),
+                                "foreach",
+                            );
+                            return None;
+                        }
+                        None => {
+                            let help = did_you_mean(&path[0], params.keys().map(String::as_str));
+                            d.push(
+                                &span,
+                                format!("unknown parameter `params.{}`", path.join(".")),
+                                "foreach",
+                                help,
+                            );
+                            return None;
+                        }
                     }
-                    None => {
-                        let help = did_you_mean(&path[0], params.keys().map(String::as_str));
-                        d.push(&span, format!("unknown parameter `params.{}`", path.join(".")), "foreach", help);
-                        return None;
-                    }
-                },
+                }
                 _ => {
-                    d.error(&span, "`foreach` takes a list, or `${params.NAME}` naming a list", "foreach");
+                    d.error(
+                        &span,
+                        "`foreach` takes a list, or `${params.NAME}` naming a list",
+                        "foreach",
+                    );
                     return None;
                 }
             }
         }
         Node::Mapping(_) => {
-            d.error(&span, "`foreach` takes a list, or `${params.NAME}` naming a list", "foreach");
+            d.error(
+                &span,
+                "`foreach` takes a list, or `${params.NAME}` naming a list",
+                "foreach",
+            );
             return None;
         }
     };
@@ -764,28 +892,47 @@ fn parse_foreach(d: &mut Diags, node: &Node, params: &serde_json::Map<String, Va
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
             _ => {
-                d.error(&span, "`foreach` items must be plain names or numbers", "foreach");
+                d.error(
+                    &span,
+                    "`foreach` items must be plain names or numbers",
+                    "foreach",
+                );
                 return None;
             }
         };
         if !template::valid_item(&s) {
-            d.error(&span, format!("`foreach` item `{s}` is not a plain name (letters, digits, `_-.:+@`)"), "foreach");
+            d.error(
+                &span,
+                format!("`foreach` item `{s}` is not a plain name (letters, digits, `_-.:+@`)"),
+                "foreach",
+            );
             return None;
         }
         if items.contains(&s) {
-            d.error(&span, format!("`foreach` item `{s}` appears twice"), "foreach");
+            d.error(
+                &span,
+                format!("`foreach` item `{s}` appears twice"),
+                "foreach",
+            );
             return None;
         }
         items.push(s);
     }
     if items.is_empty() {
-        d.error(&span, "`foreach` is empty: the step would expand to nothing", "foreach");
+        d.error(
+            &span,
+            "`foreach` is empty: the step would expand to nothing",
+            "foreach",
+        );
         return None;
     }
     Some(Foreach { items, span })
 }
 
-pub fn lookup_param<'v>(params: &'v serde_json::Map<String, Value>, path: &[String]) -> Option<&'v Value> {
+pub fn lookup_param<'v>(
+    params: &'v serde_json::Map<String, Value>,
+    path: &[String],
+) -> Option<&'v Value> {
     let mut v = params.get(&path[0])?;
     for p in &path[1..] {
         v = v.as_object()?.get(p)?;

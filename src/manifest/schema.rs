@@ -50,7 +50,10 @@ pub fn manifest_schema() -> Value {
     for k in steps::kinds() {
         let fields = take_defs(k.schema(), &mut defs);
         let mut props = common.as_object().expect("object").clone();
-        props.insert("kind".into(), json!({ "const": k.name(), "description": k.summary() }));
+        props.insert(
+            "kind".into(),
+            json!({ "const": k.name(), "description": k.summary() }),
+        );
         if let Some(Value::Object(p)) = fields.get("properties") {
             props.extend(p.clone());
         }

@@ -27,14 +27,23 @@ pub enum Select {
 pub enum Ref {
     Param(Vec<String>),
     Item,
-    Dataset { name: String, split: Split },
-    Step { id: String, select: Select, output: String },
+    Dataset {
+        name: String,
+        split: Split,
+    },
+    Step {
+        id: String,
+        select: Select,
+        output: String,
+    },
     Input(String),
     Output(String),
     OutDir,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -46,8 +55,14 @@ impl fmt::Display for Ref {
         match self {
             Ref::Param(p) => write!(f, "${{params.{}}}", p.join(".")),
             Ref::Item => write!(f, "${{item}}"),
-            Ref::Dataset { name, split: Split::Train } => write!(f, "${{datasets.{name}}}"),
-            Ref::Dataset { name, split: Split::Validation } => {
+            Ref::Dataset {
+                name,
+                split: Split::Train,
+            } => write!(f, "${{datasets.{name}}}"),
+            Ref::Dataset {
+                name,
+                split: Split::Validation,
+            } => {
                 write!(f, "${{datasets.{name}.validation}}")
             }
             Ref::Step { id, select, output } => match select {
@@ -70,9 +85,9 @@ pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
     while let Some(i) = rest.find('$') {
         lit.push_str(&rest[..i]);
         let after = &rest[i..];
-        if after.starts_with("$${") {
+        if let Some(tail) = after.strip_prefix("$${") {
             lit.push_str("${");
-            rest = &after[3..];
+            rest = tail;
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body
                 .find('}')
@@ -101,8 +116,7 @@ pub fn has_refs(s: &str) -> bool {
 
 fn is_name(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
@@ -127,7 +141,9 @@ fn parse_ref(expr: &str) -> Result<Ref, String> {
             let mut parts = tail.split('.');
             let name = parts.next().unwrap_or_default();
             if !is_name(name) && name != "$item" {
-                return Err(bad("expected `datasets.NAME` or `datasets.NAME.validation`"));
+                return Err(bad(
+                    "expected `datasets.NAME` or `datasets.NAME.validation`",
+                ));
             }
             let split = match parts.next() {
                 None | Some("train") => Split::Train,
@@ -152,9 +168,7 @@ fn parse_ref(expr: &str) -> Result<Ref, String> {
                 .ok_or_else(|| bad("expected `steps.ID.OUTPUT` or `steps.ID[KEY].OUTPUT`"))?;
             let (id, select) = match id_sel.split_once('[') {
                 Some((id, key)) => {
-                    let key = key
-                        .strip_suffix(']')
-                        .ok_or_else(|| bad("unclosed `[`"))?;
+                    let key = key.strip_suffix(']').ok_or_else(|| bad("unclosed `[`"))?;
                     let sel = if key == "*" {
                         Select::All
                     } else if is_name(key) || key == "$item" || is_item_key(key) {

@@ -601,7 +601,7 @@ impl ComponentMix {
 mod tests {
     use super::*;
     use crate::ml::progress::no_progress;
-    use crate::ml::tokenizer::{train_tokenizer, TokenizerSpec};
+    use crate::ml::tokenizer::{TokenizerSpec, train_tokenizer};
 
     fn write(p: &Path, s: &[u8]) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::ml::data::Shard;
 use crate::ml::device::{parse_device, set_threads};
 use crate::ml::error::{IoContext, MlError, Result};
-use crate::ml::model::{load_checkpoint_tensors, load_config, Qwen3, Qwen3Config};
+use crate::ml::model::{Qwen3, Qwen3Config, load_checkpoint_tensors, load_config};
 use crate::ml::progress::Progress;
 use crate::ml::tokenizer::Tok;
 use crate::ml::util;
@@ -273,7 +273,7 @@ fn read_task(path: &Path, max: usize) -> Result<Vec<Example>> {
             _ => {
                 return Err(bad(
                     "expected either \"choices\" + \"label\" or \"answer\"".into()
-                ))
+                ));
             }
         });
         if max > 0 && out.len() >= max {

@@ -349,13 +349,13 @@ impl Qwen3 {
                     return Err(MlError::StateDict(format!(
                         "{name}: shape {:?}, config wants {shape:?}",
                         t.size()
-                    )))
+                    )));
                 }
                 Some(t) if !t.is_floating_point() => {
                     return Err(MlError::StateDict(format!(
                         "{name}: dtype {:?} is not floating point",
                         t.kind()
-                    )))
+                    )));
                 }
                 _ => {}
             }
@@ -758,12 +758,14 @@ pub(crate) mod tests {
         // Causality: changing a later token does not change earlier logits.
         let ids2 = Tensor::from_slice(&[1i64, 2, 9, 4, 5, 6]).view([2, 3]);
         let y2 = m.forward(&ids2);
-        assert!(y
-            .narrow(1, 0, 2)
-            .allclose(&y2.narrow(1, 0, 2), 0.0, 0.0, false));
-        assert!(!y
-            .narrow(1, 2, 1)
-            .allclose(&y2.narrow(1, 2, 1), 1e-6, 1e-6, false));
+        assert!(
+            y.narrow(1, 0, 2)
+                .allclose(&y2.narrow(1, 0, 2), 0.0, 0.0, false)
+        );
+        assert!(
+            !y.narrow(1, 2, 1)
+                .allclose(&y2.narrow(1, 2, 1), 1e-6, 1e-6, false)
+        );
         // Same seed, same weights; other seed, other weights.
         let m2 = Qwen3::init(&c, 1, Device::Cpu).unwrap();
         assert!(m2.forward(&ids).equal(&y));

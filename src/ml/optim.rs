@@ -293,11 +293,12 @@ mod tests {
             1e-8,
             0.1,
         );
-        assert!(o3
-            .load(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("missing exp_avg.x"));
+        assert!(
+            o3.load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("missing exp_avg.x")
+        );
     }
 
     #[test]

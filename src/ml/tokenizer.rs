@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
-use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
-use crate::ml::data::{for_each_document, SourceSpec, SplitSpec};
+use crate::ml::data::{SourceSpec, SplitSpec, for_each_document};
 use crate::ml::error::{MlError, Result};
 use crate::ml::progress::Progress;
 use crate::ml::rng::fnv1a64;

@@ -19,10 +19,10 @@ use tch::{Device, Kind, Tensor};
 use crate::ml::data::{ComponentMix, Shard};
 use crate::ml::device::{parse_device, set_threads};
 use crate::ml::error::{IoContext, MlError, Result};
-use crate::ml::model::{load_config, load_safetensors, save_safetensors, Qwen3, Qwen3Config};
+use crate::ml::model::{Qwen3, Qwen3Config, load_config, load_safetensors, save_safetensors};
 use crate::ml::optim::{AdamW, LrSchedule};
 use crate::ml::progress::Progress;
-use crate::ml::rng::{fnv1a64, SplitMix64};
+use crate::ml::rng::{SplitMix64, fnv1a64};
 use crate::ml::util;
 
 /// Mixture over named shards: plain weights, or DeMix's component recipe.
@@ -600,9 +600,11 @@ mod tests {
         let w = m.weights().unwrap();
         assert_eq!(w.len(), 2);
         assert_eq!((w["math"], w["sotu"]), (0.25, 0.75));
-        assert!(DataMix::Weights([("a".to_string(), -1.0)].into())
-            .weights()
-            .is_err());
+        assert!(
+            DataMix::Weights([("a".to_string(), -1.0)].into())
+                .weights()
+                .is_err()
+        );
         let spec: TrainSpec = serde_json::from_value(serde_json::json!({
             "init_from": "/ck", "data": {"a": 1}, "tokens": 10000,
             "batch_size": 2, "seq_len": 10, "warmup_tokens": 100

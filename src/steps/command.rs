@@ -72,7 +72,9 @@ pub fn check_output_path(p: &str) -> Result<String, String> {
     }
     let path = Path::new(p);
     if path.is_absolute() {
-        return Err(format!("output path `{p}` is absolute; outputs are paths inside the step's output directory"));
+        return Err(format!(
+            "output path `{p}` is absolute; outputs are paths inside the step's output directory"
+        ));
     }
     let mut depth = 0i32;
     let mut parts = Vec::new();
@@ -87,14 +89,18 @@ pub fn check_output_path(p: &str) -> Result<String, String> {
                 depth -= 1;
                 parts.pop();
                 if depth < 0 {
-                    return Err(format!("output path `{p}` escapes the step's output directory"));
+                    return Err(format!(
+                        "output path `{p}` escapes the step's output directory"
+                    ));
                 }
             }
             _ => return Err(format!("output path `{p}` is not a relative path")),
         }
     }
     if parts.is_empty() {
-        return Err(format!("output path `{p}` names the output directory itself"));
+        return Err(format!(
+            "output path `{p}` names the output directory itself"
+        ));
     }
     let mut s = parts.join("/");
     if p.ends_with('/') {
@@ -140,17 +146,26 @@ impl StepKind for Command {
             }
         };
         let map = body.as_mapping()?;
-        let run_span = map.get_node("run").map(|n| n.span().clone()).unwrap_or_else(|| body.span().clone());
+        let run_span = map
+            .get_node("run")
+            .map(|n| *n.span())
+            .unwrap_or_else(|| *body.span());
         let before = d.problems.len();
         match &f.run {
             Run::Shell(_) if !f.shell => d.push(
                 &run_span,
                 "`run` is a string but `shell: true` is not set",
                 "shell string",
-                Some("write `run` as an argv list, or add `shell: true` to run it with sh -c".into()),
+                Some(
+                    "write `run` as an argv list, or add `shell: true` to run it with sh -c".into(),
+                ),
             ),
             Run::Argv(v) if v.is_empty() => d.error(&run_span, "`run` is an empty list", "run"),
-            Run::Argv(_) if f.shell => d.error(&run_span, "`shell: true` needs `run` to be one string", "run"),
+            Run::Argv(_) if f.shell => d.error(
+                &run_span,
+                "`shell: true` needs `run` to be one string",
+                "run",
+            ),
             _ => {}
         }
         let mut paths = Vec::new();
@@ -183,24 +198,28 @@ impl StepKind for Command {
         }
         // Runtime references must name declared inputs and outputs.
         let mut texts: Vec<(String, marked_yaml::Span)> = Vec::new();
-        let field_span = |k: &str| map.get_node(k).map(|n| n.span().clone()).unwrap_or_else(|| body.span().clone());
+        let field_span = |k: &str| {
+            map.get_node(k)
+                .map(|n| *n.span())
+                .unwrap_or_else(|| *body.span())
+        };
         match &f.run {
             Run::Argv(v) => {
                 let spans: Vec<marked_yaml::Span> = map
                     .get_sequence("run")
-                    .map(|s| s.iter().map(|n| n.span().clone()).collect())
+                    .map(|s| s.iter().map(|n| *n.span()).collect())
                     .unwrap_or_default();
                 for (i, a) in v.iter().enumerate() {
-                    texts.push((a.clone(), spans.get(i).cloned().unwrap_or_else(|| run_span.clone())));
+                    texts.push((a.clone(), spans.get(i).cloned().unwrap_or(run_span)));
                 }
             }
-            Run::Shell(s) => texts.push((s.clone(), run_span.clone())),
+            Run::Shell(s) => texts.push((s.clone(), run_span)),
         }
         for (k, v) in &f.env {
             let span = map
                 .get_mapping("env")
                 .and_then(|m| m.get_node(k))
-                .map(|n| n.span().clone())
+                .map(|n| *n.span())
                 .unwrap_or_else(|| field_span("env"));
             texts.push((v.clone(), span));
         }
@@ -244,7 +263,11 @@ impl StepKind for Command {
         let spec = CommandSpec {
             run: f.run,
             shell: f.shell,
-            inputs: f.inputs.into_iter().map(|(k, v)| (k, v.as_str().to_string())).collect(),
+            inputs: f
+                .inputs
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().to_string()))
+                .collect(),
             outputs: outputs.clone(),
             env: f.env,
             workdir: f.workdir,
@@ -265,15 +288,24 @@ impl StepKind for Command {
         let out = ctx.out_dir;
         for rel in ctx.spec.outputs.values() {
             let p = out.join(rel.trim_end_matches('/'));
-            let dir = if rel.ends_with('/') { p.as_path() } else { p.parent().unwrap_or(out) };
-            std::fs::create_dir_all(dir).map_err(StepError::io(format!("creating {}", dir.display())))?;
+            let dir = if rel.ends_with('/') {
+                p.as_path()
+            } else {
+                p.parent().unwrap_or(out)
+            };
+            std::fs::create_dir_all(dir)
+                .map_err(StepError::io(format!("creating {}", dir.display())))?;
         }
         let input_paths = |name: &str| -> Result<Vec<String>, StepError> {
             let key = f
                 .inputs
                 .get(name)
                 .ok_or_else(|| StepError::Failed(format!("unknown input `{name}`")))?;
-            Ok(ctx.input(key)?.iter().map(|p| p.display().to_string()).collect())
+            Ok(ctx
+                .input(key)?
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect())
         };
         // Expands one template; a lone multi-path reference yields several argv words.
         let expand = |s: &str| -> Result<Vec<String>, StepError> {
@@ -282,15 +314,16 @@ impl StepKind for Command {
                 Ok(match r {
                     Ref::Input(n) => input_paths(n)?,
                     Ref::Output(n) => {
-                        let rel = ctx
-                            .spec
-                            .outputs
-                            .get(n)
-                            .ok_or_else(|| StepError::Failed(format!("unknown output `{n}`")))?;
+                        let rel =
+                            ctx.spec.outputs.get(n).ok_or_else(|| {
+                                StepError::Failed(format!("unknown output `{n}`"))
+                            })?;
                         vec![out.join(rel.trim_end_matches('/')).display().to_string()]
                     }
                     Ref::OutDir => vec![out.display().to_string()],
-                    other => return Err(StepError::Failed(format!("unresolved reference `{other}`"))),
+                    other => {
+                        return Err(StepError::Failed(format!("unresolved reference `{other}`")));
+                    }
                 })
             };
             if let [Piece::Ref(r)] = pieces.as_slice() {
@@ -336,10 +369,16 @@ impl StepKind for Command {
             .env("DEMIX_OUT", out)
             .env("DEMIX_STEP", &ctx.spec.step);
         for (name, rel) in &ctx.spec.outputs {
-            cmd.env(format!("DEMIX_OUTPUT_{}", env_name(name)), out.join(rel.trim_end_matches('/')));
+            cmd.env(
+                format!("DEMIX_OUTPUT_{}", env_name(name)),
+                out.join(rel.trim_end_matches('/')),
+            );
         }
         for name in f.inputs.keys() {
-            cmd.env(format!("DEMIX_INPUT_{}", env_name(name)), input_paths(name)?.join(":"));
+            cmd.env(
+                format!("DEMIX_INPUT_{}", env_name(name)),
+                input_paths(name)?.join(":"),
+            );
         }
         for (k, v) in &f.env {
             cmd.env(k, expand(v)?.join(" "));
@@ -351,7 +390,10 @@ impl StepKind for Command {
             .map_err(|e| StepError::Failed(format!("cannot start `{}`: {e}", argv[0])))?;
         let pgid = child.id() as i32;
         loop {
-            if let Some(status) = child.try_wait().map_err(StepError::io("waiting for the command"))? {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(StepError::io("waiting for the command"))?
+            {
                 if status.success() {
                     return Ok(());
                 }
@@ -371,7 +413,13 @@ impl StepKind for Command {
 
 fn env_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

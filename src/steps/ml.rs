@@ -29,13 +29,23 @@ fn span_of(body: &Node, key: &str) -> marked_yaml::Span {
 }
 
 /// A field that must hold exactly one `${steps.ID.OUTPUT}` reference (or a path).
-fn check_ref_or_path(d: &mut Diags, body: &Node, key: &str, v: &str, paths: &mut Vec<Spanned<String>>) {
+fn check_ref_or_path(
+    d: &mut Diags,
+    body: &Node,
+    key: &str,
+    v: &str,
+    paths: &mut Vec<Spanned<String>>,
+) {
     let span = span_of(body, key);
     match template::parse(v) {
         Ok(p) => match p.as_slice() {
             [Piece::Ref(Ref::Step { .. })] => {}
             [Piece::Lit(_)] => paths.push(Spanned::new(span, v.to_string())),
-            _ => d.error(&span, format!("`{key}` takes one `${{steps.ID.OUTPUT}}` reference or a path"), key),
+            _ => d.error(
+                &span,
+                format!("`{key}` takes one `${{steps.ID.OUTPUT}}` reference or a path"),
+                key,
+            ),
         },
         Err(e) => d.error(&span, e, key),
     }
@@ -43,11 +53,20 @@ fn check_ref_or_path(d: &mut Diags, body: &Node, key: &str, v: &str, paths: &mut
 
 fn positive(d: &mut Diags, body: &Node, key: &str, v: f64, what: &str) {
     if v.is_nan() || v <= 0.0 {
-        d.error(&span_of(body, key), format!("`{key}` must be more than 0 ({what}), not {v}"), key);
+        d.error(
+            &span_of(body, key),
+            format!("`{key}` must be more than 0 ({what}), not {v}"),
+            key,
+        );
     }
 }
 
-fn dataset_names(body: &Node, key: &str, names: &[String], split: Split) -> Vec<(Spanned<String>, Split)> {
+fn dataset_names(
+    body: &Node,
+    key: &str,
+    names: &[String],
+    split: Split,
+) -> Vec<(Spanned<String>, Split)> {
     let spans: Vec<marked_yaml::Span> = body
         .as_mapping()
         .and_then(|m| m.get_sequence(key))
@@ -56,7 +75,15 @@ fn dataset_names(body: &Node, key: &str, names: &[String], split: Split) -> Vec<
     names
         .iter()
         .enumerate()
-        .map(|(i, n)| (Spanned::new(spans.get(i).copied().unwrap_or(span_of(body, key)), n.clone()), split))
+        .map(|(i, n)| {
+            (
+                Spanned::new(
+                    spans.get(i).copied().unwrap_or(span_of(body, key)),
+                    n.clone(),
+                ),
+                split,
+            )
+        })
         .collect()
 }
 
@@ -119,12 +146,27 @@ impl StepKind for Tokenizer {
         let mut paths = Vec::new();
         match (&f.file, f.datasets.is_empty()) {
             (Some(file), true) => check_ref_or_path(d, body, "file", file, &mut paths),
-            (Some(_), false) => d.error(&span_of(body, "file"), "give either `file` or `datasets`, not both", "file"),
-            (None, true) => d.error(body.span(), "a tokenizer step needs `datasets` to learn from (or an existing `file`)", "tokenizer"),
+            (Some(_), false) => d.error(
+                &span_of(body, "file"),
+                "give either `file` or `datasets`, not both",
+                "file",
+            ),
+            (None, true) => d.error(
+                body.span(),
+                "a tokenizer step needs `datasets` to learn from (or an existing `file`)",
+                "tokenizer",
+            ),
             (None, false) => {}
         }
         if f.vocab_size < 260 {
-            d.error(&span_of(body, "vocab_size"), format!("`vocab_size` must be at least 260 (256 bytes and special tokens), not {}", f.vocab_size), "vocab_size");
+            d.error(
+                &span_of(body, "vocab_size"),
+                format!(
+                    "`vocab_size` must be at least 260 (256 bytes and special tokens), not {}",
+                    f.vocab_size
+                ),
+                "vocab_size",
+            );
         }
         if d.problems.len() > before {
             return None;
@@ -189,7 +231,11 @@ pub struct ModelConfig {
 #[serde(untagged)]
 pub enum DataField {
     /// The candidate dataset mixed with general data at share `beta` (paper: 0.5).
-    Component { candidate: String, general: String, beta: Option<f64> },
+    Component {
+        candidate: String,
+        general: String,
+        beta: Option<f64>,
+    },
     /// `{sotu: 0.5, math: 0.5}`: normalised to sum to 1.
     Weights(BTreeMap<String, f64>),
 }
@@ -207,8 +253,12 @@ impl<'de> Deserialize<'de> for ModelField {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelField, E> {
                 Ok(ModelField::Preset(v.to_string()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ModelField, A::Error> {
-                ModelConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ModelField::Config)
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ModelField, A::Error> {
+                ModelConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ModelField::Config)
             }
         }
         d.deserialize_any(V)
@@ -223,7 +273,10 @@ impl<'de> Deserialize<'de> for DataField {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("weights by dataset name, or {candidate, general, beta}")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<DataField, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DataField, A::Error> {
                 use serde::de::Error;
                 let (mut candidate, mut general, mut beta) = (None, None, None);
                 let mut weights = BTreeMap::new();
@@ -239,7 +292,11 @@ impl<'de> Deserialize<'de> for DataField {
                     }
                 }
                 match (candidate, general) {
-                    (Some(c), Some(g)) if weights.is_empty() => Ok(DataField::Component { candidate: c, general: g, beta }),
+                    (Some(c), Some(g)) if weights.is_empty() => Ok(DataField::Component {
+                        candidate: c,
+                        general: g,
+                        beta,
+                    }),
                     (None, None) if beta.is_none() => Ok(DataField::Weights(weights)),
                     _ => Err(A::Error::custom(
                         "`data` is either weights by dataset name or {candidate, general, beta} (both `candidate` and `general`), not a mix",
@@ -310,9 +367,15 @@ pub struct TrainFields {
 pub fn check_device(d: &mut Diags, body: &Node, dev: &Option<String>) {
     if let Some(dev) = dev {
         let ok = matches!(dev.as_str(), "auto" | "cpu" | "cuda")
-            || dev.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+            || dev
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
         if !ok {
-            d.error(&span_of(body, "device"), format!("unknown device `{dev}` (auto, cpu, cuda or cuda:N)"), "device");
+            d.error(
+                &span_of(body, "device"),
+                format!("unknown device `{dev}` (auto, cpu, cuda or cuda:N)"),
+                "device",
+            );
         }
     }
 }
@@ -343,36 +406,69 @@ impl StepKind for Train {
         let before = d.problems.len();
         let mut paths = Vec::new();
         match (&f.model, &f.init) {
-            (Some(_), Some(_)) => d.error(&span_of(body, "init"), "give either `model` (a fresh model) or `init` (a checkpoint), not both", "init"),
-            (None, None) => d.error(body.span(), "a train step needs `model` (a fresh model) or `init` (a checkpoint)", "train"),
+            (Some(_), Some(_)) => d.error(
+                &span_of(body, "init"),
+                "give either `model` (a fresh model) or `init` (a checkpoint), not both",
+                "init",
+            ),
+            (None, None) => d.error(
+                body.span(),
+                "a train step needs `model` (a fresh model) or `init` (a checkpoint)",
+                "train",
+            ),
             (None, Some(i)) => check_ref_or_path(d, body, "init", i, &mut paths),
-            (Some(ModelField::Preset(p)), None) if p != "qwen3-1.7b" => {
-                d.error(&span_of(body, "model"), format!("unknown model preset `{p}` (known: qwen3-1.7b)"), "model")
-            }
+            (Some(ModelField::Preset(p)), None) if p != "qwen3-1.7b" => d.error(
+                &span_of(body, "model"),
+                format!("unknown model preset `{p}` (known: qwen3-1.7b)"),
+                "model",
+            ),
             (Some(ModelField::Config(c)), None) => {
-                if c.num_attention_heads == 0 || c.num_key_value_heads == 0 || c.num_attention_heads % c.num_key_value_heads != 0 {
+                if c.num_attention_heads == 0
+                    || c.num_key_value_heads == 0
+                    || c.num_attention_heads % c.num_key_value_heads != 0
+                {
                     d.error(&span_of(body, "model"), "`num_attention_heads` must be a positive multiple of `num_key_value_heads`", "model");
                 }
                 if c.head_dim.is_none() && c.hidden_size % c.num_attention_heads.max(1) != 0 {
-                    d.error(&span_of(body, "model"), "`hidden_size` is not divisible by `num_attention_heads`; set `head_dim`", "model");
+                    d.error(
+                        &span_of(body, "model"),
+                        "`hidden_size` is not divisible by `num_attention_heads`; set `head_dim`",
+                        "model",
+                    );
                 }
             }
             _ => {}
         }
         if f.model.is_some() && f.tokenizer.is_none() {
-            d.error(body.span(), "a fresh model needs `tokenizer: ${steps.ID.tokenizer}`", "train");
+            d.error(
+                body.span(),
+                "a fresh model needs `tokenizer: ${steps.ID.tokenizer}`",
+                "train",
+            );
         }
         if let Some(t) = &f.tokenizer {
             check_ref_or_path(d, body, "tokenizer", t, &mut paths);
         }
         if f.tokens == 0 {
-            d.error(&span_of(body, "tokens"), "`tokens` (the token budget) must be more than 0", "tokens");
+            d.error(
+                &span_of(body, "tokens"),
+                "`tokens` (the token budget) must be more than 0",
+                "tokens",
+            );
         }
         if f.batch_size == 0 {
-            d.error(&span_of(body, "batch_size"), "`batch_size` must be more than 0", "batch_size");
+            d.error(
+                &span_of(body, "batch_size"),
+                "`batch_size` must be more than 0",
+                "batch_size",
+            );
         }
         if f.seq_len == 0 {
-            d.error(&span_of(body, "seq_len"), "`seq_len` must be more than 0", "seq_len");
+            d.error(
+                &span_of(body, "seq_len"),
+                "`seq_len` must be more than 0",
+                "seq_len",
+            );
         }
         if let Some(lr) = f.lr {
             positive(d, body, "lr", lr, "the peak learning rate");
@@ -380,18 +476,33 @@ impl StepKind for Train {
         if let Some(r) = f.min_lr_ratio
             && !(0.0..=1.0).contains(&r)
         {
-            d.error(&span_of(body, "min_lr_ratio"), format!("`min_lr_ratio` must be in [0, 1], not {r}"), "min_lr_ratio");
+            d.error(
+                &span_of(body, "min_lr_ratio"),
+                format!("`min_lr_ratio` must be in [0, 1], not {r}"),
+                "min_lr_ratio",
+            );
         }
         for &c in &f.checkpoints {
             if c == 0 || c > f.tokens {
-                d.error(&span_of(body, "checkpoints"), format!("checkpoint budget {c} is not within the token budget (1..={})", f.tokens), "checkpoints");
+                d.error(
+                    &span_of(body, "checkpoints"),
+                    format!(
+                        "checkpoint budget {c} is not within the token budget (1..={})",
+                        f.tokens
+                    ),
+                    "checkpoints",
+                );
             }
         }
         check_device(d, body, &f.device);
         if let Some(p) = &f.precision
             && !matches!(p.as_str(), "auto" | "f32" | "bf16")
         {
-            d.error(&span_of(body, "precision"), format!("unknown precision `{p}` (auto, f32 or bf16)"), "precision");
+            d.error(
+                &span_of(body, "precision"),
+                format!("unknown precision `{p}` (auto, f32 or bf16)"),
+                "precision",
+            );
         }
         // The mixture: names are datasets, weights are non-negative and not all zero.
         let data_span = span_of(body, "data");
@@ -416,7 +527,13 @@ impl StepKind for Train {
                 }
                 for (name, &x) in w {
                     if !x.is_finite() || x < 0.0 {
-                        d.error(&weight_span(name), format!("mixture weight of `{name}` must be a finite number >= 0, not {x}"), "weight");
+                        d.error(
+                            &weight_span(name),
+                            format!(
+                                "mixture weight of `{name}` must be a finite number >= 0, not {x}"
+                            ),
+                            "weight",
+                        );
                     }
                     datasets.push((Spanned::new(key_span(name), name.clone()), Split::Train));
                 }
@@ -424,15 +541,29 @@ impl StepKind for Train {
                     d.error(&data_span, "mixture weights are all 0", "data");
                 }
             }
-            DataField::Component { candidate, general, beta } => {
+            DataField::Component {
+                candidate,
+                general,
+                beta,
+            } => {
                 if let Some(b) = beta
                     && !(0.0..=1.0).contains(b)
                 {
-                    d.error(&weight_span("beta"), format!("`beta` (the share of general data) must be in [0, 1], not {b}"), "beta");
+                    d.error(
+                        &weight_span("beta"),
+                        format!("`beta` (the share of general data) must be in [0, 1], not {b}"),
+                        "beta",
+                    );
                 }
-                datasets.push((Spanned::new(weight_span("candidate"), candidate.clone()), Split::Train));
+                datasets.push((
+                    Spanned::new(weight_span("candidate"), candidate.clone()),
+                    Split::Train,
+                ));
                 if general != candidate {
-                    datasets.push((Spanned::new(weight_span("general"), general.clone()), Split::Train));
+                    datasets.push((
+                        Spanned::new(weight_span("general"), general.clone()),
+                        Split::Train,
+                    ));
                 }
             }
         }
@@ -532,16 +663,28 @@ impl StepKind for Evaluate {
         };
         for (name, p) in &f.tasks {
             if template::has_refs(p) {
-                d.error(&task_spans(name), "task files are paths relative to the manifest", "task");
+                d.error(
+                    &task_spans(name),
+                    "task files are paths relative to the manifest",
+                    "task",
+                );
             } else {
                 paths.push(Spanned::new(task_spans(name), p.clone()));
             }
         }
         if f.datasets.is_empty() && f.tasks.is_empty() {
-            d.error(body.span(), "an evaluate step needs `datasets` or `tasks`", "evaluate");
+            d.error(
+                body.span(),
+                "an evaluate step needs `datasets` or `tasks`",
+                "evaluate",
+            );
         }
         if f.max_tokens == Some(0) || f.seq_len == Some(0) || f.batch_size == Some(0) {
-            d.error(body.span(), "`max_tokens`, `seq_len` and `batch_size` must be more than 0", "evaluate");
+            d.error(
+                body.span(),
+                "`max_tokens`, `seq_len` and `batch_size` must be more than 0",
+                "evaluate",
+            );
         }
         check_device(d, body, &f.device);
         if d.problems.len() > before {

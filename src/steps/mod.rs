@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::exec::spec::StepSpec;
-use crate::manifest::template::Split;
 use crate::manifest::Diags;
+use crate::manifest::template::Split;
 
 /// What planning a step yields: everything its cache key and its run need.
 pub struct Plan {
@@ -81,7 +81,9 @@ impl RunCtx<'_> {
             .inputs
             .get(key)
             .map(|i| i.paths.as_slice())
-            .ok_or_else(|| StepError::Failed(format!("input `{key}` was not resolved by the engine")))
+            .ok_or_else(|| {
+                StepError::Failed(format!("input `{key}` was not resolved by the engine"))
+            })
     }
 }
 

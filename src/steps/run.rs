@@ -22,7 +22,8 @@ fn ml_err(e: ml::MlError) -> StepError {
 }
 
 fn fields<T: serde::de::DeserializeOwned>(ctx: &RunCtx) -> Result<T, StepError> {
-    serde_json::from_value(ctx.spec.params.clone()).map_err(|e| StepError::Failed(format!("bad step spec: {e}")))
+    serde_json::from_value(ctx.spec.params.clone())
+        .map_err(|e| StepError::Failed(format!("bad step spec: {e}")))
 }
 
 fn progress<'a>(ctx: &'a RunCtx) -> impl Fn(&ml::Progress) + 'a {
@@ -37,10 +38,18 @@ fn progress<'a>(ctx: &'a RunCtx) -> impl Fn(&ml::Progress) + 'a {
 }
 
 fn dataset_key(name: &str, split: Split) -> String {
-    Ref::Dataset { name: name.to_string(), split }.to_string()
+    Ref::Dataset {
+        name: name.to_string(),
+        split,
+    }
+    .to_string()
 }
 
-fn dataset<'a>(ctx: &'a RunCtx, name: &str, split: Split) -> Result<(&'a InputSpec, &'a DatasetInput), StepError> {
+fn dataset<'a>(
+    ctx: &'a RunCtx,
+    name: &str,
+    split: Split,
+) -> Result<(&'a InputSpec, &'a DatasetInput), StepError> {
     let key = dataset_key(name, split);
     let inp = ctx
         .spec
@@ -75,18 +84,32 @@ fn sources(inp: &InputSpec, d: &DatasetInput) -> (Vec<SourceSpec>, SplitSpec) {
     let split = match d.split_fraction {
         // No validation files: split this dataset's files by document.
         Some(f) => SplitSpec {
-            part: if d.split == Split::Train { SplitPart::Train } else { SplitPart::Validation },
+            part: if d.split == Split::Train {
+                SplitPart::Train
+            } else {
+                SplitPart::Validation
+            },
             validation_fraction: f,
             seed: 0,
         },
-        None => SplitSpec { part: SplitPart::All, validation_fraction: 0.0, seed: 0 },
+        None => SplitSpec {
+            part: SplitPart::All,
+            validation_fraction: 0.0,
+            seed: 0,
+        },
     };
     (srcs, split)
 }
 
 /// The token shard of a dataset split under a tokenizer, content-addressed in the
 /// store (`shards/<hash>/`) so every step that needs it shares one copy.
-fn shard(ctx: &RunCtx, name: &str, split: Split, tok: &ml::tokenizer::Tok, tok_hash: &str) -> Result<PathBuf, StepError> {
+fn shard(
+    ctx: &RunCtx,
+    name: &str,
+    split: Split,
+    tok: &ml::tokenizer::Tok,
+    tok_hash: &str,
+) -> Result<PathBuf, StepError> {
     let (inp, d) = dataset(ctx, name, split)?;
     let key = dataset_key(name, split);
     let data_hash = &ctx
@@ -96,7 +119,9 @@ fn shard(ctx: &RunCtx, name: &str, split: Split, tok: &ml::tokenizer::Tok, tok_h
         .get(&key)
         .ok_or_else(|| StepError::Failed(format!("no content hash for {key}")))?
         .hash;
-    let id = crate::hash::hex(&blake3::hash(format!("{}\n{data_hash}\n{tok_hash}", ml::data::SHARD_FORMAT).as_bytes()));
+    let id = crate::hash::hex(&blake3::hash(
+        format!("{}\n{data_hash}\n{tok_hash}", ml::data::SHARD_FORMAT).as_bytes(),
+    ));
     let store = Store::open(&ctx.spec.store);
     let dir = store.root.join("shards").join(&id);
     let _lock = store
@@ -106,9 +131,14 @@ fn shard(ctx: &RunCtx, name: &str, split: Split, tok: &ml::tokenizer::Tok, tok_h
         return Ok(dir);
     }
     let (srcs, split_spec) = sources(inp, d);
-    let spec = TokenizeSpec { split: split_spec, ..Default::default() };
-    std::fs::create_dir_all(dir.parent().expect("has a parent")).map_err(StepError::io("creating the shard folder"))?;
-    ml::data::tokenize_to_shard(&srcs, &spec, tok, &dir, &progress(ctx), ctx.cancel).map_err(ml_err)?;
+    let spec = TokenizeSpec {
+        split: split_spec,
+        ..Default::default()
+    };
+    std::fs::create_dir_all(dir.parent().expect("has a parent"))
+        .map_err(StepError::io("creating the shard folder"))?;
+    ml::data::tokenize_to_shard(&srcs, &spec, tok, &dir, &progress(ctx), ctx.cancel)
+        .map_err(ml_err)?;
     Ok(dir)
 }
 
@@ -122,7 +152,8 @@ fn one_path<'a>(ctx: &'a RunCtx, key: &str) -> Result<&'a Path, StepError> {
 fn tokenizer_hash(ctx: &RunCtx, key: &str, path: &Path) -> Result<String, StepError> {
     match ctx.spec.record.inputs.get(key) {
         Some(r) => Ok(r.hash.clone()),
-        None => crate::hash::hash_file(path, &|_, _| {}).map_err(StepError::io(format!("hashing {}", path.display()))),
+        None => crate::hash::hash_file(path, &|_, _| {})
+            .map_err(StepError::io(format!("hashing {}", path.display()))),
     }
 }
 
@@ -136,7 +167,11 @@ pub fn tokenizer(ctx: &RunCtx) -> Result<(), StepError> {
         return Ok(());
     }
     let mut srcs = Vec::new();
-    let mut split = SplitSpec { part: SplitPart::All, validation_fraction: 0.0, seed: 0 };
+    let mut split = SplitSpec {
+        part: SplitPart::All,
+        validation_fraction: 0.0,
+        seed: 0,
+    };
     for name in &f.datasets {
         let (inp, d) = dataset(ctx, name, Split::Train)?;
         let (s, sp) = sources(inp, d);
@@ -156,7 +191,8 @@ pub fn tokenizer(ctx: &RunCtx) -> Result<(), StepError> {
     if let Some(s) = f.special_tokens {
         spec.special_tokens = s;
     }
-    ml::tokenizer::train_tokenizer(&srcs, &spec, &out, &progress(ctx), ctx.cancel).map_err(ml_err)?;
+    ml::tokenizer::train_tokenizer(&srcs, &spec, &out, &progress(ctx), ctx.cancel)
+        .map_err(ml_err)?;
     Ok(())
 }
 
@@ -209,7 +245,11 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
     };
     let (mix, names): (Value, Vec<String>) = match &f.data {
         DataField::Weights(w) => (json!(w), w.keys().cloned().collect()),
-        DataField::Component { candidate, general, beta } => {
+        DataField::Component {
+            candidate,
+            general,
+            beta,
+        } => {
             let mut c = Map::new();
             c.insert("candidate".into(), json!(candidate));
             c.insert("general".into(), json!(general));
@@ -261,8 +301,8 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
             spec.insert(k.into(), v);
         }
     }
-    let spec: ml::train::TrainSpec =
-        serde_json::from_value(Value::Object(spec)).map_err(|e| StepError::Failed(format!("bad training spec: {e}")))?;
+    let spec: ml::train::TrainSpec = serde_json::from_value(Value::Object(spec))
+        .map_err(|e| StepError::Failed(format!("bad training spec: {e}")))?;
     // The resumable state lives in the store by key, so a killed or cancelled run
     // picks up where it stopped; it is removed once the result is committed.
     let resume = store.root.join("resume").join(&ctx.spec.key);
@@ -276,7 +316,8 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
         tokenizer: Some(tok_path),
     };
     let summary = ml::train::train(&spec, &paths, &progress(ctx), ctx.cancel).map_err(ml_err)?;
-    std::fs::copy(&paths.metrics, ctx.out_dir.join("metrics.jsonl")).map_err(StepError::io("copying metrics"))?;
+    std::fs::copy(&paths.metrics, ctx.out_dir.join("metrics.jsonl"))
+        .map_err(StepError::io("copying metrics"))?;
     let _ = crate::store::remove_tree(&resume);
     let line = serde_json::to_string(&summary).unwrap_or_default();
     let _ = std::fs::write(ctx.log, format!("summary {line}\n"));
@@ -291,7 +332,10 @@ pub fn evaluate(ctx: &RunCtx) -> Result<(), StepError> {
     let tok_hash = tokenizer_hash(ctx, "", &tok_path)?;
     let mut validation = BTreeMap::new();
     for name in &f.datasets {
-        validation.insert(name.clone(), shard(ctx, name, Split::Validation, &tok, &tok_hash)?);
+        validation.insert(
+            name.clone(),
+            shard(ctx, name, Split::Validation, &tok, &tok_hash)?,
+        );
     }
     let mut tasks = BTreeMap::new();
     for (name, p) in &f.tasks {
@@ -312,15 +356,21 @@ pub fn evaluate(ctx: &RunCtx) -> Result<(), StepError> {
             spec.insert(k.into(), v);
         }
     }
-    let spec: ml::evaluate::EvalSpec =
-        serde_json::from_value(Value::Object(spec)).map_err(|e| StepError::Failed(format!("bad evaluation spec: {e}")))?;
-    let paths = ml::evaluate::EvalPaths { validation, tasks, output: Some(ctx.out_dir.join("metrics.json")) };
-    ml::evaluate::evaluate_checkpoint(&ckpt, &spec, &paths, &progress(ctx), ctx.cancel).map_err(ml_err)?;
+    let spec: ml::evaluate::EvalSpec = serde_json::from_value(Value::Object(spec))
+        .map_err(|e| StepError::Failed(format!("bad evaluation spec: {e}")))?;
+    let paths = ml::evaluate::EvalPaths {
+        validation,
+        tasks,
+        output: Some(ctx.out_dir.join("metrics.json")),
+    };
+    ml::evaluate::evaluate_checkpoint(&ckpt, &spec, &paths, &progress(ctx), ctx.cancel)
+        .map_err(ml_err)?;
     // Name the checkpoint as the manifest does, not by its path in this store, so
     // the same evaluation gives the same bytes in any store.
     let out = ctx.out_dir.join("metrics.json");
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&out).map_err(StepError::io("reading metrics"))?)
-        .map_err(|e| StepError::Failed(format!("metrics: {e}")))?;
+    let mut v: Value =
+        serde_json::from_slice(&std::fs::read(&out).map_err(StepError::io("reading metrics"))?)
+            .map_err(|e| StepError::Failed(format!("metrics: {e}")))?;
     if let Some(o) = v.as_object_mut() {
         o.insert("checkpoint".into(), json!(f.checkpoint));
     }

@@ -57,14 +57,24 @@ fn status(env: &Env) -> serde_json::Value {
 }
 
 fn state_of(st: &serde_json::Value, id: &str) -> String {
-    st["steps"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap_or_else(|| panic!("no step {id}"))["state"]
+    st["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id}"))["state"]
         .as_str()
         .unwrap()
         .to_string()
 }
 
 fn reasons_of(st: &serde_json::Value, id: &str) -> Vec<String> {
-    st["steps"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap()["reasons"]
+    st["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap()["reasons"]
         .as_array()
         .unwrap()
         .iter()
@@ -81,12 +91,21 @@ fn first_run_runs_everything_second_runs_nothing() {
     }
     env.demix(&["run"]).ok();
     assert_eq!(side(&env), ["count", "greet[a]", "greet[b]", "join"]);
-    assert_eq!(std::fs::read_to_string(output_path(&env, "pipe", "join", "all")).unwrap(), "hello a\nhello b\n5\n");
+    assert_eq!(
+        std::fs::read_to_string(output_path(&env, "pipe", "join", "all")).unwrap(),
+        "hello a\nhello b\n5\n"
+    );
     let r = env.demix(&["run"]).ok();
     assert!(r.ran().is_empty(), "{}", r.stderr());
     assert!(side(&env).is_empty());
     let st = status(&env);
-    assert!(st["steps"].as_array().unwrap().iter().all(|s| s["state"] == "fresh"));
+    assert!(
+        st["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "fresh")
+    );
     assert_eq!(st["counts"]["fresh"], 4);
 }
 
@@ -95,16 +114,29 @@ fn a_parameter_change_reruns_exactly_the_affected_steps() {
     let env = pipeline();
     env.demix(&["run"]).ok();
     side(&env);
-    env.write("demix.yaml", &PIPELINE.replace("greeting: hello", "greeting: bonjour"));
+    env.write(
+        "demix.yaml",
+        &PIPELINE.replace("greeting: hello", "greeting: bonjour"),
+    );
     let st = status(&env);
     assert_eq!(state_of(&st, "count"), "fresh");
     assert_eq!(state_of(&st, "greet[a]"), "stale");
     assert_eq!(state_of(&st, "join"), "stale");
     let why = reasons_of(&st, "greet[a]");
-    assert!(why.contains(&"parameter `params.greeting` changed: \"hello\" -> \"bonjour\"".to_string()), "{why:?}");
-    assert!(reasons_of(&st, "join").iter().any(|r| r.contains("upstream step `greet[a]` runs first")));
+    assert!(
+        why.contains(&"parameter `params.greeting` changed: \"hello\" -> \"bonjour\"".to_string()),
+        "{why:?}"
+    );
+    assert!(
+        reasons_of(&st, "join")
+            .iter()
+            .any(|r| r.contains("upstream step `greet[a]` runs first"))
+    );
     let text = env.demix(&["status"]).ok().stdout();
-    assert!(text.contains("parameter `params.greeting` changed: \"hello\" -> \"bonjour\""), "{text}");
+    assert!(
+        text.contains("parameter `params.greeting` changed: \"hello\" -> \"bonjour\""),
+        "{text}"
+    );
     env.demix(&["run"]).ok();
     assert_eq!(side(&env), ["greet[a]", "greet[b]", "join"]);
 }
@@ -121,7 +153,10 @@ fn input_bytes_rerun_dependents_but_a_touch_reruns_nothing() {
     assert!(side(&env).is_empty());
     env.write("data/two.txt", "four five six\n");
     let st = status(&env);
-    assert_eq!(reasons_of(&st, "count"), ["input ${datasets.words} changed: data/two.txt modified"]);
+    assert_eq!(
+        reasons_of(&st, "count"),
+        ["input ${datasets.words} changed: data/two.txt modified"]
+    );
     env.demix(&["run"]).ok();
     assert_eq!(side(&env), ["count", "join"]);
     // A new file in the glob counts as a change too.
@@ -148,7 +183,10 @@ fn early_cutoff_keeps_dependents_fresh() {
 fn reverting_a_change_is_fresh_from_the_cache() {
     let env = pipeline();
     env.demix(&["run"]).ok();
-    env.write("demix.yaml", &PIPELINE.replace("greeting: hello", "greeting: hi"));
+    env.write(
+        "demix.yaml",
+        &PIPELINE.replace("greeting: hello", "greeting: hi"),
+    );
     env.demix(&["run"]).ok();
     side(&env);
     env.write("demix.yaml", PIPELINE);
@@ -171,10 +209,17 @@ fn a_corrupt_store_object_is_detected_and_rebuilt() {
     std::fs::write(&out, "tampered\n").unwrap();
     let st = status(&env);
     assert_eq!(state_of(&st, "greet[a]"), "stale");
-    assert!(reasons_of(&st, "greet[a]")[0].contains("greet.txt is corrupt"), "{:?}", reasons_of(&st, "greet[a]"));
+    assert!(
+        reasons_of(&st, "greet[a]")[0].contains("greet.txt is corrupt"),
+        "{:?}",
+        reasons_of(&st, "greet[a]")
+    );
     env.demix(&["run"]).ok();
     assert_eq!(side(&env), ["greet[a]"]);
-    assert_eq!(std::fs::read_to_string(output_path(&env, "pipe", "greet[a]", "out")).unwrap(), "hello a\n");
+    assert_eq!(
+        std::fs::read_to_string(output_path(&env, "pipe", "greet[a]", "out")).unwrap(),
+        "hello a\n"
+    );
     let v = env.demix(&["verify"]).ok();
     assert!(v.stdout().contains(": 0 corrupt"), "{}", v.stdout());
 }
@@ -199,7 +244,11 @@ fn verify_finds_corruption_that_kept_the_stat() {
     drop(f);
     // Size and mtime are the same, so the quick check trusts it; verify does not.
     let v = env.demix(&["verify"]).fails(1);
-    assert!(v.stdout().contains("corrupt") && v.stdout().contains("pipe:count"), "{}", v.stdout());
+    assert!(
+        v.stdout().contains("corrupt") && v.stdout().contains("pipe:count"),
+        "{}",
+        v.stdout()
+    );
     assert_eq!(state_of(&status(&env), "count"), "stale");
     env.demix(&["run"]).ok();
     assert_eq!(side(&env), ["count"]);
@@ -230,16 +279,29 @@ steps:
     );
     let r = env.demix(&["run", "-j", "1"]).fails(1);
     let err = r.stderr();
-    assert!(err.contains("FAILED bad: command exited with status 3"), "{err}");
-    assert!(err.contains("something broke"), "the log tail is shown: {err}");
+    assert!(
+        err.contains("FAILED bad: command exited with status 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("something broke"),
+        "the log tail is shown: {err}"
+    );
     assert!(err.contains("skip   after-bad"), "{err}");
-    assert!(!r.ran().contains(&"slow".to_string()), "fail-fast starts nothing new: {err}");
+    assert!(
+        !r.ran().contains(&"slow".to_string()),
+        "fail-fast starts nothing new: {err}"
+    );
     let r = env.demix(&["run", "-j", "1", "--keep-going"]).fails(1);
     assert!(r.ran().contains(&"slow".to_string()), "{}", r.stderr());
     assert_eq!(state_of(&status(&env), "slow"), "fresh");
     assert_eq!(state_of(&status(&env), "bad"), "new");
     // Nothing half-written: the failed step left no result and no work directory.
-    let tmp: Vec<_> = std::fs::read_dir(env.path("cache/tmp")).unwrap().flatten().filter(|e| e.file_name() != "specs").collect();
+    let tmp: Vec<_> = std::fs::read_dir(env.path("cache/tmp"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != "specs")
+        .collect();
     assert!(tmp.is_empty(), "{tmp:?}");
 }
 
@@ -248,7 +310,12 @@ fn a_missing_declared_output_fails_the_step() {
     let env = Env::new();
     env.write("demix.yaml", "version: 1\nname: m\nsteps:\n  - {id: a, kind: command, outputs: {o: o.txt}, run: [true]}\n");
     let r = env.demix(&["run"]).fails(1);
-    assert!(r.stderr().contains("declared output `o` (o.txt) was not produced"), "{}", r.stderr());
+    assert!(
+        r.stderr()
+            .contains("declared output `o` (o.txt) was not produced"),
+        "{}",
+        r.stderr()
+    );
 }
 
 #[test]
@@ -256,7 +323,10 @@ fn target_force_and_dry_run() {
     let env = pipeline();
     let r = env.demix(&["run", "--dry-run"]).ok();
     assert!(r.stdout().contains("4 step(s) would run"), "{}", r.stdout());
-    assert!(!env.path("cache/results").exists(), "a dry run writes no result");
+    assert!(
+        !env.path("cache/results").exists(),
+        "a dry run writes no result"
+    );
     let r = env.demix(&["run", "--target", "greet"]).ok();
     let mut ran = r.ran();
     ran.sort();
@@ -279,12 +349,21 @@ fn lineage_traces_outputs_to_source_files() {
     let env = pipeline();
     env.demix(&["run"]).ok();
     let text = env.demix(&["lineage", "join"]).ok().stdout();
-    for needle in ["step join (command v1) of workflow pipe", "step greet[a]", "step count", "file   data/one.txt", "param    greeting = \"hello\""] {
+    for needle in [
+        "step join (command v1) of workflow pipe",
+        "step greet[a]",
+        "step count",
+        "file   data/one.txt",
+        "param    greeting = \"hello\"",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     // By a path in the store, and by a hash prefix, to the same result.
     let out = output_path(&env, "pipe", "count", "n");
-    let by_path = env.demix(&["lineage", out.to_str().unwrap(), "--json"]).ok().json();
+    let by_path = env
+        .demix(&["lineage", out.to_str().unwrap(), "--json"])
+        .ok()
+        .json();
     assert_eq!(by_path["step"], "count");
     let key = by_path["key"].as_str().unwrap();
     let by_hash = env.demix(&["lineage", &key[..10], "--json"]).ok().json();
@@ -297,11 +376,22 @@ fn lineage_traces_outputs_to_source_files() {
 fn log_and_gc() {
     let env = pipeline();
     env.demix(&["run"]).ok();
-    env.write("demix.yaml", &PIPELINE.replace("greeting: hello", "greeting: hey"));
+    env.write(
+        "demix.yaml",
+        &PIPELINE.replace("greeting: hello", "greeting: hey"),
+    );
     env.demix(&["run"]).ok();
     let log = env.demix(&["log", "--json"]).ok().json();
     assert_eq!(log.as_array().unwrap().len(), 2);
-    assert_eq!(log[1]["steps"].as_array().unwrap().iter().filter(|s| s["outcome"] == "ran").count(), 3);
+    assert_eq!(
+        log[1]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["outcome"] == "ran")
+            .count(),
+        3
+    );
     let text = env.demix(&["log"]).ok().stdout();
     assert!(text.contains("ok          pipe"), "{text}");
     // The first run's greet/join results are referenced by no kept run.
@@ -322,9 +412,15 @@ fn dag_formats() {
     let text = env.demix(&["dag"]).ok().stdout();
     insta::assert_snapshot!("dag_text", text);
     let dot = env.demix(&["dag", "--format", "dot"]).ok().stdout();
-    assert!(dot.starts_with("digraph \"pipe\"") && dot.contains("n0 -> n3;"), "{dot}");
+    assert!(
+        dot.starts_with("digraph \"pipe\"") && dot.contains("n0 -> n3;"),
+        "{dot}"
+    );
     let mm = env.demix(&["dag", "--format", "mermaid"]).ok().stdout();
-    assert!(mm.starts_with("flowchart LR") && mm.contains("n2 --> n3"), "{mm}");
+    assert!(
+        mm.starts_with("flowchart LR") && mm.contains("n2 --> n3"),
+        "{mm}"
+    );
 }
 
 #[test]
@@ -347,19 +443,36 @@ steps:
     run: [sh, -c, 'echo t >> side.log; cat "$@" > "$DEMIX_OUTPUT_O"', sh, "${inputs.all}"]
 "#,
     );
-    let a = env.cmd(&["run", "-j", "3"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let b = env.cmd(&["run", "-j", "3"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let a = env
+        .cmd(&["run", "-j", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let b = env
+        .cmd(&["run", "-j", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     assert!(a.wait_with_output().unwrap().status.success());
     assert!(b.wait_with_output().unwrap().status.success());
     assert_eq!(side(&env), ["a", "b", "c", "t"]);
-    assert_eq!(std::fs::read_to_string(output_path(&env, "conc", "t", "o")).unwrap(), "a\nb\nc\n");
+    assert_eq!(
+        std::fs::read_to_string(output_path(&env, "conc", "t", "o")).unwrap(),
+        "a\nb\nc\n"
+    );
     env.demix(&["verify"]).ok();
 }
 
 fn wait_for(path: &std::path::Path, limit: Duration) {
     let t0 = Instant::now();
     while !path.exists() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {}", path.display());
+        assert!(
+            t0.elapsed() < limit,
+            "timed out waiting for {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -388,7 +501,12 @@ fn a_run_killed_mid_step_leaves_nothing_half_written_and_reruns_to_the_same_resu
 
     let env = Env::new();
     env.write("demix.yaml", SLOW);
-    let mut child = env.cmd(&["run"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = env
+        .cmd(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for(&env.path("started.flag"), Duration::from_secs(20));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -401,7 +519,10 @@ fn a_run_killed_mid_step_leaves_nothing_half_written_and_reruns_to_the_same_resu
     assert!(!env.path("cache/state/slow/slow.json").exists());
     let r = env.demix(&["run"]).ok();
     assert_eq!(r.ran(), ["slow"]);
-    assert_eq!(std::fs::read(output_path(&env, "slow", "slow", "o")).unwrap(), want);
+    assert_eq!(
+        std::fs::read(output_path(&env, "slow", "slow", "o")).unwrap(),
+        want
+    );
     assert_eq!(status(&env)["steps"][1]["key"], want_key);
     // The killed run's work directory is garbage now.
     let gc = env.demix(&["gc", "--json"]).ok().json();
@@ -426,14 +547,23 @@ steps:
 "#,
     );
     // Use the workspace for the side log: steps run in the manifest's folder.
-    env.write("demix.yaml", &env.read("demix.yaml").replace("\"$0/side.log\"", "side.log").replace(", \"${out}/../../../..\"", ", x"));
+    env.write(
+        "demix.yaml",
+        &env.read("demix.yaml")
+            .replace("\"$0/side.log\"", "side.log")
+            .replace(", \"${out}/../../../..\"", ", x"),
+    );
     env.demix(&["run", "-j", "4", "--gpus", "7,9"]).ok();
     let log = std::fs::read_to_string(env.path("side.log")).unwrap();
     let mut events: Vec<(u128, String, String)> = log
         .lines()
         .map(|l| {
             let mut p = l.split(' ');
-            (p.next().unwrap().parse().unwrap(), p.next().unwrap().to_string(), p.next().unwrap_or("").to_string())
+            (
+                p.next().unwrap().parse().unwrap(),
+                p.next().unwrap().to_string(),
+                p.next().unwrap_or("").to_string(),
+            )
         })
         .collect();
     events.sort();
@@ -441,7 +571,10 @@ steps:
     for (_, what, dev) in &events {
         assert!(dev == "7" || dev == "9", "device {dev:?}");
         if what == "start" {
-            assert!(!busy.contains(dev), "device {dev} given to two steps at once: {log}");
+            assert!(
+                !busy.contains(dev),
+                "device {dev} given to two steps at once: {log}"
+            );
             busy.push(dev.clone());
             assert!(busy.len() <= 2);
         } else {
@@ -450,5 +583,9 @@ steps:
     }
     // A step that needs more GPUs than the machine has fails clearly.
     let r = env.demix(&["run", "--gpus", "", "--force", "g"]).fails(1);
-    assert!(r.stderr().contains("needs 1 GPU(s); this machine has 0"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("needs 1 GPU(s); this machine has 0"),
+        "{}",
+        r.stderr()
+    );
 }

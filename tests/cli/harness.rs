@@ -34,11 +34,18 @@ impl Run {
     }
     #[track_caller]
     pub fn fails(self, code: i32) -> Self {
-        assert_eq!(self.code(), code, "stdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+        assert_eq!(
+            self.code(),
+            code,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
         self
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
+        serde_json::from_slice(&self.out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
     }
     /// The ids of steps the run says it ran, in order.
     pub fn ran(&self) -> Vec<String> {
@@ -56,7 +63,9 @@ pub fn exe() -> PathBuf {
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::tempdir().expect("temp dir") }
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -87,7 +96,9 @@ impl Env {
     }
 
     pub fn demix(&self, args: &[&str]) -> Run {
-        Run { out: self.cmd(args).output().expect("run demix") }
+        Run {
+            out: self.cmd(args).output().expect("run demix"),
+        }
     }
 
     /// All files under the store, for "nothing was written" checks.
@@ -115,7 +126,8 @@ fn walk(p: &Path, out: &mut Vec<PathBuf>) {
 /// A step output's path in the store, from `status --json`'s key and the result record.
 pub fn output_path(env: &Env, manifest: &str, step: &str, output: &str) -> PathBuf {
     let state = env.path(&format!("cache/state/{manifest}/{step}.json"));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).expect("state record")).expect("json");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("state record")).expect("json");
     let tree = r["tree"].as_str().expect("tree");
     let path = r["outputs"][output]["path"].as_str().expect("output path");
     env.path(&format!("cache/trees/{}/{tree}/{path}", &tree[..2]))

@@ -166,7 +166,7 @@ fn search_with_merged_proxies_finds_the_target_mixture() {
     let comps = Components::open(&components(tmp.path()), None).unwrap();
     let target = [0.4, 0.3, 0.2, 0.1];
     let proxy_loss = |alpha: &[f64]| -> Result<Vec<f64>, BoxError> {
-        let mut row_mass = vec![0.0f64; K];
+        let mut row_mass = [0.0f64; K];
         comps.merge_each(
             &MergeSpec::linear(alpha.to_vec()),
             |t: MergedTensor<'_>| -> Result<(), MergeError> {

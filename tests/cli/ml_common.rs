@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use demix::ml::data::{tokenize_to_shard, SourceSpec, SplitPart, SplitSpec, TokenizeSpec};
+use demix::ml::data::{SourceSpec, SplitPart, SplitSpec, TokenizeSpec, tokenize_to_shard};
 use demix::ml::model::Qwen3Config;
 use demix::ml::progress::no_progress;
-use demix::ml::tokenizer::{train_tokenizer, Tok, TokenizerSpec};
+use demix::ml::tokenizer::{Tok, TokenizerSpec, train_tokenizer};
 use demix::ml::train::{DataMix, TrainPaths, TrainSpec};
 
 pub fn no_cancel() -> AtomicBool {

@@ -3,12 +3,11 @@
 //! Needs the cache venv with transformers (`DEMIX_HF_CHECK=1 scripts/libtorch.sh`);
 //! skipped, saying why, when it is absent.
 
-
 use std::path::PathBuf;
 use std::process::Command;
 
 use crate::ml_common::*;
-use demix::ml::model::{save_safetensors, Qwen3};
+use demix::ml::model::{Qwen3, save_safetensors};
 use tch::{Device, Tensor};
 
 fn hf_python() -> Result<PathBuf, String> {

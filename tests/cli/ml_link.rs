@@ -5,7 +5,10 @@ use std::process::Command;
 #[test]
 fn links_libtorch_cuda_and_resolves_it() {
     // The demix binary itself and this test binary.
-    for exe in [std::path::PathBuf::from(env!("CARGO_BIN_EXE_demix")), std::env::current_exe().unwrap()] {
+    for exe in [
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_demix")),
+        std::env::current_exe().unwrap(),
+    ] {
         check(&exe);
     }
 }

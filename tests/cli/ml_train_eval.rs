@@ -1,16 +1,14 @@
-
-
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::ml_common::*;
+use demix::ml::MlError;
 use demix::ml::data::Shard;
 use demix::ml::evaluate::{
-    evaluate_checkpoint, evaluate_state_dict, validation_metrics, EvalPaths, EvalSpec,
+    EvalPaths, EvalSpec, evaluate_checkpoint, evaluate_state_dict, validation_metrics,
 };
-use demix::ml::model::{load_checkpoint_tensors, Qwen3};
-use demix::ml::progress::{no_progress, Progress};
-use demix::ml::train::{train, MetricsLine};
-use demix::ml::MlError;
+use demix::ml::model::{Qwen3, load_checkpoint_tensors};
+use demix::ml::progress::{Progress, no_progress};
+use demix::ml::train::{MetricsLine, train};
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -30,9 +28,11 @@ fn loss_falls_and_metrics_are_written() {
     let last: f64 = lines[55..].iter().map(|l| l.loss).sum::<f64>() / 5.0;
     assert!(first > (300f64).ln() - 0.5, "initial loss {first}");
     assert!(last < first * 0.6, "loss did not fall: {first} -> {last}");
-    assert!(lines
-        .iter()
-        .all(|l| l.tokens_per_s > 0.0 && l.grad_norm > 0.0));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.tokens_per_s > 0.0 && l.grad_norm > 0.0)
+    );
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(p.output.join(f).exists(), "{f}");
     }
@@ -87,8 +87,7 @@ fn non_finite_loss_errors_without_checkpoint() {
     let _ = sd.get_mut("model.norm.weight").unwrap().fill_(f64::NAN);
     let bad = f.dir.path().join("nan-ckpt");
     let named: Vec<_> = sd.into_iter().collect();
-    demix::ml::model::save_checkpoint(&cfg, &named, &bad, Some(&f.tokenizer_json))
-        .unwrap();
+    demix::ml::model::save_checkpoint(&cfg, &named, &bad, Some(&f.tokenizer_json)).unwrap();
     let mut spec = tiny_spec(&f, 5);
     spec.model = None;
     spec.init_from = Some(bad);

@@ -67,11 +67,18 @@ fn an_ml_workflow_runs_caches_and_traces() {
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(ckpt.join(f).is_file(), "{f} missing in {}", ckpt.display());
     }
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "Qwen3ForCausalLM");
     assert_eq!(config["vocab_size"], 512);
-    assert!(output_path(&env, "ml", "base", "tokens_2048").join("model.safetensors").is_file());
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(output_path(&env, "ml", "eval", "metrics")).unwrap()).unwrap();
+    assert!(
+        output_path(&env, "ml", "base", "tokens_2048")
+            .join("model.safetensors")
+            .is_file()
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(output_path(&env, "ml", "eval", "metrics")).unwrap())
+            .unwrap();
     for d in ["sotu", "math"] {
         let bpb = m["datasets"][d]["bits_per_byte"].as_f64().unwrap();
         assert!(bpb.is_finite() && bpb > 0.0, "{m}");
@@ -79,13 +86,25 @@ fn an_ml_workflow_runs_caches_and_traces() {
     assert_eq!(m["checkpoint"], "${steps.comp.checkpoint}");
     assert_eq!(m["tasks"]["qa"]["examples"], 5);
     let metrics = std::fs::read_to_string(output_path(&env, "ml", "base", "metrics")).unwrap();
-    assert_eq!(metrics.lines().count(), 32, "one line per step (4096 tokens / 128 per step)");
+    assert_eq!(
+        metrics.lines().count(),
+        32,
+        "one line per step (4096 tokens / 128 per step)"
+    );
     // Nothing changed: nothing runs. Lineage reaches the corpus files.
     assert!(env.demix(&["run"]).ok().ran().is_empty());
     let l = env.demix(&["lineage", "eval"]).ok().stdout();
-    assert!(l.contains("step comp (train v1)") && l.contains("step base (train v1)") && l.contains("sotu/train.jsonl"), "{l}");
+    assert!(
+        l.contains("step comp (train v1)")
+            && l.contains("step base (train v1)")
+            && l.contains("sotu/train.jsonl"),
+        "{l}"
+    );
     // A different mixture share reruns the component and its evaluation only.
-    env.write("demix.yaml", &manifest(4096).replace("beta: 0.5", "beta: 0.25"));
+    env.write(
+        "demix.yaml",
+        &manifest(4096).replace("beta: 0.5", "beta: 0.25"),
+    );
     let r = env.demix(&["run"]).ok();
     assert_eq!(r.ran(), ["comp", "eval"], "{}", r.stderr());
 }
@@ -95,7 +114,10 @@ fn an_interrupted_training_resumes_to_the_same_bytes() {
     let reference = Env::new();
     reference.write("demix.yaml", &manifest(16384));
     reference.demix(&["run", "--target", "base"]).ok();
-    let want = std::fs::read(output_path(&reference, "ml", "base", "checkpoint").join("model.safetensors")).unwrap();
+    let want = std::fs::read(
+        output_path(&reference, "ml", "base", "checkpoint").join("model.safetensors"),
+    )
+    .unwrap();
 
     let env = Env::new();
     env.write("demix.yaml", &manifest(16384));
@@ -115,14 +137,20 @@ fn an_interrupted_training_resumes_to_the_same_bytes() {
         if saved {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "no resume state appeared");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no resume state appeared"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert!(!env.path("cache/state/ml/base.json").exists(), "no result for an interrupted step");
+    assert!(
+        !env.path("cache/state/ml/base.json").exists(),
+        "no result for an interrupted step"
+    );
     let r = env.demix(&["run", "--target", "base"]).ok();
     assert_eq!(r.ran(), ["base"]);
     let log = std::fs::read_dir(env.path("cache/logs"))
@@ -131,10 +159,21 @@ fn an_interrupted_training_resumes_to_the_same_bytes() {
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .find(|s| s.contains("\"resumed_from_step\""))
         .expect("a training summary in the log");
-    assert!(!log.contains("\"resumed_from_step\":0"), "the rerun resumed: {log}");
-    let got = std::fs::read(output_path(&env, "ml", "base", "checkpoint").join("model.safetensors")).unwrap();
-    assert!(got == want, "a resumed run must equal an uninterrupted one byte for byte");
-    assert!(!env.path("cache/resume").read_dir().unwrap().any(|_| true), "resume state is removed after success");
+    assert!(
+        !log.contains("\"resumed_from_step\":0"),
+        "the rerun resumed: {log}"
+    );
+    let got =
+        std::fs::read(output_path(&env, "ml", "base", "checkpoint").join("model.safetensors"))
+            .unwrap();
+    assert!(
+        got == want,
+        "a resumed run must equal an uninterrupted one byte for byte"
+    );
+    assert!(
+        !env.path("cache/resume").read_dir().unwrap().any(|_| true),
+        "resume state is removed after success"
+    );
 }
 
 #[test]

@@ -5,7 +5,8 @@ use crate::harness::Env;
 #[test]
 fn committed_schema_is_fresh() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let committed = std::fs::read_to_string(root.join("schemas/manifest.schema.json")).unwrap_or_default();
+    let committed =
+        std::fs::read_to_string(root.join("schemas/manifest.schema.json")).unwrap_or_default();
     let generated = Env::new().demix(&["schema"]).ok().stdout();
     assert!(
         committed == generated,
