@@ -39,6 +39,8 @@ pub enum Command {
     Dag(DagArgs),
     /// Trace a cached artifact back to the data and parameters that made it.
     Lineage(LineageArgs),
+    /// Print where the latest report of each `report` step is.
+    Report(ReportArgs),
     /// Show the run history.
     Log(LogArgs),
     /// Remove store objects that no kept run references.
@@ -160,6 +162,15 @@ pub struct LineageArgs {
     /// The manifest whose step ids to use [default: as for `run`, if present]
     #[arg(long, short = 'm')]
     pub manifest: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
 }

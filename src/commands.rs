@@ -146,6 +146,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Lineage(a) => lineage(a, &cache),
+        Command::Report(a) => report(a, &cache),
         Command::Log(a) => log(a, &cache),
         Command::Gc(a) => {
             let s = store(&cache);
@@ -533,6 +534,74 @@ fn lineage(a: crate::cli::LineageArgs, cache: &Option<PathBuf>) -> miette::Resul
         print!("{}", demix::lineage::render(&l));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the latest report of each `report` step of the manifest is.
+fn report(a: crate::cli::ReportArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
+    let g = load_graph(a.manifest.manifest)?;
+    let s = store(cache);
+    let steps: Vec<&str> = g
+        .order
+        .iter()
+        .map(|&i| &g.nodes[i])
+        .filter(|n| n.kind.name() == "report")
+        .map(|n| n.id.as_str())
+        .collect();
+    if steps.is_empty() {
+        return Err(CliError::Failed(format!(
+            "{} has no `report` step",
+            g.manifest.path.display()
+        ))
+        .into());
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let show = |p: &Path| p.strip_prefix(&cwd).unwrap_or(p).display().to_string();
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for id in steps {
+        match demix::steps::report::latest(&s, &g.manifest.name, id) {
+            Ok((r, html, md)) => found.push((r, show(&html), show(&md))),
+            Err(e) => missing.push((id, e)),
+        }
+    }
+    if a.json {
+        let items: Vec<serde_json::Value> = found
+            .iter()
+            .map(|(r, html, md)| {
+                json!({"step": r.step, "html": html, "markdown": md, "key": r.key, "finished": r.finished})
+            })
+            .chain(
+                missing
+                    .iter()
+                    .map(|(id, e)| json!({"step": id, "error": e})),
+            )
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"manifest": g.manifest.path, "reports": items}))
+                .expect("serializes")
+        );
+    } else {
+        for (r, html, md) in &found {
+            println!("{}", r.step);
+            println!("  html      {html}");
+            println!("  markdown  {md}");
+            println!(
+                "  made      {} (key {})",
+                r.finished.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                &r.key[..r.key.len().min(12)]
+            );
+        }
+    }
+    if missing.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = g.manifest.path.display();
+    let why: Vec<String> = missing
+        .iter()
+        .map(|(id, e)| format!("{e}: run `demix run {path} --target {id}`"))
+        .collect();
+    Err(CliError::Failed(why.join("\n")).into())
 }
 
 fn log(a: crate::cli::LogArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {

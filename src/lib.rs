@@ -15,6 +15,7 @@ pub mod mix;
 pub mod ml;
 pub mod plan;
 pub mod progress;
+pub mod report;
 pub mod steps;
 pub mod store;
 pub mod watch;

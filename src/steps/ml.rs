@@ -321,7 +321,16 @@ pub struct TrainFields {
     /// Continue from a checkpoint: `${steps.ID.checkpoint}` or a Hugging Face model folder.
     #[serde(default)]
     pub init: Option<String>,
-    pub data: DataField,
+    /// The mixture: weights by dataset name, or the component recipe.
+    #[serde(default)]
+    pub data: Option<DataField>,
+    /// Or a mixture chosen by another step: `${steps.ID.mixture}` (a JSON object of
+    /// weights by dataset name), over the datasets listed in `datasets`.
+    #[serde(default)]
+    pub mixture: Option<String>,
+    /// The datasets a `mixture` file may weight.
+    #[serde(default)]
+    pub datasets: Vec<String>,
     /// Token budget.
     pub tokens: u64,
     pub batch_size: u32,
@@ -520,52 +529,82 @@ impl StepKind for Train {
                 .unwrap_or(data_span)
         };
         let mut datasets = Vec::new();
-        match &f.data {
-            DataField::Weights(w) => {
-                if w.is_empty() {
-                    d.error(&data_span, "the mixture is empty", "data");
+        match (&f.data, &f.mixture) {
+            (Some(_), Some(_)) => d.error(
+                &span_of(body, "mixture"),
+                "give either `data` or `mixture`, not both",
+                "mixture",
+            ),
+            (None, None) => d.error(
+                body.span(),
+                "a train step needs `data` (a mixture) or `mixture: ${steps.ID.mixture}`",
+                "train",
+            ),
+            (None, Some(m)) => {
+                check_ref_or_path(d, body, "mixture", m, &mut paths);
+                if f.datasets.is_empty() {
+                    d.error(
+                        &span_of(body, "mixture"),
+                        "a `mixture` file needs `datasets`: the datasets it may weight",
+                        "mixture",
+                    );
                 }
-                for (name, &x) in w {
-                    if !x.is_finite() || x < 0.0 {
-                        d.error(
+                datasets.extend(dataset_names(body, "datasets", &f.datasets, Split::Train));
+            }
+            (Some(_), None) if !f.datasets.is_empty() => d.error(
+                &span_of(body, "datasets"),
+                "`datasets` goes with `mixture`; `data` names its datasets itself",
+                "datasets",
+            ),
+            (Some(data), None) => match data {
+                DataField::Weights(w) => {
+                    if w.is_empty() {
+                        d.error(&data_span, "the mixture is empty", "data");
+                    }
+                    for (name, &x) in w {
+                        if !x.is_finite() || x < 0.0 {
+                            d.error(
                             &weight_span(name),
                             format!(
                                 "mixture weight of `{name}` must be a finite number >= 0, not {x}"
                             ),
                             "weight",
                         );
+                        }
+                        datasets.push((Spanned::new(key_span(name), name.clone()), Split::Train));
                     }
-                    datasets.push((Spanned::new(key_span(name), name.clone()), Split::Train));
+                    if !w.is_empty() && w.values().all(|&x| x == 0.0) {
+                        d.error(&data_span, "mixture weights are all 0", "data");
+                    }
                 }
-                if !w.is_empty() && w.values().all(|&x| x == 0.0) {
-                    d.error(&data_span, "mixture weights are all 0", "data");
-                }
-            }
-            DataField::Component {
-                candidate,
-                general,
-                beta,
-            } => {
-                if let Some(b) = beta
-                    && !(0.0..=1.0).contains(b)
-                {
-                    d.error(
-                        &weight_span("beta"),
-                        format!("`beta` (the share of general data) must be in [0, 1], not {b}"),
-                        "beta",
-                    );
-                }
-                datasets.push((
-                    Spanned::new(weight_span("candidate"), candidate.clone()),
-                    Split::Train,
-                ));
-                if general != candidate {
+                DataField::Component {
+                    candidate,
+                    general,
+                    beta,
+                } => {
+                    if let Some(b) = beta
+                        && !(0.0..=1.0).contains(b)
+                    {
+                        d.error(
+                            &weight_span("beta"),
+                            format!(
+                                "`beta` (the share of general data) must be in [0, 1], not {b}"
+                            ),
+                            "beta",
+                        );
+                    }
                     datasets.push((
-                        Spanned::new(weight_span("general"), general.clone()),
+                        Spanned::new(weight_span("candidate"), candidate.clone()),
                         Split::Train,
                     ));
+                    if general != candidate {
+                        datasets.push((
+                            Spanned::new(weight_span("general"), general.clone()),
+                            Split::Train,
+                        ));
+                    }
                 }
-            }
+            },
         }
         if d.problems.len() > before {
             return None;

@@ -2,9 +2,12 @@
 //! the machine-learning kinds plug in behind it.
 
 pub mod command;
+pub mod merge;
 pub mod ml;
+pub mod report;
 #[cfg(feature = "torch")]
 mod run;
+pub mod search;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +57,12 @@ pub enum StepError {
         context: String,
         source: std::io::Error,
     },
+}
+
+impl From<crate::mix::merge::MergeError> for StepError {
+    fn from(e: crate::mix::merge::MergeError) -> Self {
+        StepError::Failed(e.to_string())
+    }
 }
 
 impl StepError {
@@ -107,11 +116,16 @@ static COMMAND: command::Command = command::Command;
 static TOKENIZER: ml::Tokenizer = ml::Tokenizer;
 static TRAIN: ml::Train = ml::Train;
 static EVALUATE: ml::Evaluate = ml::Evaluate;
+static MERGE: merge::Merge = merge::Merge;
+static SEARCH: search::Search = search::Search;
+static REPORT: report::ReportKind = report::ReportKind;
 
 /// Every kind this build knows. The ML kinds plan everywhere and run only with the
 /// `torch` feature.
 pub fn kinds() -> Vec<&'static dyn StepKind> {
-    vec![&COMMAND, &TOKENIZER, &TRAIN, &EVALUATE]
+    vec![
+        &COMMAND, &TOKENIZER, &TRAIN, &EVALUATE, &MERGE, &SEARCH, &REPORT,
+    ]
 }
 
 pub fn kind(name: &str) -> Option<&'static dyn StepKind> {

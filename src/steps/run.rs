@@ -243,7 +243,30 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
         Some(k) => tokenizer_hash(ctx, k, &tok_path)?,
         None => tokenizer_hash(ctx, "", &tok_path)?,
     };
-    let (mix, names): (Value, Vec<String>) = match &f.data {
+    let data = match (&f.data, &f.mixture) {
+        (Some(d), _) => d.clone(),
+        (None, Some(m)) => {
+            let p = one_path(ctx, m)?;
+            let w: BTreeMap<String, f64> = serde_json::from_slice(
+                &std::fs::read(p).map_err(StepError::io(format!("reading {}", p.display())))?,
+            )
+            .map_err(|e| {
+                StepError::Failed(format!(
+                    "{}: not a mixture (an object of weights by dataset): {e}",
+                    p.display()
+                ))
+            })?;
+            if let Some(bad) = w.keys().find(|k| !f.datasets.contains(k)) {
+                return Err(StepError::Failed(format!(
+                    "{}: the mixture weights `{bad}`, which is not in `datasets`",
+                    p.display()
+                )));
+            }
+            DataField::Weights(w.into_iter().filter(|(_, x)| *x > 0.0).collect())
+        }
+        (None, None) => return Err(StepError::Failed("no mixture".into())),
+    };
+    let (mix, names): (Value, Vec<String>) = match &data {
         DataField::Weights(w) => (json!(w), w.keys().cloned().collect()),
         DataField::Component {
             candidate,
@@ -378,4 +401,169 @@ pub fn evaluate(ctx: &RunCtx) -> Result<(), StepError> {
     bytes.push(b'\n');
     std::fs::write(&out, bytes).map_err(StepError::io("writing metrics"))?;
     Ok(())
+}
+
+/// The merge-search: proxies are merged in memory (never written) and evaluated on
+/// the targets' validation shards.
+pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
+    use crate::mix::merge::{Components, MergeSpec, Values};
+    use crate::mix::sampler::{SamplerConfig, sample};
+    use crate::mix::search::{Objective, Search, SearchConfig, Target};
+    use tch::Tensor;
+
+    let f: super::search::SearchFields = fields(ctx)?;
+    let comps: Vec<PathBuf> = ctx.input(&f.components)?.to_vec();
+    if comps.len() != f.candidates.len() {
+        return Err(StepError::Failed(format!(
+            "{} components but {} candidates: give one candidate dataset per component, in the same order",
+            comps.len(),
+            f.candidates.len()
+        )));
+    }
+    let tok_path = comps[0].join("tokenizer.json");
+    let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
+    let tok_hash = tokenizer_hash(ctx, "", &tok_path)?;
+    // The sampler's prior: each candidate's share of training tokens.
+    let mut counts = Vec::new();
+    for c in &f.candidates {
+        let dir = shard(ctx, c, Split::Train, &tok, &tok_hash)?;
+        let meta: ml::data::ShardMeta = serde_json::from_slice(
+            &std::fs::read(dir.join("shard.json")).map_err(StepError::io("reading shard.json"))?,
+        )
+        .map_err(|e| StepError::Failed(format!("{}: {e}", dir.display())))?;
+        counts.push(meta.tokens as f64);
+    }
+    let mut validation = BTreeMap::new();
+    for t in &f.targets {
+        validation.insert(
+            t.clone(),
+            shard(ctx, t, Split::Validation, &tok, &tok_hash)?,
+        );
+    }
+    let sampler = SamplerConfig {
+        keep: f.pool,
+        draws: f.draws.unwrap_or(f.pool * 5 / 2).max(f.pool),
+        seed: f.seed,
+        ..Default::default()
+    };
+    let pool = sample(&counts, &sampler)
+        .map_err(|e| StepError::Failed(format!("sampling mixtures: {e}")))?;
+    let mut config = SearchConfig::new(f.targets.iter().map(|t| Target::loss(t)).collect());
+    config.rounds = f.rounds.clone();
+    config.top_k = f.top_k;
+    config.seed = f.seed;
+    config.objective = match f.objective.as_str() {
+        "weighted_loss" => Objective::WeightedSum {
+            weights: f
+                .objective_weights
+                .clone()
+                .unwrap_or_else(|| vec![1.0; f.targets.len()]),
+        },
+        _ => Objective::MeanPercentileRank,
+    };
+    let model_config = ml::model::load_config(&comps[0]).map_err(ml_err)?;
+    let components =
+        Components::open(&comps, None).map_err(|e| StepError::Failed(e.to_string()))?;
+    let mut spec = Map::new();
+    spec.insert("max_tokens".into(), json!(f.max_tokens));
+    spec.insert("seq_len".into(), json!(f.seq_len));
+    spec.insert("batch_size".into(), json!(f.batch_size));
+    if let Some(d) = &f.device {
+        spec.insert("device".into(), json!(d));
+    }
+    if let Some(t) = f.threads {
+        spec.insert("threads".into(), json!(t));
+    }
+    let eval_spec: ml::evaluate::EvalSpec = serde_json::from_value(Value::Object(spec))
+        .map_err(|e| StepError::Failed(format!("bad evaluation spec: {e}")))?;
+    let paths = ml::evaluate::EvalPaths {
+        validation,
+        tasks: BTreeMap::new(),
+        output: None,
+    };
+    let total: usize = f.rounds.iter().sum();
+    let mut search =
+        Search::new(config, pool.to_weights()).map_err(|e| StepError::Failed(e.to_string()))?;
+    let mut done = 0usize;
+    let quiet = |_: &ml::Progress| {};
+    while let Some(batch) = search
+        .next_batch()
+        .map_err(|e| StepError::Failed(e.to_string()))?
+    {
+        let mixtures = batch.mixtures.clone();
+        let mut scores = Vec::with_capacity(mixtures.len());
+        for w in &mixtures {
+            if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StepError::Cancelled);
+            }
+            let mut sd = BTreeMap::new();
+            components.merge_each(&MergeSpec::linear(w.clone()), |t| {
+                let Values::F32(v) = t.values else {
+                    return Err(StepError::Failed(format!(
+                        "tensor {} is not a float tensor",
+                        t.name
+                    )));
+                };
+                let shape: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
+                sd.insert(t.name.to_string(), Tensor::from_slice(&v).reshape(&shape));
+                Ok(())
+            })?;
+            let report = ml::evaluate::evaluate_state_dict(
+                &model_config,
+                sd,
+                Some(&tok),
+                &eval_spec,
+                &paths,
+                &quiet,
+                ctx.cancel,
+            )
+            .map_err(ml_err)?;
+            let row: Vec<f64> = f
+                .targets
+                .iter()
+                .map(|t| report.datasets.get(t).map_or(f64::NAN, |m| m.loss))
+                .collect();
+            scores.push(row);
+            done += 1;
+            (ctx.progress)(Progress {
+                done: done as u64,
+                total: Some(total as u64),
+                unit: "proxies".into(),
+                message: Some(format!("round {}", batch.round)),
+            });
+        }
+        search
+            .record(scores)
+            .map_err(|e| StepError::Failed(e.to_string()))?;
+    }
+    let result = search
+        .finish()
+        .map_err(|e| StepError::Failed(e.to_string()))?;
+    let mixture: BTreeMap<&str, f64> = f
+        .candidates
+        .iter()
+        .map(String::as_str)
+        .zip(result.chosen.iter().copied())
+        .collect();
+    let write = |name: &str, v: &dyn erased::Json| -> Result<(), StepError> {
+        let mut bytes = v.to_json();
+        bytes.push(b'\n');
+        std::fs::write(ctx.out_dir.join(name), bytes)
+            .map_err(StepError::io(format!("writing {name}")))
+    };
+    write("search.json", &result)?;
+    write("mixture.json", &mixture)?;
+    Ok(())
+}
+
+mod erased {
+    /// Pretty JSON of any serializable value, behind one object-safe trait.
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec_pretty(self).expect("serializes")
+        }
+    }
 }

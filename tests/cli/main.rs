@@ -6,6 +6,7 @@ mod data;
 mod engine;
 mod invalid;
 mod mix;
+mod report;
 mod schema;
 mod slurm;
 mod watch;

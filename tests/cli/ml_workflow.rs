@@ -182,3 +182,137 @@ fn doctor_reports_libtorch() {
     assert!(out.contains("libtorch:     2.11.0"), "{out}");
     assert!(out.contains("cuda:"), "{out}");
 }
+
+fn search_manifest() -> String {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    format!(
+        r#"version: 1
+name: mini
+params:
+  candidates: [math, chat, spanish]
+datasets:
+  sotu: {{files: {d}/sotu/train.jsonl, validation: {d}/sotu/validation.jsonl}}
+  math: {{files: {d}/math/train.jsonl, validation: {d}/math/validation.jsonl}}
+  chat: {{files: {d}/chat/train.jsonl, validation: {d}/chat/validation.jsonl}}
+  spanish: {{files: {d}/spanish/train.jsonl, validation: {d}/spanish/validation.jsonl}}
+steps:
+  - {{id: tok, kind: tokenizer, datasets: [sotu, math, chat, spanish], vocab_size: 512, max_bytes: 400000}}
+  - id: base
+    kind: train
+    tokenizer: ${{steps.tok.tokenizer}}
+    model: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2}}
+    data: {{sotu: 1}}
+    tokens: 4096
+    batch_size: 4
+    seq_len: 32
+    lr: 0.003
+    device: cpu
+    threads: 1
+  - id: component
+    kind: train
+    foreach: ${{params.candidates}}
+    init: ${{steps.base.checkpoint}}
+    data: {{candidate: "${{item}}", general: sotu, beta: 0.5}}
+    tokens: 4096
+    batch_size: 4
+    seq_len: 32
+    lr: 0.003
+    device: cpu
+    threads: 1
+  - id: search
+    kind: search
+    components: ${{steps.component[*].checkpoint}}
+    candidates: ${{params.candidates}}
+    targets: [sotu, math, chat, spanish]
+    rounds: [6, 4, 2]
+    top_k: 4
+    pool: 300
+    max_tokens: 512
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: final
+    kind: train
+    init: ${{steps.base.checkpoint}}
+    mixture: ${{steps.search.mixture}}
+    datasets: ${{params.candidates}}
+    tokens: 2048
+    batch_size: 4
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: merged
+    kind: merge
+    models: ${{steps.component[*].checkpoint}}
+    weights: [1, 0, 0]
+"#,
+        d = data.display()
+    )
+}
+
+#[test]
+fn the_merge_search_chooses_a_mixture_that_trains() {
+    let env = Env::new();
+    env.write("demix.yaml", &search_manifest());
+    let r = env.demix(&["run"]).ok();
+    assert!(r.ran().contains(&"search".to_string()), "{}", r.stderr());
+    let result: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(output_path(&env, "mini", "search", "result")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        result["proxies"].as_array().unwrap().len(),
+        12,
+        "6 + 4 + 2 proxies"
+    );
+    for p in result["proxies"].as_array().unwrap() {
+        let w: f64 = p["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
+        assert!((w - 1.0).abs() < 1e-9, "weights on the simplex: {p}");
+        assert!(
+            p["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s.as_f64().unwrap().is_finite())
+        );
+    }
+    let mixture: std::collections::BTreeMap<String, f64> = serde_json::from_slice(
+        &std::fs::read(output_path(&env, "mini", "search", "mixture")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        mixture.keys().cloned().collect::<Vec<_>>(),
+        ["chat", "math", "spanish"]
+    );
+    assert!(
+        (mixture.values().sum::<f64>() - 1.0).abs() < 1e-6,
+        "{mixture:?}"
+    );
+    assert!(
+        output_path(&env, "mini", "final", "checkpoint")
+            .join("model.safetensors")
+            .is_file()
+    );
+    // A linear merge with weights (1, 0, 0) is the first component, tensor for tensor.
+    let a =
+        std::fs::read(output_path(&env, "mini", "merged", "checkpoint").join("model.safetensors"))
+            .unwrap();
+    let b = std::fs::read(
+        output_path(&env, "mini", "component[math]", "checkpoint").join("model.safetensors"),
+    )
+    .unwrap();
+    let tensors = |bytes: &[u8]| {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        bytes[8 + n..].to_vec()
+    };
+    assert!(
+        tensors(&a) == tensors(&b),
+        "merged data differs from the first component"
+    );
+    assert!(env.demix(&["run"]).ok().ran().is_empty());
+}

@@ -1,0 +1,607 @@
+//! The HTML report: one file, inline CSS and SVG, no scripts, no links out.
+
+use std::fmt::Write;
+
+use super::data::Producer;
+use super::svg::{BarChart, LinePlot, ScatterPlot, Series, escape};
+use super::{
+    ANCESTOR_ROWS, MixtureView, PROXY_ROWS, Report, direction_word, fmt_num, fmt_secs, fmt_tokens,
+    objective_words, short,
+};
+
+const CSS: &str = r#"
+:root { color-scheme: light; }
+body { margin: 0; background: #f6f7f9; color: #1d2330;
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 64px; }
+h1 { font-size: 26px; margin: 8px 0 4px; }
+h2 { font-size: 20px; margin: 0 0 10px; }
+h3 { font-size: 16px; margin: 18px 0 6px; }
+section { background: #ffffff; border: 1px solid #dde1e7; border-radius: 8px;
+  padding: 18px 22px; margin: 18px 0; }
+.meta, .note { color: #5a6372; font-size: 13px; }
+nav ul { list-style: none; padding: 0; margin: 8px 0 0; display: flex; flex-wrap: wrap; gap: 6px 16px; }
+nav a { color: #0b5cad; text-decoration: none; }
+code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f0f2f5;
+  padding: 1px 4px; border-radius: 3px; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+th, td { border-bottom: 1px solid #e4e7ec; padding: 4px 10px; text-align: left; white-space: nowrap; }
+th { background: #f3f5f8; font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.best { font-weight: 700; color: #0a6b3d; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px; }
+svg.plot { max-width: 100%; height: auto; border: 1px solid #eef0f3; border-radius: 4px; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 8px 0; }
+dl.facts dt { color: #5a6372; }
+dl.facts dd { margin: 0; }
+"#;
+
+struct Section {
+    id: &'static str,
+    title: &'static str,
+    body: String,
+}
+
+/// A table: header cells and rows of (text, class) cells, all escaped.
+fn table(out: &mut String, head: &[(String, &str)], rows: &[Vec<(String, &str)>]) {
+    out.push_str("<div class=\"scroll\"><table><thead><tr>");
+    for (h, class) in head {
+        cell(out, "th", h, class);
+    }
+    out.push_str("</tr></thead><tbody>");
+    for r in rows {
+        out.push_str("<tr>");
+        for (c, class) in r {
+            cell(out, "td", c, class);
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></div>");
+}
+
+fn cell(out: &mut String, tag: &str, text: &str, class: &str) {
+    if class.is_empty() {
+        let _ = write!(out, "<{tag}>{}</{tag}>", escape(text));
+    } else {
+        let _ = write!(out, "<{tag} class=\"{class}\">{}</{tag}>", escape(text));
+    }
+}
+
+fn facts(out: &mut String, items: &[(&str, String)]) {
+    out.push_str("<dl class=\"facts\">");
+    for (k, v) in items {
+        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(k), escape(v));
+    }
+    out.push_str("</dl>");
+}
+
+fn note(out: &mut String, text: &str) {
+    let _ = write!(out, "<p class=\"note\">{}</p>", escape(text));
+}
+
+fn num(v: Option<f64>, decimals: usize) -> (String, &'static str) {
+    (v.map_or("–".into(), |v| fmt_num(v, decimals)), "num")
+}
+
+pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
+    let mut sections = Vec::new();
+    if !r.training.is_empty() {
+        sections.push(training(r));
+    }
+    if let Some(m) = mixtures {
+        sections.push(mixture(r, m));
+    }
+    if r.search.is_some() {
+        sections.push(predictions(r));
+    }
+    if !r.evaluations.is_empty() {
+        sections.push(evaluations(r));
+    }
+    if r.search.is_some() {
+        sections.push(proxies(r));
+        sections.push(cost(r));
+    }
+    if let Some(l) = &r.lineage
+        && !(l.inputs.is_empty() && l.ancestors.is_empty())
+    {
+        sections.push(lineage(l));
+    }
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{t}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n<header>\n<h1>{t}</h1>\n",
+        t = escape(&r.title)
+    );
+    let _ = writeln!(
+        out,
+        "<p class=\"meta\">Workflow <code>{}</code>, step <code>{}</code>, key <code>{}</code>; made by demix {}.</p>",
+        escape(&r.workflow),
+        escape(&r.step),
+        escape(short(&r.key)),
+        escape(crate::VERSION)
+    );
+    if sections.is_empty() {
+        note(&mut out, "This report was given no inputs.");
+    } else {
+        out.push_str("<nav><ul>");
+        for s in &sections {
+            let _ = write!(
+                out,
+                "<li><a href=\"#{}\">{}</a></li>",
+                s.id,
+                escape(s.title)
+            );
+        }
+        out.push_str("</ul></nav>\n");
+    }
+    out.push_str("</header>\n");
+    for s in sections {
+        let _ = write!(
+            out,
+            "<section id=\"{}\">\n<h2>{}</h2>\n{}\n</section>\n",
+            s.id,
+            escape(s.title),
+            s.body
+        );
+    }
+    out.push_str("</main>\n</body>\n</html>\n");
+    out
+}
+
+fn training(r: &Report) -> Section {
+    let mut b = String::new();
+    let plot = LinePlot {
+        title: "Training loss".into(),
+        x_label: "tokens".into(),
+        y_label: "loss (nats per token)".into(),
+        series: r
+            .training
+            .iter()
+            .map(|t| {
+                Series::new(
+                    t.label.clone(),
+                    t.data.points.iter().map(|p| (p.tokens, p.loss)).collect(),
+                )
+            })
+            .collect(),
+    };
+    b.push_str(&plot.svg());
+    let head = [
+        ("run".to_string(), ""),
+        ("steps".into(), "num"),
+        ("tokens".into(), "num"),
+        ("final loss".into(), "num"),
+        ("lowest loss".into(), "num"),
+        ("tokens/s".into(), "num"),
+        ("time".into(), "num"),
+    ];
+    let rows: Vec<Vec<(String, &str)>> = r
+        .training
+        .iter()
+        .map(|t| {
+            let last = t.data.last();
+            vec![
+                (t.label.clone(), ""),
+                num(last.and_then(|p| p.step).map(|s| s as f64), 0),
+                (last.map_or("–".into(), |p| fmt_tokens(p.tokens)), "num"),
+                num(last.map(|p| p.loss), 4),
+                num(t.data.min_loss(), 4),
+                num(last.and_then(|p| p.tokens_per_s), 0),
+                (
+                    last.and_then(|p| p.elapsed).map_or("–".into(), fmt_secs),
+                    "num",
+                ),
+            ]
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    Section {
+        id: "training",
+        title: "Training loss",
+        body: b,
+    }
+}
+
+fn mixture(r: &Report, m: &MixtureView) -> Section {
+    let mut b = String::new();
+    let chart = BarChart {
+        title: "Mixture weights".into(),
+        y_label: "weight".into(),
+        categories: m.candidates.clone(),
+        series: m.columns.clone(),
+    };
+    b.push_str(&chart.svg());
+    let mut head = vec![("candidate".to_string(), "")];
+    head.extend(m.columns.iter().map(|c| (c.0.clone(), "num")));
+    let rows: Vec<Vec<(String, &str)>> = m
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut row = vec![(name.clone(), "")];
+            row.extend(m.columns.iter().map(|c| num(c.1[i], 4)));
+            row
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    let k = m.candidates.len();
+    let mut text = format!("Weights sum to 1; uniform gives each of the {k} candidates 1/{k}.");
+    if let Some(s) = &r.search {
+        let _ = write!(
+            text,
+            " The search chose the mean of its {} best-predicted pool mixtures.",
+            s.data.top.len()
+        );
+    }
+    note(&mut b, &text);
+    Section {
+        id: "mixture",
+        title: "Chosen mixture",
+        body: b,
+    }
+}
+
+fn predictions(r: &Report) -> Section {
+    let mut b = String::new();
+    let views = r.target_views();
+    note(
+        &mut b,
+        "Each point is a proxy of a round after the first: the score its round's predictor predicted before the proxy was evaluated (x) against the score measured on the merged proxy (y). The final predictors, fitted on every proxy, are judged by k-fold cross-validation.",
+    );
+    b.push_str("<div class=\"plots\">");
+    for v in &views {
+        let annotation = match v.rho {
+            Some(rho) => format!("Spearman ρ = {rho:.3} (n = {})", v.points.len()),
+            None if v.points.is_empty() => "no proxy was predicted before evaluation".into(),
+            None => format!("Spearman ρ undefined (n = {})", v.points.len()),
+        };
+        let plot = ScatterPlot {
+            title: format!("{} ({})", v.name, direction_word(v.direction)),
+            x_label: "predicted".into(),
+            y_label: "measured".into(),
+            series: vec![Series::new("proxies", v.points.clone())],
+            identity: true,
+            annotation: Some(annotation),
+        };
+        b.push_str(&plot.svg());
+    }
+    b.push_str("</div>");
+    let head = [
+        ("target".to_string(), ""),
+        ("direction".into(), ""),
+        ("ρ predicted vs measured".into(), "num"),
+        ("n".into(), "num"),
+        ("final predictor".into(), ""),
+        ("CV folds".into(), "num"),
+        ("CV RMSE".into(), "num"),
+        ("CV ρ".into(), "num"),
+        ("predicted for chosen".into(), "num"),
+        ("best proxy measured".into(), "num"),
+    ];
+    let rows: Vec<Vec<(String, &str)>> = views
+        .iter()
+        .map(|v| {
+            vec![
+                (v.name.clone(), ""),
+                (direction_word(v.direction).into(), ""),
+                num(v.rho, 3),
+                num(Some(v.points.len() as f64), 0),
+                (v.model.clone().unwrap_or("–".into()), ""),
+                num(v.cv_folds.map(|f| f as f64), 0),
+                num(v.cv_rmse, 4),
+                num(v.cv_rho, 3),
+                num(v.chosen_predicted, 4),
+                num(v.best_measured, 4),
+            ]
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    Section {
+        id: "predictions",
+        title: "Predicted vs measured proxy scores",
+        body: b,
+    }
+}
+
+fn evaluations(r: &Report) -> Section {
+    let mut b = String::new();
+    let rows = r.eval_rows();
+    let losses: Vec<&super::EvalRow> = rows
+        .iter()
+        .filter(|x| x.group == "dataset" && x.metric == "loss")
+        .collect();
+    if !losses.is_empty() {
+        let chart = BarChart {
+            title: "Validation loss by dataset".into(),
+            y_label: "loss (nats per token)".into(),
+            categories: losses.iter().map(|x| x.name.clone()).collect(),
+            series: r
+                .evaluations
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    (
+                        e.label.clone(),
+                        losses.iter().map(|x| x.values[i]).collect(),
+                    )
+                })
+                .collect(),
+        };
+        b.push_str(&chart.svg());
+    }
+    let mut head = vec![("dataset or task".to_string(), ""), ("metric".into(), "")];
+    head.extend(r.evaluations.iter().map(|e| (e.label.clone(), "num")));
+    let body: Vec<Vec<(String, &str)>> = rows
+        .iter()
+        .map(|x| {
+            let best = x.best();
+            let mut row = vec![
+                (format!("{} ({})", x.name, x.group), ""),
+                (x.metric.replace('_', " "), ""),
+            ];
+            row.extend(x.values.iter().enumerate().map(|(i, v)| {
+                let (t, _) = num(*v, 4);
+                (t, if best == Some(i) { "num best" } else { "num" })
+            }));
+            row
+        })
+        .collect();
+    table(&mut b, &head, &body);
+    note(
+        &mut b,
+        "Validation loss in nats per token, bits per byte across tokenizers; the best value of each row is in bold.",
+    );
+    Section {
+        id: "evaluations",
+        title: "Evaluations",
+        body: b,
+    }
+}
+
+fn proxies(r: &Report) -> Section {
+    let mut b = String::new();
+    let s = r.search.as_ref().expect("search given");
+    let names = r.search_candidates().unwrap_or_default();
+    let best = r.best_proxies(PROXY_ROWS);
+    let mut head = vec![
+        ("rank".to_string(), "num"),
+        ("round".into(), "num"),
+        ("pool #".into(), "num"),
+    ];
+    head.extend(names.iter().map(|n| (n.clone(), "num")));
+    head.extend(s.data.targets.iter().map(|t| (t.name.clone(), "num")));
+    head.push(("objective".into(), "num"));
+    let rows: Vec<Vec<(String, &str)>> = best
+        .iter()
+        .enumerate()
+        .map(|(rank, (_, p))| {
+            let mut row = vec![
+                ((rank + 1).to_string(), "num"),
+                (p.round.to_string(), "num"),
+                (p.pool_index.to_string(), "num"),
+            ];
+            row.extend(p.weights.iter().map(|w| num(Some(*w), 4)));
+            row.extend(p.scores.iter().map(|x| num(Some(*x), 4)));
+            row.push(num(Some(p.objective), 4));
+            row
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    let n = s.data.proxies.len();
+    note(
+        &mut b,
+        &if best.len() < n {
+            format!(
+                "The {} best of {n} evaluated proxies by objective (lower is better): weights, then measured scores. All are in {}.",
+                best.len(),
+                s.file
+            )
+        } else {
+            format!(
+                "All {n} evaluated proxies by objective (lower is better): weights, then measured scores."
+            )
+        },
+    );
+    Section {
+        id: "proxies",
+        title: "Proxies",
+        body: b,
+    }
+}
+
+fn cost(r: &Report) -> Section {
+    let mut b = String::new();
+    let s = &r.search.as_ref().expect("search given").data;
+    let rounds: Vec<String> = s.rounds.iter().map(|x| x.proxies.to_string()).collect();
+    facts(
+        &mut b,
+        &[
+            ("proxies evaluated", s.cost.proxies_evaluated.to_string()),
+            (
+                "rounds",
+                format!("{} ({})", s.rounds.len(), rounds.join(" + ")),
+            ),
+            ("pool", format!("{} sampled mixtures", s.pool_size)),
+            (
+                "chosen",
+                format!("mean of the top {} predicted mixtures", s.top.len()),
+            ),
+            ("objective", objective_words(&s.objective)),
+            (
+                "targets",
+                s.targets
+                    .iter()
+                    .map(|t| format!("{} ({})", t.name, direction_word(t.direction)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            ("seed", s.seed.to_string()),
+            ("evaluating proxies", fmt_secs(s.cost.evaluate_seconds)),
+            ("fitting predictors", fmt_secs(s.cost.fit_seconds)),
+            ("search in all", fmt_secs(s.cost.total_seconds)),
+        ],
+    );
+    let head = [
+        ("round".to_string(), "num"),
+        ("proxies".into(), "num"),
+        ("chosen by".into(), ""),
+    ];
+    let rows: Vec<Vec<(String, &str)>> = s
+        .rounds
+        .iter()
+        .map(|x| {
+            let by = if x.fits.is_empty() {
+                "random draw from the pool".to_string()
+            } else {
+                x.fits
+                    .iter()
+                    .map(|f| {
+                        let model = serde_json::to_value(f.model)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        match f.cv.as_ref().and_then(|c| c.spearman) {
+                            Some(rho) => format!("{}: {model} (CV ρ {rho:.2})", f.target),
+                            None => format!("{}: {model}", f.target),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            vec![
+                (x.round.to_string(), "num"),
+                (x.proxies.to_string(), "num"),
+                (by, ""),
+            ]
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    note(
+        &mut b,
+        "Times are the search step's own; the merges and evaluations of the proxies, when run as their own steps, are listed under Lineage.",
+    );
+    Section {
+        id: "cost",
+        title: "Search cost",
+        body: b,
+    }
+}
+
+fn lineage(l: &super::LineageSummary) -> Section {
+    let mut b = String::new();
+    b.push_str("<h3>Inputs of this report</h3>");
+    let head = [
+        ("field".to_string(), ""),
+        ("input".into(), ""),
+        ("made by".into(), ""),
+        ("kind".into(), ""),
+        ("key".into(), ""),
+        ("host".into(), ""),
+        ("started".into(), ""),
+        ("took".into(), "num"),
+    ];
+    let mut rows: Vec<Vec<(String, &str)>> = Vec::new();
+    for i in &l.inputs {
+        for p in &i.producers {
+            let row = match p {
+                Producer::Step {
+                    step,
+                    output,
+                    workflow,
+                    kind,
+                    key,
+                    host,
+                    started,
+                    duration_s,
+                } => vec![
+                    (i.field.clone(), ""),
+                    (i.reference.clone(), ""),
+                    (format!("{step}.{output} ({workflow})"), ""),
+                    (kind.clone(), ""),
+                    (short(key).to_string(), ""),
+                    (host.clone(), ""),
+                    (started.clone(), ""),
+                    (fmt_secs(*duration_s), "num"),
+                ],
+                Producer::Missing { step, output, key } => vec![
+                    (i.field.clone(), ""),
+                    (i.reference.clone(), ""),
+                    (format!("{step}.{output}"), ""),
+                    ("record no longer in the store".into(), ""),
+                    (short(key).to_string(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), "num"),
+                ],
+                Producer::File { path, hash } => vec![
+                    (i.field.clone(), ""),
+                    (i.reference.clone(), ""),
+                    (format!("workspace file {path}"), ""),
+                    ("file".into(), ""),
+                    (format!("blake3 {}", short(hash)), ""),
+                    ("–".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), "num"),
+                ],
+                Producer::Dataset { name, files } => vec![
+                    (i.field.clone(), ""),
+                    (i.reference.clone(), ""),
+                    (format!("dataset {name} ({files} files)"), ""),
+                    ("dataset".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), "num"),
+                ],
+            };
+            rows.push(row);
+        }
+    }
+    table(&mut b, &head, &rows);
+    if !l.ancestors.is_empty() {
+        let total: f64 = l.ancestors.iter().map(|a| a.duration_s).sum();
+        b.push_str("<h3>Every step upstream</h3>");
+        let head = [
+            ("step".to_string(), ""),
+            ("kind".into(), ""),
+            ("key".into(), ""),
+            ("host".into(), ""),
+            ("started".into(), ""),
+            ("took".into(), "num"),
+        ];
+        let rows: Vec<Vec<(String, &str)>> = l
+            .ancestors
+            .iter()
+            .take(ANCESTOR_ROWS)
+            .map(|a| {
+                vec![
+                    (a.step.clone(), ""),
+                    (a.kind.clone(), ""),
+                    (short(&a.key).to_string(), ""),
+                    (a.host.clone(), ""),
+                    (a.started.clone(), ""),
+                    (fmt_secs(a.duration_s), "num"),
+                ]
+            })
+            .collect();
+        table(&mut b, &head, &rows);
+        let mut text = format!(
+            "{} step results upstream, {} of step time in all.",
+            l.ancestors.len(),
+            fmt_secs(total)
+        );
+        if l.ancestors.len() > ANCESTOR_ROWS {
+            let _ = write!(
+                text,
+                " The first {ANCESTOR_ROWS} by start time are listed; `demix lineage` shows them all."
+            );
+        }
+        note(&mut b, &text);
+    }
+    Section {
+        id: "lineage",
+        title: "Lineage",
+        body: b,
+    }
+}

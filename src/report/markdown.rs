@@ -1,0 +1,179 @@
+//! The short Markdown summary: the chosen mixture, the search, the evaluations
+//! and the training runs as tables; the HTML report has the plots and the rest.
+
+use std::fmt::Write;
+
+use super::{MixtureView, Report, direction_word, fmt_num, fmt_secs, fmt_tokens, short};
+
+/// Text safe inside a table cell.
+fn cell(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
+}
+
+fn table(out: &mut String, head: &[String], right: &[bool], rows: &[Vec<String>]) {
+    let _ = writeln!(
+        out,
+        "| {} |",
+        head.iter().map(|h| cell(h)).collect::<Vec<_>>().join(" | ")
+    );
+    let _ = writeln!(
+        out,
+        "|{}|",
+        right
+            .iter()
+            .map(|r| if *r { "---:" } else { "---" })
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} |",
+            r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    out.push('\n');
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("–".into(), |v| fmt_num(v, decimals))
+}
+
+pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# {}\n", r.title.replace('\n', " "));
+    let _ = writeln!(
+        out,
+        "Workflow `{}`, step `{}` (key `{}`); plots and details in report.html.\n",
+        r.workflow,
+        r.step,
+        short(&r.key)
+    );
+    if let Some(m) = mixtures {
+        out.push_str("## Chosen mixture\n\n");
+        let mut head = vec!["candidate".to_string()];
+        head.extend(m.columns.iter().map(|c| c.0.clone()));
+        let mut right = vec![false];
+        right.extend(m.columns.iter().map(|_| true));
+        let rows: Vec<Vec<String>> = m
+            .candidates
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut row = vec![n.clone()];
+                row.extend(m.columns.iter().map(|c| opt(c.1[i], 4)));
+                row
+            })
+            .collect();
+        table(&mut out, &head, &right, &rows);
+    }
+    if let Some(s) = &r.search {
+        let d = &s.data;
+        out.push_str("## Search\n\n");
+        let rounds: Vec<String> = d.rounds.iter().map(|x| x.proxies.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "{} proxies in {} rounds ({}) from a pool of {}; the chosen mixture is the mean of the top {} predicted; the search took {}.\n",
+            d.cost.proxies_evaluated,
+            d.rounds.len(),
+            rounds.join(" + "),
+            d.pool_size,
+            d.top.len(),
+            fmt_secs(d.cost.total_seconds)
+        );
+        let head: Vec<String> = [
+            "target",
+            "direction",
+            "ρ predicted vs measured (n)",
+            "final predictor",
+            "CV ρ",
+            "CV RMSE",
+            "predicted for chosen",
+            "best proxy measured",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows: Vec<Vec<String>> = r
+            .target_views()
+            .iter()
+            .map(|v| {
+                vec![
+                    v.name.clone(),
+                    direction_word(v.direction).into(),
+                    format!("{} ({})", opt(v.rho, 3), v.points.len()),
+                    v.model.clone().unwrap_or("–".into()),
+                    opt(v.cv_rho, 3),
+                    opt(v.cv_rmse, 4),
+                    opt(v.chosen_predicted, 4),
+                    opt(v.best_measured, 4),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &head,
+            &[false, false, true, false, true, true, true, true],
+            &rows,
+        );
+    }
+    if !r.evaluations.is_empty() {
+        out.push_str("## Evaluations\n\n");
+        let mut head = vec!["dataset or task".to_string(), "metric".into()];
+        head.extend(r.evaluations.iter().map(|e| e.label.clone()));
+        let mut right = vec![false, false];
+        right.extend(r.evaluations.iter().map(|_| true));
+        let rows: Vec<Vec<String>> = r
+            .eval_rows()
+            .iter()
+            .map(|x| {
+                let best = x.best();
+                let mut row = vec![x.name.clone(), x.metric.replace('_', " ")];
+                row.extend(x.values.iter().enumerate().map(|(i, v)| {
+                    let t = opt(*v, 4);
+                    if best == Some(i) {
+                        format!("**{t}**")
+                    } else {
+                        t
+                    }
+                }));
+                row
+            })
+            .collect();
+        table(&mut out, &head, &right, &rows);
+    }
+    if !r.training.is_empty() {
+        out.push_str("## Training\n\n");
+        let head: Vec<String> = ["run", "tokens", "final loss", "lowest loss"]
+            .map(String::from)
+            .to_vec();
+        let rows: Vec<Vec<String>> = r
+            .training
+            .iter()
+            .map(|t| {
+                let last = t.data.last();
+                vec![
+                    t.label.clone(),
+                    last.map_or("–".into(), |p| fmt_tokens(p.tokens)),
+                    opt(last.map(|p| p.loss), 4),
+                    opt(t.data.min_loss(), 4),
+                ]
+            })
+            .collect();
+        table(&mut out, &head, &[false, true, true, true], &rows);
+    }
+    if let Some(l) = &r.lineage
+        && !l.ancestors.is_empty()
+    {
+        let total: f64 = l.ancestors.iter().map(|a| a.duration_s).sum();
+        let _ = writeln!(
+            out,
+            "## Lineage\n\n{} step results upstream, {} of step time in all; `demix lineage {}` traces each.\n",
+            l.ancestors.len(),
+            fmt_secs(total),
+            r.step
+        );
+    }
+    out
+}

@@ -1,0 +1,406 @@
+//! `kind: report`: a self-contained HTML report and a Markdown summary of a
+//! DeMix run, from other steps' outputs (see [`crate::report`]). Needs no libtorch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use marked_yaml::{Node, Span, Spanned};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Plan, RunCtx, StepError, StepKind};
+use crate::key::Origin;
+use crate::manifest::template::{self, Piece, Ref};
+use crate::manifest::{Diags, serde_diag};
+use crate::report::{Labeled, Report, data};
+
+pub struct ReportKind;
+
+/// Fields of a `report` step. Every input is one `${steps.ID.OUTPUT}` reference
+/// (`[KEY]` and `[*]` work too) or a path relative to the manifest.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportFields {
+    /// The report's title (default: `DeMix report: <workflow>`).
+    #[serde(default)]
+    pub title: Option<String>,
+    /// A search step's result: `${steps.ID.result}` (search.json).
+    #[serde(default)]
+    pub search: Option<String>,
+    /// Names of the mixture's candidates in the search's order, e.g.
+    /// `${params.domains}` (default: c0, c1, ...).
+    #[serde(default)]
+    pub candidates: Option<Vec<String>>,
+    /// Loss curves: label -> a train step's `${steps.ID.metrics}` (metrics.jsonl).
+    #[serde(default)]
+    pub training: BTreeMap<String, String>,
+    /// Evaluation table: label -> an evaluate step's `${steps.ID.metrics}` (metrics.json).
+    #[serde(default)]
+    pub evaluations: BTreeMap<String, String>,
+    /// Mixtures to compare with the uniform one: label -> a JSON object of
+    /// dataset name -> weight, e.g. `${steps.search.mixture}`.
+    #[serde(default)]
+    pub mixtures: BTreeMap<String, String>,
+}
+
+/// One labelled input: the label and the input key (the normalised reference,
+/// or the path as written).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct Entry {
+    pub label: String,
+    pub input: String,
+}
+
+/// The resolved fields as the key hashes them and the step runs them; lists keep
+/// the manifest's order, which is the report's.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct ReportSpec {
+    pub title: Option<String>,
+    pub search: Option<String>,
+    pub candidates: Option<Vec<String>>,
+    pub training: Vec<Entry>,
+    pub evaluations: Vec<Entry>,
+    pub mixtures: Vec<Entry>,
+}
+
+pub const HTML: &str = "report.html";
+pub const MARKDOWN: &str = "report.md";
+
+fn span_of(body: &Node, key: &str) -> Span {
+    body.as_mapping()
+        .and_then(|m| m.get_node(key))
+        .map(|n| *n.span())
+        .unwrap_or(*body.span())
+}
+
+/// Checks one input value; returns its input key, adding a path to `paths`.
+fn input_key(
+    d: &mut Diags,
+    span: Span,
+    what: &str,
+    v: &str,
+    paths: &mut Vec<Spanned<String>>,
+) -> Option<String> {
+    match template::parse(v) {
+        Ok(p) => match p.as_slice() {
+            [Piece::Ref(r @ Ref::Step { .. })] => Some(r.to_string()),
+            [Piece::Lit(l)] if !l.trim().is_empty() => {
+                paths.push(Spanned::new(span, v.to_string()));
+                Some(v.to_string())
+            }
+            _ => {
+                d.push(
+                    &span,
+                    format!("`{what}` takes one `${{steps.ID.OUTPUT}}` reference or a path"),
+                    what,
+                    Some("e.g. `${steps.search.result}`".into()),
+                );
+                None
+            }
+        },
+        Err(e) => {
+            d.error(&span, e, what);
+            None
+        }
+    }
+}
+
+/// The labelled inputs of a mapping field, in the manifest's order.
+fn entries(
+    d: &mut Diags,
+    body: &Node,
+    field: &str,
+    values: &BTreeMap<String, String>,
+    paths: &mut Vec<Spanned<String>>,
+) -> Vec<Entry> {
+    let map = body.as_mapping().and_then(|m| m.get_mapping(field));
+    let order: Vec<(String, Span)> = match map {
+        Some(m) => m
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), *v.span()))
+            .collect(),
+        None => values
+            .keys()
+            .map(|k| (k.clone(), span_of(body, field)))
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for (label, span) in order {
+        let Some(v) = values.get(&label) else {
+            continue;
+        };
+        if label.trim().is_empty() {
+            d.error(&span, format!("a label in `{field}` is empty"), field);
+            continue;
+        }
+        if let Some(input) = input_key(d, span, &format!("{field}.{label}"), v, paths) {
+            out.push(Entry { label, input });
+        }
+    }
+    out
+}
+
+impl StepKind for ReportKind {
+    fn name(&self) -> &'static str {
+        "report"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "renders a self-contained HTML report and a Markdown summary of a run: loss curves, mixtures, search, evaluations, lineage"
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        super::fields_schema::<ReportFields>()
+    }
+
+    fn plan(&self, body: &Node, d: &mut Diags) -> Option<Plan> {
+        let f: ReportFields = match marked_yaml::from_node(body) {
+            Ok(f) => f,
+            Err(e) => {
+                serde_diag(d, body.span(), "report step", e);
+                return None;
+            }
+        };
+        let before = d.problems.len();
+        let mut paths = Vec::new();
+        let title = match &f.title {
+            Some(t) => match template::parse(t) {
+                Ok(pieces) if pieces.iter().all(|p| matches!(p, Piece::Lit(_))) => Some(
+                    pieces
+                        .into_iter()
+                        .map(|p| match p {
+                            Piece::Lit(l) => l,
+                            Piece::Ref(_) => unreachable!(),
+                        })
+                        .collect::<String>(),
+                ),
+                Ok(_) => {
+                    d.error(
+                        &span_of(body, "title"),
+                        "`title` is text: only `${params.NAME}` and `${item}` may appear in it",
+                        "title",
+                    );
+                    None
+                }
+                Err(e) => {
+                    d.error(&span_of(body, "title"), e, "title");
+                    None
+                }
+            },
+            None => None,
+        };
+        let search = f
+            .search
+            .as_ref()
+            .and_then(|s| input_key(d, span_of(body, "search"), "search", s, &mut paths));
+        if let Some(c) = &f.candidates {
+            let span = span_of(body, "candidates");
+            if c.is_empty() {
+                d.error(&span, "`candidates` is empty", "candidates");
+            }
+            for (i, n) in c.iter().enumerate() {
+                if n.trim().is_empty() {
+                    d.error(&span, "a candidate name is empty", "candidates");
+                } else if c[..i].contains(n) {
+                    d.error(
+                        &span,
+                        format!("candidate `{n}` appears twice"),
+                        "candidates",
+                    );
+                }
+            }
+        }
+        let training = entries(d, body, "training", &f.training, &mut paths);
+        let evaluations = entries(d, body, "evaluations", &f.evaluations, &mut paths);
+        let mixtures = entries(d, body, "mixtures", &f.mixtures, &mut paths);
+        if f.search.is_none()
+            && f.training.is_empty()
+            && f.evaluations.is_empty()
+            && f.mixtures.is_empty()
+        {
+            d.push(
+                body.span(),
+                "a report step needs something to report",
+                "report",
+                Some("give at least one of `search`, `training`, `evaluations`, `mixtures`".into()),
+            );
+        }
+        if d.problems.len() > before {
+            return None;
+        }
+        let spec = ReportSpec {
+            title,
+            search,
+            candidates: f.candidates,
+            training,
+            evaluations,
+            mixtures,
+        };
+        Some(Plan {
+            params: serde_json::to_value(&spec).expect("report fields serialize"),
+            paths,
+            outputs: BTreeMap::from([
+                ("html".to_string(), HTML.to_string()),
+                ("markdown".to_string(), MARKDOWN.to_string()),
+            ]),
+            runtime_refs: false,
+            datasets: Vec::new(),
+        })
+    }
+
+    fn run(&self, ctx: &RunCtx) -> Result<(), StepError> {
+        let spec: ReportSpec = serde_json::from_value(ctx.spec.params.clone())
+            .map_err(|e| StepError::Failed(format!("bad report spec: {e}")))?;
+        let mut r = Report {
+            title: spec
+                .title
+                .clone()
+                .unwrap_or_else(|| format!("DeMix report: {}", ctx.spec.manifest)),
+            workflow: ctx.spec.manifest.clone(),
+            step: ctx.spec.step.clone(),
+            key: ctx.spec.key.clone(),
+            candidates: spec.candidates.clone(),
+            ..Report::default()
+        };
+        let mut fields: Vec<(String, String)> = Vec::new();
+        if let Some(key) = &spec.search {
+            fields.push((key.clone(), "search".into()));
+            let mut got = load(ctx, "search", "search", key, data::read_search)?;
+            if got.len() != 1 {
+                return Err(StepError::Failed(format!(
+                    "`search` takes one search result, but `{key}` names {}",
+                    got.len()
+                )));
+            }
+            r.search = got.pop();
+        }
+        for (field, list) in [
+            ("training", &spec.training),
+            ("evaluations", &spec.evaluations),
+            ("mixtures", &spec.mixtures),
+        ] {
+            for e in list {
+                fields.push((e.input.clone(), format!("{field}.{}", e.label)));
+            }
+        }
+        r.training = load_all(ctx, "training", &spec.training, data::read_training)?;
+        r.evaluations = load_all(ctx, "evaluations", &spec.evaluations, data::read_evaluation)?;
+        r.mixtures = load_all(ctx, "mixtures", &spec.mixtures, data::read_mixture)?;
+        let store = crate::store::Store::open(&ctx.spec.store);
+        r.lineage = Some(data::lineage_summary(&store, &ctx.spec.record, &fields));
+        let out = r.render().map_err(StepError::Failed)?;
+        write(ctx, "html", &out.html)?;
+        write(ctx, "markdown", &out.markdown)?;
+        Ok(())
+    }
+}
+
+fn write(ctx: &RunCtx, output: &str, text: &str) -> Result<(), StepError> {
+    let rel = ctx.spec.outputs.get(output).map_or(
+        if output == "html" { HTML } else { MARKDOWN },
+        String::as_str,
+    );
+    let p = ctx.out_dir.join(rel);
+    std::fs::write(&p, text).map_err(StepError::io(format!("writing {}", p.display())))
+}
+
+/// The upstream step of each path of input `key`, when it came from steps.
+fn producers(ctx: &RunCtx, key: &str) -> Vec<Option<String>> {
+    match ctx.spec.record.inputs.get(key).map(|i| &i.origin) {
+        Some(Origin::Steps { outputs }) => outputs.iter().map(|u| Some(u.step.clone())).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Reads every path of one input; several paths (a `[*]` reference) are
+/// labelled by the step that made each.
+fn load<T>(
+    ctx: &RunCtx,
+    field: &str,
+    label: &str,
+    key: &str,
+    read: fn(&Path) -> Result<T, String>,
+) -> Result<Vec<Labeled<T>>, StepError> {
+    let paths: Vec<PathBuf> = ctx.input(key)?.to_vec();
+    let steps = producers(ctx, key);
+    let mut out = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let step = steps.get(i).cloned().flatten();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = match &step {
+            Some(s) => format!("{name} of step {s}"),
+            None => key.to_string(),
+        };
+        let data = read(p).map_err(|e| {
+            StepError::Failed(match &step {
+                Some(s) => format!("{field} `{label}` (output of step `{s}`): {e}"),
+                None => format!("{field} `{label}`: {e}"),
+            })
+        })?;
+        let label = match (&step, paths.len()) {
+            (_, 1) => label.to_string(),
+            (Some(s), _) => s.clone(),
+            (None, _) => format!("{label}[{i}]"),
+        };
+        out.push(Labeled { label, file, data });
+    }
+    Ok(out)
+}
+
+fn load_all<T>(
+    ctx: &RunCtx,
+    field: &str,
+    entries: &[Entry],
+    read: fn(&Path) -> Result<T, String>,
+) -> Result<Vec<Labeled<T>>, StepError> {
+    let mut out: Vec<Labeled<T>> = Vec::new();
+    for e in entries {
+        for mut l in load(ctx, field, &e.label, &e.input, read)? {
+            // Labels name columns and series, so they stay unique.
+            let base = l.label.clone();
+            let mut n = 2;
+            while out.iter().any(|o| o.label == l.label) {
+                l.label = format!("{base} ({n})");
+                n += 1;
+            }
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
+/// The report step's committed outputs, from the store's record of its latest
+/// run: (html, markdown) paths, or why there are none.
+pub fn latest(
+    store: &crate::store::Store,
+    workflow: &str,
+    step: &str,
+) -> Result<(crate::store::ResultRecord, PathBuf, PathBuf), String> {
+    let r = store
+        .read_state(workflow, step)
+        .ok_or_else(|| format!("report step `{step}` has not run yet"))?;
+    let path = |name: &str| -> Result<PathBuf, String> {
+        let o = r
+            .outputs
+            .get(name)
+            .ok_or_else(|| format!("the latest run of `{step}` recorded no `{name}` output"))?;
+        let p = store.tree_dir(&r.tree).join(&o.path);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "the latest report of `{step}` ({}) is no longer in the store",
+                p.display()
+            ))
+        }
+    };
+    let (html, md) = (path("html")?, path("markdown")?);
+    Ok((r, html, md))
+}
