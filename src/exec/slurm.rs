@@ -1106,9 +1106,30 @@ impl Actor {
     }
 
     async fn finish(&mut self) {
-        if !self.tasks.is_empty() {
-            let names: Vec<String> = self.tasks.iter().map(|t| t.name.clone()).collect();
-            let _ = command("scancel", &names).await;
+        // A job whose steps have all reported is only exiting: give Slurm a moment to
+        // record it COMPLETED, rather than have scancel mark it CANCELLED.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && self
+                .tasks
+                .iter()
+                .any(|t| !is_terminal(&t.state) && t.state != "GONE")
+            && self
+                .tasks
+                .iter()
+                .all(|t| t.nodes.iter().all(|n| !self.steps.contains_key(n)))
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            self.poll().await;
+        }
+        let live: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|t| !is_terminal(&t.state) && t.state != "GONE")
+            .map(|t| t.name.clone())
+            .collect();
+        if !live.is_empty() {
+            let _ = command("scancel", &live).await;
         }
         if self.failures == 0 {
             let _ = crate::store::remove_tree(&self.dir);
