@@ -204,6 +204,7 @@ pub async fn run_controlled(
     let mut results: HashMap<usize, ResultRecord> = HashMap::new();
     let mut running: JoinSet<Finished> = JoinSet::new();
     let mut pids: HashMap<usize, u32> = HashMap::new();
+    let mut signalled: std::collections::HashSet<usize> = std::collections::HashSet::new();
     let mut started_at: HashMap<usize, Instant> = HashMap::new();
     let mut holding: HashMap<usize, (u32, u64, Vec<String>)> = HashMap::new();
     let (mut used_cpus, mut used_mem) = (0u32, 0u64);
@@ -441,6 +442,11 @@ pub async fn run_controlled(
                             }
                         }
                     }
+                    None if signalled.contains(&i) => {
+                        rep.always(&format!("cancel {}", id(i)));
+                        entry.outcome = Outcome::Cancelled;
+                        state[i] = NodeState::Failed;
+                    }
                     Some(c) if c.cancelled => {
                         rep.always(&format!("cancel {}", id(i)));
                         entry.outcome = Outcome::Cancelled;
@@ -466,7 +472,7 @@ pub async fn run_controlled(
                         state[i] = NodeState::Failed;
                         if !opts.keep_going && !stop {
                             stop = true;
-                            cancel_all(&pids, slurm.as_ref());
+                            cancel_all(&pids, slurm.as_ref(), &mut signalled);
                         }
                     }
                 }
@@ -475,7 +481,7 @@ pub async fn run_controlled(
                 match msg {
                     Control::Stop => {
                         stop = true;
-                        cancel_all(&pids, slurm.as_ref());
+                        cancel_all(&pids, slurm.as_ref(), &mut signalled);
                     }
                     Control::Drain => stop = true,
                     Control::Cancel(ids) => {
@@ -484,7 +490,7 @@ pub async fn run_controlled(
                             .filter(|(i, _)| ids.contains(&graph.nodes[**i].id))
                             .map(|(i, p)| (*i, *p))
                             .collect();
-                        cancel_all(&chosen, slurm.as_ref());
+                        cancel_all(&chosen, slurm.as_ref(), &mut signalled);
                     }
                 }
             }
@@ -492,7 +498,7 @@ pub async fn run_controlled(
                 rep.always("interrupted: cancelling running steps");
                 interrupted = true;
                 stop = true;
-                cancel_all(&pids, slurm.as_ref());
+                cancel_all(&pids, slurm.as_ref(), &mut signalled);
             }
         }
     }
@@ -544,7 +550,14 @@ pub async fn run_controlled(
     summary
 }
 
-fn cancel_all(pids: &HashMap<usize, u32>, slurm: Option<&crate::exec::slurm::Slurm>) {
+/// Asks the steps to cancel, remembering which were asked: a step process killed
+/// before it could write its completion record was cancelled, not failed.
+fn cancel_all(
+    pids: &HashMap<usize, u32>,
+    slurm: Option<&crate::exec::slurm::Slurm>,
+    signalled: &mut std::collections::HashSet<usize>,
+) {
+    signalled.extend(pids.keys().copied());
     if let Some(s) = slurm {
         s.cancel(pids.keys().copied());
         return;
