@@ -85,7 +85,8 @@ fn stamp_of(md: &std::fs::Metadata) -> (u64, i128, u64, u64) {
 /// saved to the store so the next run skips unchanged files.
 #[derive(Default)]
 pub struct StatCache {
-    entries: Mutex<HashMap<PathBuf, Stamp>>,
+    /// Read from `path` on first use, so opening a store to name paths costs nothing.
+    loaded: std::sync::OnceLock<Mutex<HashMap<PathBuf, Stamp>>>,
     dirty: Mutex<bool>,
     path: Option<PathBuf>,
 }
@@ -98,24 +99,32 @@ struct StatFile {
 
 impl StatCache {
     pub fn load(path: PathBuf) -> StatCache {
-        let entries = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<StatFile>(&b).ok())
-            .filter(|f| f.version == 1)
-            .map(|f| f.entries.into_iter().collect())
-            .unwrap_or_default();
         StatCache {
-            entries: Mutex::new(entries),
+            loaded: std::sync::OnceLock::new(),
             dirty: Mutex::new(false),
             path: Some(path),
         }
+    }
+
+    fn entries(&self) -> &Mutex<HashMap<PathBuf, Stamp>> {
+        self.loaded.get_or_init(|| {
+            let map = self
+                .path
+                .as_ref()
+                .and_then(|p| std::fs::read(p).ok())
+                .and_then(|b| serde_json::from_slice::<StatFile>(&b).ok())
+                .filter(|f| f.version == 1)
+                .map(|f| f.entries.into_iter().collect())
+                .unwrap_or_default();
+            Mutex::new(map)
+        })
     }
 
     /// Hash of `path`, from the cache when its stat is unchanged.
     pub fn hash(&self, path: &Path, progress: &dyn Fn(u64, u64)) -> io::Result<String> {
         let md = std::fs::metadata(path)?;
         let (size, mtime_ns, ino, dev) = stamp_of(&md);
-        if let Some(s) = self.entries.lock().expect("stat cache lock").get(path)
+        if let Some(s) = self.entries().lock().expect("stat cache lock").get(path)
             && s.size == size
             && s.mtime_ns == mtime_ns
             && s.ino == ino
@@ -135,7 +144,7 @@ impl StatCache {
     /// Records a hash we know (we just wrote the file).
     pub fn remember(&self, path: &Path, md: &std::fs::Metadata, hash: String) {
         let (size, mtime_ns, ino, dev) = stamp_of(md);
-        self.entries.lock().expect("stat cache lock").insert(
+        self.entries().lock().expect("stat cache lock").insert(
             path.to_path_buf(),
             Stamp {
                 size,
@@ -154,7 +163,7 @@ impl StatCache {
             return false;
         };
         let (size, mtime_ns, ino, dev) = stamp_of(&md);
-        self.entries
+        self.entries()
             .lock()
             .expect("stat cache lock")
             .get(path)
@@ -168,7 +177,7 @@ impl StatCache {
     }
 
     pub fn forget(&self, path: &Path) {
-        self.entries.lock().expect("stat cache lock").remove(path);
+        self.entries().lock().expect("stat cache lock").remove(path);
         *self.dirty.lock().expect("stat cache lock") = true;
     }
 
@@ -181,7 +190,7 @@ impl StatCache {
         if !*self.dirty.lock().expect("stat cache lock") {
             return Ok(());
         }
-        let entries = self.entries.lock().expect("stat cache lock");
+        let entries = self.entries().lock().expect("stat cache lock");
         // Forget files that are gone so the cache does not grow without bound.
         let file = StatFile {
             version: 1,

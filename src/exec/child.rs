@@ -165,6 +165,7 @@ fn run(spec: &StepSpec, store: &Store, log: &Path, done: &mut Completion) -> Res
     );
     let ctx = RunCtx {
         spec,
+        store,
         out_dir: &out,
         log,
         cancel: &CANCEL,

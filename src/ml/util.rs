@@ -2,7 +2,6 @@
 //! a crash never leaves a half-written file where the engine expects a result.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -10,14 +9,14 @@ use serde::de::DeserializeOwned;
 
 use crate::ml::error::{IoContext, MlError, Result};
 
-/// A sibling path for temporary output: `<dir>/.<name>.tmp-<pid>`.
+/// A sibling path for temporary output, unique to this process and call.
 pub fn tmp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
     let parent = path.parent().unwrap_or_else(|| Path::new("."));
-    parent.join(format!(".{name}.tmp-{}", std::process::id()))
+    parent.join(crate::store::unique_name(&format!(".{name}.tmp-")))
 }
 
 fn ensure_parent(path: &Path) -> Result<()> {
@@ -29,16 +28,9 @@ fn ensure_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically (the store's write, with our error type).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    ensure_parent(path)?;
-    let tmp = tmp_sibling(path);
-    {
-        let mut f = fs::File::create(&tmp).with_path(&tmp)?;
-        f.write_all(bytes).with_path(&tmp)?;
-        f.sync_all().with_path(&tmp)?;
-    }
-    fs::rename(&tmp, path).with_path(path)
+    crate::store::write_atomic(path, bytes).with_path(path)
 }
 
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {

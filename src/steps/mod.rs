@@ -75,6 +75,8 @@ impl StepError {
 /// What a step sees while it runs.
 pub struct RunCtx<'a> {
     pub spec: &'a StepSpec,
+    /// The store the step runs against (shards, resume state, lineage).
+    pub store: &'a crate::store::Store,
     /// Where the step writes its outputs; committed to the store if the step succeeds.
     pub out_dir: &'a Path,
     /// Where the step's own output (stdout, stderr, messages) goes.

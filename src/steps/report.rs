@@ -290,8 +290,7 @@ impl StepKind for ReportKind {
         r.training = load_all(ctx, "training", &spec.training, data::read_training)?;
         r.evaluations = load_all(ctx, "evaluations", &spec.evaluations, data::read_evaluation)?;
         r.mixtures = load_all(ctx, "mixtures", &spec.mixtures, data::read_mixture)?;
-        let store = crate::store::Store::open(&ctx.spec.store);
-        r.lineage = Some(data::lineage_summary(&store, &ctx.spec.record, &fields));
+        r.lineage = Some(data::lineage_summary(ctx.store, &ctx.spec.record, &fields));
         let out = r.render().map_err(StepError::Failed)?;
         write(ctx, "html", &out.html)?;
         write(ctx, "markdown", &out.markdown)?;

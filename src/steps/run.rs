@@ -12,7 +12,6 @@ use crate::manifest::DataFormat;
 use crate::manifest::template::{Ref, Split};
 use crate::ml;
 use crate::ml::data::{Format, SourceSpec, SplitPart, SplitSpec, TokenizeSpec};
-use crate::store::Store;
 
 fn ml_err(e: ml::MlError) -> StepError {
     match e {
@@ -122,7 +121,7 @@ fn shard(
     let id = crate::hash::hex(&blake3::hash(
         format!("{}\n{data_hash}\n{tok_hash}", ml::data::SHARD_FORMAT).as_bytes(),
     ));
-    let store = Store::open(&ctx.spec.store);
+    let store = ctx.store;
     let dir = store.root.join("shards").join(&id);
     let _lock = store
         .lock(&format!("shard-{id}"), &|| {})
@@ -149,8 +148,9 @@ fn one_path<'a>(ctx: &'a RunCtx, key: &str) -> Result<&'a Path, StepError> {
         .ok_or_else(|| StepError::Failed(format!("input `{key}` has no path")))
 }
 
-fn tokenizer_hash(ctx: &RunCtx, key: &str, path: &Path) -> Result<String, StepError> {
-    match ctx.spec.record.inputs.get(key) {
+/// The tokenizer's content hash: from the key record when it is an input, else hashed.
+fn tokenizer_hash(ctx: &RunCtx, key: Option<&str>, path: &Path) -> Result<String, StepError> {
+    match key.and_then(|k| ctx.spec.record.inputs.get(k)) {
         Some(r) => Ok(r.hash.clone()),
         None => crate::hash::hash_file(path, &|_, _| {})
             .map_err(StepError::io(format!("hashing {}", path.display()))),
@@ -231,7 +231,7 @@ fn model_config(m: &ModelField, vocab: usize) -> Result<Value, StepError> {
 
 pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
     let f: TrainFields = fields(ctx)?;
-    let store = Store::open(&ctx.spec.store);
+    let store = ctx.store;
     let init = f.init.as_deref().map(|k| one_path(ctx, k)).transpose()?;
     let tok_path: PathBuf = match (&f.tokenizer, init) {
         (Some(k), _) => one_path(ctx, k)?.to_path_buf(),
@@ -239,10 +239,7 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
         (None, None) => return Err(StepError::Failed("no tokenizer".into())),
     };
     let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
-    let tok_hash = match &f.tokenizer {
-        Some(k) => tokenizer_hash(ctx, k, &tok_path)?,
-        None => tokenizer_hash(ctx, "", &tok_path)?,
-    };
+    let tok_hash = tokenizer_hash(ctx, f.tokenizer.as_deref(), &tok_path)?;
     let data = match (&f.data, &f.mixture) {
         (Some(d), _) => d.clone(),
         (None, Some(m)) => {
@@ -352,7 +349,7 @@ pub fn evaluate(ctx: &RunCtx) -> Result<(), StepError> {
     let ckpt = one_path(ctx, &f.checkpoint)?.to_path_buf();
     let tok_path = ckpt.join("tokenizer.json");
     let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
-    let tok_hash = tokenizer_hash(ctx, "", &tok_path)?;
+    let tok_hash = tokenizer_hash(ctx, None, &tok_path)?;
     let mut validation = BTreeMap::new();
     for name in &f.datasets {
         validation.insert(
@@ -422,7 +419,7 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
     }
     let tok_path = comps[0].join("tokenizer.json");
     let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
-    let tok_hash = tokenizer_hash(ctx, "", &tok_path)?;
+    let tok_hash = tokenizer_hash(ctx, None, &tok_path)?;
     // The sampler's prior: each candidate's share of training tokens.
     let mut counts = Vec::new();
     for c in &f.candidates {

@@ -21,7 +21,7 @@ fn check(exe: &std::path::Path) {
     }
     let out = Command::new("readelf")
         .arg("-d")
-        .arg(&exe)
+        .arg(exe)
         .output()
         .expect("readelf runs");
     let dynamic = String::from_utf8_lossy(&out.stdout);
@@ -34,7 +34,7 @@ fn check(exe: &std::path::Path) {
         "no rpath/runpath to {lib}:\n{dynamic}"
     );
     let out = Command::new("ldd")
-        .arg(&exe)
+        .arg(exe)
         .env_remove("LD_LIBRARY_PATH")
         .output()
         .expect("ldd runs");
