@@ -519,7 +519,13 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
                     listify(m, "validation");
                 }
                 match marked_yaml::from_node::<DatasetDecl>(&v) {
-                    Ok(decl) => {
+                    Ok(mut decl) => {
+                        // `${params.NAME}` in a glob: corpora live where the params say.
+                        for g in decl.files.iter_mut().chain(decl.validation.iter_mut()) {
+                            if let Some(s) = param_glob(d, g, &params) {
+                                *g = Spanned::new(*g.span(), s);
+                            }
+                        }
                         if decl.files.is_empty() {
                             d.error(
                                 v.span(),
@@ -639,6 +645,61 @@ fn parse_executor(d: &mut Diags, node: &Node) -> Option<ExecutorDecl> {
         );
     }
     Some(e)
+}
+
+/// A glob with its `${params.NAME}` references substituted (None: unchanged or broken).
+fn param_glob(
+    d: &mut Diags,
+    g: &Spanned<String>,
+    params: &serde_json::Map<String, Value>,
+) -> Option<String> {
+    if !template::has_refs(g.as_str()) {
+        return None;
+    }
+    let pieces = match template::parse(g.as_str()) {
+        Ok(p) => p,
+        Err(e) => {
+            d.error(g.span(), e, "glob");
+            return None;
+        }
+    };
+    let mut out = String::new();
+    for p in pieces {
+        match p {
+            template::Piece::Lit(l) => out.push_str(&l),
+            template::Piece::Ref(template::Ref::Param(path)) => match lookup_param(params, &path) {
+                Some(Value::String(v)) => out.push_str(v),
+                Some(Value::Number(n)) => out.push_str(&n.to_string()),
+                Some(_) => {
+                    d.error(
+                        g.span(),
+                        format!("`params.{}` is not a string or number", path.join(".")),
+                        "glob",
+                    );
+                    return None;
+                }
+                None => {
+                    let help = did_you_mean(&path[0], params.keys().map(String::as_str));
+                    d.push(
+                        g.span(),
+                        format!("unknown parameter `params.{}`", path.join(".")),
+                        "glob",
+                        help,
+                    );
+                    return None;
+                }
+            },
+            template::Piece::Ref(r) => {
+                d.error(
+                    g.span(),
+                    format!("a dataset glob takes only `${{params.NAME}}`, not `{r}`"),
+                    "glob",
+                );
+                return None;
+            }
+        }
+    }
+    Some(out)
 }
 
 fn check_glob(d: &mut Diags, g: &Spanned<String>) {
@@ -876,13 +937,22 @@ fn parse_foreach(
                 }
             }
         }
-        Node::Mapping(_) => {
-            d.error(
-                &span,
-                "`foreach` takes a list, or `${params.NAME}` naming a list",
-                "foreach",
-            );
-            return None;
+        Node::Mapping(m) => {
+            // `foreach: {range: N}`: the items 0 .. N-1, e.g. one per reference model.
+            let n = match (m.len(), m.get_node("range")) {
+                (1, Some(Node::Scalar(s))) => range_len(s.as_str(), params),
+                _ => Err(
+                    "`foreach` takes a list, `${params.NAME}` naming a list, or `{range: N}`"
+                        .to_string(),
+                ),
+            };
+            match n {
+                Ok(n) => (0..n).map(|i| Value::from(i as u64)).collect(),
+                Err(e) => {
+                    d.error(&span, e, "foreach");
+                    return None;
+                }
+            }
         }
     };
     let mut items = Vec::new();
@@ -927,6 +997,29 @@ fn parse_foreach(
         return None;
     }
     Some(Foreach { items, span })
+}
+
+/// The N of `foreach: {range: N}`: a positive integer or `${params.NAME}` naming one.
+fn range_len(s: &str, params: &serde_json::Map<String, Value>) -> Result<usize, String> {
+    let bad = |what: String| {
+        format!("`range` takes a positive integer or `${{params.NAME}}` naming one, not {what}")
+    };
+    let v = match template::parse(s).map_err(|e| e.to_string())?.as_slice() {
+        [template::Piece::Ref(template::Ref::Param(path))] => match lookup_param(params, path) {
+            Some(v) => v.clone(),
+            None => return Err(format!("unknown parameter `params.{}`", path.join("."))),
+        },
+        _ => Value::String(s.to_string()),
+    };
+    let n = match &v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if n > 0 && n <= 100_000 => Ok(n as usize),
+        _ => Err(bad(format!("`{}`", v.to_string().trim_matches('"')))),
+    }
 }
 
 pub fn lookup_param<'v>(

@@ -33,9 +33,15 @@ pub fn manifest_schema() -> Value {
     let common = json!({
         "id": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*$", "description": "Unique step id; a fan-out step's nodes are `id[item]`." },
         "foreach": {
-            "description": "Expand into one node per item: a list, or `${params.NAME}` naming a list. `${item}` is the item.",
+            "description": "Expand into one node per item: a list, `${params.NAME}` naming a list, or `{range: N}` for the items 0 to N-1. `${item}` is the item.",
             "anyOf": [
                 { "type": "array", "items": { "type": ["string", "number", "boolean"] } },
+                {
+                    "type": "object",
+                    "properties": { "range": { "anyOf": [ { "type": "integer", "minimum": 1 }, { "type": "string", "pattern": "^\\$\\{params\\.[A-Za-z0-9_.-]+\\}$" } ] } },
+                    "required": ["range"],
+                    "additionalProperties": false
+                },
                 { "type": "string", "pattern": "^\\$\\{params\\.[A-Za-z0-9_.-]+\\}$" }
             ]
         },

@@ -13,6 +13,7 @@ pub mod ridge;
 pub mod sampler;
 pub mod search;
 pub mod stats;
+pub mod validate;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Dtype};
 pub use merge::{Components, MergeError, MergeSpec, MergedTensor, Method};

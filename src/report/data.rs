@@ -448,3 +448,13 @@ mod tests {
         assert!(e.contains("s.json: not a search result"), "{e}");
     }
 }
+
+/// Reads a validate step's `validation.json`.
+pub fn read_validation(path: &Path) -> Result<crate::mix::validate::Validation, String> {
+    serde_json::from_slice(&read(path)?).map_err(|e| {
+        format!(
+            "{}: not a validation (expected a validate step's validation.json): {e}",
+            path.display()
+        )
+    })
+}

@@ -102,6 +102,9 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
         sections.push(proxies(r));
         sections.push(cost(r));
     }
+    if let Some(v) = &r.validation {
+        sections.push(validation(&v.data));
+    }
     if let Some(l) = &r.lineage
         && !(l.inputs.is_empty() && l.ancestors.is_empty())
     {
@@ -602,6 +605,151 @@ fn lineage(l: &super::LineageSummary) -> Section {
     Section {
         id: "lineage",
         title: "Lineage",
+        body: b,
+    }
+}
+
+fn validation(v: &crate::mix::validate::Validation) -> Section {
+    use crate::mix::validate::PredictorKind;
+    let mut b = String::new();
+    for w in &v.warnings {
+        let _ = write!(b, "<p><strong>Warning:</strong> {}</p>", escape(w));
+    }
+    note(
+        &mut b,
+        &format!(
+            "{} reference models, each trained on a random mixture with the components' recipe and budget. Each predictor's scores at those mixtures are ranked against the references'. The headline is the objective the search optimises (x: the predictor's, y: the references'; lower is better); per-target rho is flattered by each domain's own weight, which the `weights` baseline shows.",
+            v.references
+        ),
+    );
+    b.push_str("<div class=\"plots\">");
+    for (p, scores) in v.predictors.iter().zip(&v.predicted) {
+        if p.kind == PredictorKind::Baseline && p.name == "weights" {
+            continue;
+        }
+        let obj = v.objective.values(&v.targets, scores);
+        let points: Vec<(f64, f64)> = obj
+            .iter()
+            .copied()
+            .zip(v.reference_objective.iter().copied())
+            .collect();
+        let plot = ScatterPlot {
+            title: format!("{}: objective", p.name),
+            x_label: format!("{} objective", p.name),
+            y_label: "reference objective".into(),
+            series: vec![Series::new("references", points)],
+            identity: false,
+            annotation: Some(match p.objective.spearman {
+                Some(rho) => format!("Spearman ρ = {rho:.3} (n = {})", v.references),
+                None => "Spearman ρ undefined".into(),
+            }),
+        };
+        b.push_str(&plot.svg());
+    }
+    b.push_str("</div>");
+    if let Some(k) = v.predictors.iter().position(|p| p.name == "merged") {
+        let _ = write!(b, "<h3>Merged proxies against references, per target</h3>");
+        b.push_str("<div class=\"plots\">");
+        for (t, target) in v.targets.iter().enumerate() {
+            let points: Vec<(f64, f64)> = v.predicted[k]
+                .iter()
+                .zip(&v.reference_scores)
+                .map(|(p, r)| (p[t], r[t]))
+                .collect();
+            let plot = ScatterPlot {
+                title: format!("{} ({})", target.name, direction_word(target.direction)),
+                x_label: "merged proxy".into(),
+                y_label: "reference".into(),
+                series: vec![Series::new("references", points)],
+                identity: true,
+                annotation: v.predictors[k].targets[t]
+                    .spearman
+                    .map(|rho| format!("Spearman ρ = {rho:.3}")),
+            };
+            b.push_str(&plot.svg());
+        }
+        b.push_str("</div>");
+    }
+    let head = [
+        ("predictor".to_string(), ""),
+        ("kind".into(), ""),
+        ("training tokens".into(), "num"),
+        ("objective ρ".into(), "num"),
+        ("90% CI".into(), ""),
+        (format!("top-{:.0}% ρ", v.top_fraction * 100.0), "num"),
+        ("Kendall τ".into(), "num"),
+        ("pick's rank".into(), "num"),
+        ("macro ρ".into(), "num"),
+        ("recovery".into(), "num"),
+    ];
+    let rows: Vec<Vec<(String, &str)>> = v
+        .predictors
+        .iter()
+        .map(|p| {
+            let o = &p.objective;
+            vec![
+                (p.name.clone(), ""),
+                (format!("{:?}", p.kind).to_lowercase(), ""),
+                (
+                    p.training_tokens
+                        .map_or("–".into(), |t| fmt_tokens(t as f64)),
+                    "num",
+                ),
+                num(o.spearman, 3),
+                (
+                    o.interval
+                        .as_ref()
+                        .map_or("–".into(), |i| format!("[{:.2}, {:.2}]", i.lo, i.hi)),
+                    "",
+                ),
+                num(o.top_spearman, 3),
+                num(o.kendall, 3),
+                num(o.regret.as_ref().map(|r| r.pick_rank), 1),
+                num(p.macro_spearman, 3),
+                num(p.macro_recovery, 3),
+            ]
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    let mut head = vec![("predictor".to_string(), "")];
+    head.extend(v.targets.iter().map(|t| (format!("ρ {}", t.name), "num")));
+    let rows: Vec<Vec<(String, &str)>> = v
+        .predictors
+        .iter()
+        .map(|p| {
+            let mut row = vec![(p.name.clone(), "")];
+            row.extend(p.targets.iter().map(|m| num(m.spearman, 3)));
+            row
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    if !v.finals.is_empty() {
+        let _ = write!(b, "<h3>Final models among the references</h3>");
+        note(&mut b, "Rank 1 is best; ties count half.");
+        let mut head = vec![
+            ("model".to_string(), ""),
+            ("macro rank".into(), "num"),
+            ("objective rank".into(), "num"),
+        ];
+        head.extend(v.targets.iter().map(|t| (t.name.clone(), "num")));
+        let rows: Vec<Vec<(String, &str)>> = v
+            .finals
+            .iter()
+            .map(|f| {
+                let mut row = vec![
+                    (f.name.clone(), ""),
+                    num(Some(f.macro_rank), 2),
+                    num(Some(f.objective_rank), 1),
+                ];
+                row.extend(f.ranks.iter().map(|r| num(Some(*r), 1)));
+                row
+            })
+            .collect();
+        table(&mut b, &head, &rows);
+    }
+    Section {
+        id: "validation",
+        title: "Validation",
         body: b,
     }
 }

@@ -4,6 +4,8 @@
 use std::fmt::Write;
 
 use super::{MixtureView, Report, direction_word, fmt_num, fmt_secs, fmt_tokens, short};
+use crate::mix::search::Objective;
+use crate::mix::validate::Validation;
 
 /// Text safe inside a table cell.
 fn cell(s: &str) -> String {
@@ -163,6 +165,10 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             .collect();
         table(&mut out, &head, &[false, true, true, true], &rows);
     }
+    if let Some(v) = &r.validation {
+        out.push_str(&validation(&v.data));
+        out.push('\n');
+    }
     if let Some(l) = &r.lineage
         && !l.ancestors.is_empty()
     {
@@ -176,4 +182,95 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
         );
     }
     out
+}
+
+fn opt3(x: Option<f64>) -> String {
+    x.map_or("n/a".into(), |v| format!("{v:.3}"))
+}
+
+/// A validation against trained references as Markdown (also `validation.md`).
+pub fn validation(v: &Validation) -> String {
+    let mut s = String::new();
+    let obj = match &v.objective {
+        Objective::MeanPercentileRank => "mean percentile rank over the targets".to_string(),
+        Objective::WeightedSum { weights } => format!("weighted loss {weights:?}"),
+    };
+    let _ = writeln!(
+        s,
+        "# Validation against {} trained references\n",
+        v.references
+    );
+    for w in &v.warnings {
+        let _ = writeln!(s, "> **Warning:** {w}\n");
+    }
+    let _ = writeln!(
+        s,
+        "Headline: Spearman rho between each predictor's objective ({obj}) and the references'. Per-target rho is flattered by each domain's own weight; compare with `weights`.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| predictor | kind | training tokens | objective rho | 90% CI | top-{:.0}% rho | Kendall tau | pick's rank | macro rho | recovery |",
+        v.top_fraction * 100.0
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    for p in &v.predictors {
+        let o = &p.objective;
+        let ci = o
+            .interval
+            .as_ref()
+            .map_or("n/a".into(), |i| format!("[{:.2}, {:.2}]", i.lo, i.hi));
+        let _ = writeln!(
+            s,
+            "| {} | {:?} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            p.name,
+            p.kind,
+            p.training_tokens.map_or("n/a".into(), |t| t.to_string()),
+            opt3(o.spearman),
+            ci,
+            opt3(o.top_spearman),
+            opt3(o.kendall),
+            o.regret
+                .as_ref()
+                .map_or("n/a".into(), |r| format!("{:.1}", r.pick_rank)),
+            opt3(p.macro_spearman),
+            opt3(p.macro_recovery),
+        );
+    }
+    let _ = writeln!(s, "\nPer-target Spearman rho:\n");
+    let _ = write!(s, "| predictor |");
+    for t in &v.targets {
+        let _ = write!(s, " {} |", t.name);
+    }
+    let _ = writeln!(s, "\n|---|{}", "---|".repeat(v.targets.len()));
+    for p in &v.predictors {
+        let _ = write!(s, "| {} |", p.name);
+        for m in &p.targets {
+            let _ = write!(s, " {} |", opt3(m.spearman));
+        }
+        let _ = writeln!(s);
+    }
+    if !v.finals.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nFinal models among the {} references (rank 1 = best; lower is better):\n",
+            v.references
+        );
+        let _ = write!(s, "| model | macro rank | objective rank |");
+        for t in &v.targets {
+            let _ = write!(s, " {} |", t.name);
+        }
+        let _ = writeln!(s, "\n|---|---|---|{}", "---|".repeat(v.targets.len()));
+        for f in &v.finals {
+            let _ = write!(
+                s,
+                "| {} | {:.2} | {:.1} |",
+                f.name, f.macro_rank, f.objective_rank
+            );
+            for r in &f.ranks {
+                let _ = write!(s, " {r:.1} |");
+            }
+            let _ = writeln!(s);
+        }
+    }
+    s
 }

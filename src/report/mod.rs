@@ -10,7 +10,7 @@
 
 pub mod data;
 mod html;
-mod markdown;
+pub mod markdown;
 pub mod svg;
 
 use crate::mix::search::SearchResult;
@@ -41,6 +41,8 @@ pub struct Report {
     pub training: Vec<Labeled<Training>>,
     pub evaluations: Vec<Labeled<Evaluation>>,
     pub mixtures: Vec<Labeled<Mixture>>,
+    /// A validate step's result: proxies against trained references.
+    pub validation: Option<Labeled<crate::mix::validate::Validation>>,
     pub lineage: Option<LineageSummary>,
 }
 

@@ -29,7 +29,7 @@ fn span_of(body: &Node, key: &str) -> marked_yaml::Span {
 }
 
 /// A field that must hold exactly one `${steps.ID.OUTPUT}` reference (or a path).
-fn check_ref_or_path(
+pub(super) fn check_ref_or_path(
     d: &mut Diags,
     body: &Node,
     key: &str,
@@ -61,7 +61,7 @@ fn positive(d: &mut Diags, body: &Node, key: &str, v: f64, what: &str) {
     }
 }
 
-fn dataset_names(
+pub(super) fn dataset_names(
     body: &Node,
     key: &str,
     names: &[String],
@@ -331,6 +331,17 @@ pub struct TrainFields {
     /// The datasets a `mixture` file may weight.
     #[serde(default)]
     pub datasets: Vec<String>,
+    /// When the `mixture` file is a list of mixtures (a `sample` step's), train on
+    /// the one at this index, e.g. `pick: ${item}` under `foreach: {range: N}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pick: Option<u64>,
+    /// Mix this dataset into a `mixture` at share `beta`, as the components are
+    /// (`{candidate, general, beta}`): references then match merged proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub general: Option<String>,
+    /// The general share with `general` (default 0.5, the paper's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
     /// Token budget.
     pub tokens: u64,
     pub batch_size: u32,
@@ -550,6 +561,42 @@ impl StepKind for Train {
                     );
                 }
                 datasets.extend(dataset_names(body, "datasets", &f.datasets, Split::Train));
+                if let Some(g) = &f.general {
+                    datasets.push((
+                        Spanned::new(span_of(body, "general"), g.clone()),
+                        Split::Train,
+                    ));
+                    if f.datasets.contains(g) {
+                        d.error(
+                            &span_of(body, "general"),
+                            format!("`{g}` is in `datasets` too; the general data is mixed in at share `beta`, not weighted by the mixture"),
+                            "general",
+                        );
+                    }
+                }
+                if let Some(b) = f.beta
+                    && !(0.0..1.0).contains(&b)
+                {
+                    d.error(
+                        &span_of(body, "beta"),
+                        format!("`beta` (the general share) must be in [0, 1), not {b}"),
+                        "beta",
+                    );
+                }
+                if f.beta.is_some() && f.general.is_none() {
+                    d.error(
+                        &span_of(body, "beta"),
+                        "`beta` is the share of `general`: name the general dataset",
+                        "beta",
+                    );
+                }
+            }
+            (Some(_), None) if f.pick.is_some() || f.general.is_some() || f.beta.is_some() => {
+                d.error(
+                    &span_of(body, "data"),
+                    "`pick`, `general` and `beta` go with `mixture`; `data` says its mixture itself",
+                    "data",
+                )
             }
             (Some(_), None) if !f.datasets.is_empty() => d.error(
                 &span_of(body, "datasets"),

@@ -7,7 +7,9 @@ pub mod ml;
 pub mod report;
 #[cfg(feature = "torch")]
 mod run;
+pub mod sample;
 pub mod search;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -121,12 +123,14 @@ static EVALUATE: ml::Evaluate = ml::Evaluate;
 static MERGE: merge::Merge = merge::Merge;
 static SEARCH: search::Search = search::Search;
 static REPORT: report::ReportKind = report::ReportKind;
+static SAMPLE: sample::Sample = sample::Sample;
+static VALIDATE: validate::Validate = validate::Validate;
 
 /// Every kind this build knows. The ML kinds plan everywhere and run only with the
 /// `torch` feature.
 pub fn kinds() -> Vec<&'static dyn StepKind> {
     vec![
-        &COMMAND, &TOKENIZER, &TRAIN, &EVALUATE, &MERGE, &SEARCH, &REPORT,
+        &COMMAND, &TOKENIZER, &TRAIN, &EVALUATE, &MERGE, &SAMPLE, &SEARCH, &VALIDATE, &REPORT,
     ]
 }
 

@@ -27,6 +27,9 @@ pub struct ReportFields {
     /// A search step's result: `${steps.ID.result}` (search.json).
     #[serde(default)]
     pub search: Option<String>,
+    /// A validate step's result: `${steps.ID.result}` (validation.json).
+    #[serde(default)]
+    pub validation: Option<String>,
     /// Names of the mixture's candidates in the search's order, e.g.
     /// `${params.domains}` (default: c0, c1, ...).
     #[serde(default)]
@@ -57,6 +60,8 @@ pub struct Entry {
 pub struct ReportSpec {
     pub title: Option<String>,
     pub search: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<String>,
     pub candidates: Option<Vec<String>>,
     pub training: Vec<Entry>,
     pub evaluations: Vec<Entry>,
@@ -197,6 +202,10 @@ impl StepKind for ReportKind {
             .search
             .as_ref()
             .and_then(|s| input_key(d, span_of(body, "search"), "search", s, &mut paths));
+        let validation = f
+            .validation
+            .as_ref()
+            .and_then(|s| input_key(d, span_of(body, "validation"), "validation", s, &mut paths));
         if let Some(c) = &f.candidates {
             let span = span_of(body, "candidates");
             if c.is_empty() {
@@ -218,6 +227,7 @@ impl StepKind for ReportKind {
         let evaluations = entries(d, body, "evaluations", &f.evaluations, &mut paths);
         let mixtures = entries(d, body, "mixtures", &f.mixtures, &mut paths);
         if f.search.is_none()
+            && f.validation.is_none()
             && f.training.is_empty()
             && f.evaluations.is_empty()
             && f.mixtures.is_empty()
@@ -226,7 +236,7 @@ impl StepKind for ReportKind {
                 body.span(),
                 "a report step needs something to report",
                 "report",
-                Some("give at least one of `search`, `training`, `evaluations`, `mixtures`".into()),
+                Some("give at least one of `search`, `validation`, `training`, `evaluations`, `mixtures`".into()),
             );
         }
         if d.problems.len() > before {
@@ -235,6 +245,7 @@ impl StepKind for ReportKind {
         let spec = ReportSpec {
             title,
             search,
+            validation,
             candidates: f.candidates,
             training,
             evaluations,
@@ -277,6 +288,17 @@ impl StepKind for ReportKind {
                 )));
             }
             r.search = got.pop();
+        }
+        if let Some(key) = &spec.validation {
+            fields.push((key.clone(), "validation".into()));
+            let mut got = load(ctx, "validation", "validation", key, data::read_validation)?;
+            if got.len() != 1 {
+                return Err(StepError::Failed(format!(
+                    "`validation` takes one validation result, but `{key}` names {}",
+                    got.len()
+                )));
+            }
+            r.validation = got.pop();
         }
         for (field, list) in [
             ("training", &spec.training),

@@ -244,22 +244,30 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
         (Some(d), _) => d.clone(),
         (None, Some(m)) => {
             let p = one_path(ctx, m)?;
-            let w: BTreeMap<String, f64> = serde_json::from_slice(
-                &std::fs::read(p).map_err(StepError::io(format!("reading {}", p.display())))?,
-            )
-            .map_err(|e| {
-                StepError::Failed(format!(
-                    "{}: not a mixture (an object of weights by dataset): {e}",
-                    p.display()
-                ))
-            })?;
+            let w = read_mixture(p, f.pick)?;
             if let Some(bad) = w.keys().find(|k| !f.datasets.contains(k)) {
                 return Err(StepError::Failed(format!(
                     "{}: the mixture weights `{bad}`, which is not in `datasets`",
                     p.display()
                 )));
             }
-            DataField::Weights(w.into_iter().filter(|(_, x)| *x > 0.0).collect())
+            let mut w: BTreeMap<String, f64> = w.into_iter().filter(|(_, x)| *x > 0.0).collect();
+            let total: f64 = w.values().sum();
+            if !(total > 0.0 && total.is_finite()) {
+                return Err(StepError::Failed(format!(
+                    "{}: the mixture's weights do not add up to a positive number",
+                    p.display()
+                )));
+            }
+            if let Some(g) = &f.general {
+                // The components' recipe: general data at share beta, the mixture the rest.
+                let beta = f.beta.unwrap_or(0.5);
+                w.values_mut().for_each(|x| *x *= (1.0 - beta) / total);
+                if beta > 0.0 {
+                    w.insert(g.clone(), beta);
+                }
+            }
+            DataField::Weights(w)
         }
         (None, None) => return Err(StepError::Failed("no mixture".into())),
     };
@@ -344,6 +352,49 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
     Ok(())
 }
 
+/// A mixture file: an object of weights by dataset, or (with `pick`) a list of them.
+fn read_mixture(p: &Path, pick: Option<u64>) -> Result<BTreeMap<String, f64>, StepError> {
+    let v: Value = serde_json::from_slice(
+        &std::fs::read(p).map_err(StepError::io(format!("reading {}", p.display())))?,
+    )
+    .map_err(|e| StepError::Failed(format!("{}: not JSON: {e}", p.display())))?;
+    let one = match (v, pick) {
+        (Value::Array(list), Some(i)) => {
+            let n = list.len();
+            list.into_iter().nth(i as usize).ok_or_else(|| {
+                StepError::Failed(format!(
+                    "{}: `pick: {i}` but the file holds {n} mixtures",
+                    p.display()
+                ))
+            })?
+        }
+        (Value::Array(_), None) => {
+            return Err(StepError::Failed(format!(
+                "{}: a list of mixtures; say which with `pick`",
+                p.display()
+            )));
+        }
+        (v, Some(_)) => {
+            return Err(StepError::Failed(format!(
+                "{}: `pick` needs a list of mixtures, and this is {}",
+                p.display(),
+                if v.is_object() {
+                    "one mixture"
+                } else {
+                    "not a mixture"
+                }
+            )));
+        }
+        (v, None) => v,
+    };
+    serde_json::from_value(one).map_err(|e| {
+        StepError::Failed(format!(
+            "{}: not a mixture (an object of weights by dataset): {e}",
+            p.display()
+        ))
+    })
+}
+
 pub fn evaluate(ctx: &RunCtx) -> Result<(), StepError> {
     let f: EvalFields = fields(ctx)?;
     let ckpt = one_path(ctx, &f.checkpoint)?.to_path_buf();
@@ -400,43 +451,340 @@ pub fn evaluate(ctx: &RunCtx) -> Result<(), StepError> {
     Ok(())
 }
 
-/// The merge-search: proxies are merged in memory (never written) and evaluated on
-/// the targets' validation shards.
-pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
-    use crate::mix::merge::{Components, MergeSpec, Values};
-    use crate::mix::sampler::{SamplerConfig, sample};
-    use crate::mix::search::{Objective, Search, SearchConfig, Target};
-    use tch::Tensor;
-
-    let f: super::search::SearchFields = fields(ctx)?;
-    let comps: Vec<PathBuf> = ctx.input(&f.components)?.to_vec();
-    if comps.len() != f.candidates.len() {
-        return Err(StepError::Failed(format!(
-            "{} components but {} candidates: give one candidate dataset per component, in the same order",
-            comps.len(),
-            f.candidates.len()
-        )));
-    }
-    let tok_path = comps[0].join("tokenizer.json");
-    let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
-    let tok_hash = tokenizer_hash(ctx, None, &tok_path)?;
-    // The sampler's prior: each candidate's share of training tokens.
+/// The sampler's prior: each candidate's training tokens under the tokenizer.
+fn token_counts(
+    ctx: &RunCtx,
+    candidates: &[String],
+    tok: &ml::tokenizer::Tok,
+    tok_hash: &str,
+) -> Result<Vec<f64>, StepError> {
     let mut counts = Vec::new();
-    for c in &f.candidates {
-        let dir = shard(ctx, c, Split::Train, &tok, &tok_hash)?;
+    for c in candidates {
+        let dir = shard(ctx, c, Split::Train, tok, tok_hash)?;
         let meta: ml::data::ShardMeta = serde_json::from_slice(
             &std::fs::read(dir.join("shard.json")).map_err(StepError::io("reading shard.json"))?,
         )
         .map_err(|e| StepError::Failed(format!("{}: {e}", dir.display())))?;
         counts.push(meta.tokens as f64);
     }
-    let mut validation = BTreeMap::new();
-    for t in &f.targets {
-        validation.insert(
-            t.clone(),
-            shard(ctx, t, Split::Validation, &tok, &tok_hash)?,
-        );
+    Ok(counts)
+}
+
+fn write_json(ctx: &RunCtx, name: &str, v: &impl serde::Serialize) -> Result<(), StepError> {
+    let mut bytes = serde_json::to_vec_pretty(v).expect("serializes");
+    bytes.push(b'\n');
+    std::fs::write(ctx.out_dir.join(name), bytes).map_err(StepError::io(format!("writing {name}")))
+}
+
+pub fn sample(ctx: &RunCtx) -> Result<(), StepError> {
+    use crate::mix::sampler::{SamplerConfig, sample};
+    let f: super::sample::SampleFields = fields(ctx)?;
+    let tok_path = one_path(ctx, &f.tokenizer)?.to_path_buf();
+    let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
+    let tok_hash = tokenizer_hash(ctx, Some(&f.tokenizer), &tok_path)?;
+    let counts = token_counts(ctx, &f.candidates, &tok, &tok_hash)?;
+    let config = SamplerConfig {
+        keep: f.count,
+        // Enough draws that the kept ones are a random subset of distinct mixtures.
+        draws: f.count * 4,
+        seed: f.seed,
+        ..Default::default()
+    };
+    let pool = sample(&counts, &config)
+        .map_err(|e| StepError::Failed(format!("sampling mixtures: {e}")))?;
+    if pool.len() < f.count {
+        return Err(StepError::Failed(format!(
+            "only {} distinct mixtures of {} candidates exist at this resolution, fewer than `count: {}`",
+            pool.len(),
+            f.candidates.len(),
+            f.count
+        )));
     }
+    let list: Vec<BTreeMap<&str, f64>> = pool
+        .to_weights()
+        .iter()
+        .map(|w| {
+            f.candidates
+                .iter()
+                .map(String::as_str)
+                .zip(w.iter().copied())
+                .collect()
+        })
+        .collect();
+    write_json(ctx, "mixtures.json", &list)
+}
+
+/// Evaluates merged proxies: the components merged in memory by a mixture's
+/// weights (never written) and scored by validation loss on the targets.
+struct MergedEvaluator<'a> {
+    ctx: &'a RunCtx<'a>,
+    components: crate::mix::merge::Components,
+    model_config: ml::model::Qwen3Config,
+    tok: ml::tokenizer::Tok,
+    spec: ml::evaluate::EvalSpec,
+    paths: ml::evaluate::EvalPaths,
+    targets: Vec<String>,
+}
+
+fn eval_spec(
+    max_tokens: u64,
+    seq_len: u32,
+    batch_size: u32,
+    device: &Option<String>,
+    threads: Option<u32>,
+) -> Result<ml::evaluate::EvalSpec, StepError> {
+    let mut spec = Map::new();
+    spec.insert("max_tokens".into(), json!(max_tokens));
+    spec.insert("seq_len".into(), json!(seq_len));
+    spec.insert("batch_size".into(), json!(batch_size));
+    if let Some(d) = device {
+        spec.insert("device".into(), json!(d));
+    }
+    if let Some(t) = threads {
+        spec.insert("threads".into(), json!(t));
+    }
+    serde_json::from_value(Value::Object(spec))
+        .map_err(|e| StepError::Failed(format!("bad evaluation spec: {e}")))
+}
+
+/// The targets' validation shards under a tokenizer.
+fn validation_shards(
+    ctx: &RunCtx,
+    targets: &[String],
+    tok: &ml::tokenizer::Tok,
+    tok_hash: &str,
+) -> Result<ml::evaluate::EvalPaths, StepError> {
+    let mut validation = BTreeMap::new();
+    for t in targets {
+        validation.insert(t.clone(), shard(ctx, t, Split::Validation, tok, tok_hash)?);
+    }
+    Ok(ml::evaluate::EvalPaths {
+        validation,
+        tasks: BTreeMap::new(),
+        output: None,
+    })
+}
+
+fn losses_of(report: &ml::evaluate::EvalReport, targets: &[String]) -> Vec<f64> {
+    targets
+        .iter()
+        .map(|t| report.datasets.get(t).map_or(f64::NAN, |m| m.loss))
+        .collect()
+}
+
+impl<'a> MergedEvaluator<'a> {
+    fn open(
+        ctx: &'a RunCtx<'a>,
+        comps: &[PathBuf],
+        targets: &[String],
+        spec: ml::evaluate::EvalSpec,
+    ) -> Result<Self, StepError> {
+        let tok_path = comps[0].join("tokenizer.json");
+        let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
+        let tok_hash = tokenizer_hash(ctx, None, &tok_path)?;
+        let paths = validation_shards(ctx, targets, &tok, &tok_hash)?;
+        Ok(MergedEvaluator {
+            ctx,
+            components: crate::mix::merge::Components::open(comps, None)
+                .map_err(|e| StepError::Failed(e.to_string()))?,
+            model_config: ml::model::load_config(&comps[0]).map_err(ml_err)?,
+            tok,
+            spec,
+            paths,
+            targets: targets.to_vec(),
+        })
+    }
+
+    fn eval(&self, w: &[f64]) -> Result<Vec<f64>, StepError> {
+        use crate::mix::merge::{MergeSpec, Values};
+        if self.ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StepError::Cancelled);
+        }
+        let mut sd = BTreeMap::new();
+        self.components
+            .merge_each(&MergeSpec::linear(w.to_vec()), |t| {
+                let Values::F32(v) = t.values else {
+                    return Err(StepError::Failed(format!(
+                        "tensor {} is not a float tensor",
+                        t.name
+                    )));
+                };
+                let shape: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
+                sd.insert(
+                    t.name.to_string(),
+                    tch::Tensor::from_slice(&v).reshape(&shape),
+                );
+                Ok(())
+            })?;
+        let report = ml::evaluate::evaluate_state_dict(
+            &self.model_config,
+            sd,
+            Some(&self.tok),
+            &self.spec,
+            &self.paths,
+            &|_: &ml::Progress| {},
+            self.ctx.cancel,
+        )
+        .map_err(ml_err)?;
+        Ok(losses_of(&report, &self.targets))
+    }
+}
+
+/// Evaluates trained proxies (RegMix, CLIMB): a small model trained from the base
+/// on each mixture, in the components' recipe, then scored like a merged proxy.
+struct TrainedEvaluator<'a> {
+    ctx: &'a RunCtx<'a>,
+    base: PathBuf,
+    tok_path: PathBuf,
+    shards: BTreeMap<String, PathBuf>,
+    candidates: Vec<String>,
+    general: Option<String>,
+    beta: f64,
+    train: super::search::TrainedProxy,
+    device: Option<String>,
+    threads: Option<u32>,
+    spec: ml::evaluate::EvalSpec,
+    paths: ml::evaluate::EvalPaths,
+    targets: Vec<String>,
+    scratch: PathBuf,
+    done: usize,
+}
+
+impl TrainedEvaluator<'_> {
+    fn eval(&mut self, w: &[f64]) -> Result<Vec<f64>, StepError> {
+        let mut data = Map::new();
+        let total: f64 = w.iter().sum();
+        for (c, x) in self.candidates.iter().zip(w) {
+            if *x > 0.0 {
+                data.insert(c.clone(), json!(x / total * (1.0 - self.beta)));
+            }
+        }
+        if let Some(g) = &self.general
+            && self.beta > 0.0
+        {
+            data.insert(g.clone(), json!(self.beta));
+        }
+        let t = &self.train;
+        let mut spec = json!({
+            "init_from": self.base,
+            "seed": t.seed,
+            "data": Value::Object(data),
+            "tokens": t.tokens,
+            "batch_size": t.batch_size,
+            "seq_len": t.seq_len,
+        });
+        let o = spec.as_object_mut().expect("object");
+        if let Some(lr) = t.lr {
+            o.insert("lr".into(), json!(lr));
+        }
+        if let Some(r) = t.min_lr_ratio {
+            o.insert("min_lr_ratio".into(), json!(r));
+        }
+        if let Some(d) = &self.device {
+            o.insert("device".into(), json!(d));
+        }
+        if let Some(n) = self.threads {
+            o.insert("threads".into(), json!(n));
+        }
+        let spec: ml::train::TrainSpec = serde_json::from_value(spec)
+            .map_err(|e| StepError::Failed(format!("bad proxy training spec: {e}")))?;
+        let dir = self.scratch.join(format!("proxy-{}", self.done));
+        let _ = crate::store::remove_tree(&dir);
+        let paths = ml::train::TrainPaths {
+            shards: self.shards.clone(),
+            output: dir.join("checkpoint"),
+            checkpoints_dir: dir.join("checkpoints"),
+            state_dir: dir.join("state"),
+            metrics: dir.join("metrics.jsonl"),
+            tokenizer: Some(self.tok_path.clone()),
+        };
+        ml::train::train(&spec, &paths, &|_: &ml::Progress| {}, self.ctx.cancel).map_err(ml_err)?;
+        let report = ml::evaluate::evaluate_checkpoint(
+            &paths.output,
+            &self.spec,
+            &self.paths,
+            &|_: &ml::Progress| {},
+            self.ctx.cancel,
+        )
+        .map_err(ml_err)?;
+        // Proxies are scaffolding: only their scores are kept.
+        let _ = crate::store::remove_tree(&dir);
+        self.done += 1;
+        Ok(losses_of(&report, &self.targets))
+    }
+}
+
+/// The merge-search (or, with `proxy: trained`, the RegMix baseline): mixtures
+/// sampled as RegMix does, a proxy per mixture evaluated on the targets'
+/// validation shards, a predictor choosing each next round.
+pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
+    use crate::mix::sampler::{SamplerConfig, sample};
+    use crate::mix::search::{Search, SearchConfig, Target};
+
+    let f: super::search::SearchFields = fields(ctx)?;
+    let spec = eval_spec(f.max_tokens, f.seq_len, f.batch_size, &f.device, f.threads)?;
+    enum Proxy<'a> {
+        Merged(MergedEvaluator<'a>),
+        Trained(Box<TrainedEvaluator<'a>>),
+    }
+    let (mut proxy, counts) = if f.proxy == "trained" {
+        let base = one_path(ctx, f.base.as_deref().unwrap_or_default())?.to_path_buf();
+        let tok_path = base.join("tokenizer.json");
+        let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
+        let tok_hash = tokenizer_hash(ctx, None, &tok_path)?;
+        let counts = token_counts(ctx, &f.candidates, &tok, &tok_hash)?;
+        let mut shards = BTreeMap::new();
+        for n in f.candidates.iter().chain(f.general.iter()) {
+            shards.insert(n.clone(), shard(ctx, n, Split::Train, &tok, &tok_hash)?);
+        }
+        let paths = validation_shards(ctx, &f.targets, &tok, &tok_hash)?;
+        let scratch = ctx.store.root.join("resume").join(&ctx.spec.key);
+        std::fs::create_dir_all(&scratch).map_err(StepError::io("creating a scratch folder"))?;
+        let e = TrainedEvaluator {
+            ctx,
+            base,
+            tok_path,
+            shards,
+            candidates: f.candidates.clone(),
+            general: f.general.clone(),
+            beta: if f.general.is_some() {
+                f.beta.unwrap_or(0.5)
+            } else {
+                0.0
+            },
+            train: f
+                .train
+                .clone()
+                .ok_or_else(|| StepError::Failed("`proxy: trained` needs `train`".into()))?,
+            device: f.device.clone(),
+            threads: f.threads,
+            spec,
+            paths,
+            targets: f.targets.clone(),
+            scratch,
+            done: 0,
+        };
+        (Proxy::Trained(Box::new(e)), counts)
+    } else {
+        let comps: Vec<PathBuf> = ctx
+            .input(f.components.as_deref().unwrap_or_default())?
+            .to_vec();
+        if comps.len() != f.candidates.len() {
+            return Err(StepError::Failed(format!(
+                "{} components but {} candidates: give one candidate dataset per component, in the same order",
+                comps.len(),
+                f.candidates.len()
+            )));
+        }
+        let e = MergedEvaluator::open(ctx, &comps, &f.targets, spec)?;
+        let counts = token_counts(
+            ctx,
+            &f.candidates,
+            &e.tok,
+            &tokenizer_hash(ctx, None, &comps[0].join("tokenizer.json"))?,
+        )?;
+        (Proxy::Merged(e), counts)
+    };
     let sampler = SamplerConfig {
         keep: f.pool,
         draws: f.draws.unwrap_or(f.pool * 5 / 2).max(f.pool),
@@ -449,89 +797,38 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
     config.rounds = f.rounds.clone();
     config.top_k = f.top_k;
     config.seed = f.seed;
-    config.objective = match f.objective.as_str() {
-        "weighted_loss" => Objective::WeightedSum {
-            weights: f
-                .objective_weights
-                .clone()
-                .unwrap_or_else(|| vec![1.0; f.targets.len()]),
-        },
-        _ => Objective::MeanPercentileRank,
-    };
-    let model_config = ml::model::load_config(&comps[0]).map_err(ml_err)?;
-    let components =
-        Components::open(&comps, None).map_err(|e| StepError::Failed(e.to_string()))?;
-    let mut spec = Map::new();
-    spec.insert("max_tokens".into(), json!(f.max_tokens));
-    spec.insert("seq_len".into(), json!(f.seq_len));
-    spec.insert("batch_size".into(), json!(f.batch_size));
-    if let Some(d) = &f.device {
-        spec.insert("device".into(), json!(d));
-    }
-    if let Some(t) = f.threads {
-        spec.insert("threads".into(), json!(t));
-    }
-    let eval_spec: ml::evaluate::EvalSpec = serde_json::from_value(Value::Object(spec))
-        .map_err(|e| StepError::Failed(format!("bad evaluation spec: {e}")))?;
-    let paths = ml::evaluate::EvalPaths {
-        validation,
-        tasks: BTreeMap::new(),
-        output: None,
-    };
+    config.objective =
+        super::validate::objective(&f.objective, &f.objective_weights, f.targets.len());
     let total: usize = f.rounds.iter().sum();
     let mut search =
         Search::new(config, pool.to_weights()).map_err(|e| StepError::Failed(e.to_string()))?;
     let mut done = 0usize;
-    let quiet = |_: &ml::Progress| {};
     while let Some(batch) = search
         .next_batch()
         .map_err(|e| StepError::Failed(e.to_string()))?
     {
         let mixtures = batch.mixtures.clone();
+        let round = batch.round;
         let mut scores = Vec::with_capacity(mixtures.len());
         for w in &mixtures {
-            if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(StepError::Cancelled);
-            }
-            let mut sd = BTreeMap::new();
-            components.merge_each(&MergeSpec::linear(w.clone()), |t| {
-                let Values::F32(v) = t.values else {
-                    return Err(StepError::Failed(format!(
-                        "tensor {} is not a float tensor",
-                        t.name
-                    )));
-                };
-                let shape: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
-                sd.insert(t.name.to_string(), Tensor::from_slice(&v).reshape(&shape));
-                Ok(())
-            })?;
-            let report = ml::evaluate::evaluate_state_dict(
-                &model_config,
-                sd,
-                Some(&tok),
-                &eval_spec,
-                &paths,
-                &quiet,
-                ctx.cancel,
-            )
-            .map_err(ml_err)?;
-            let row: Vec<f64> = f
-                .targets
-                .iter()
-                .map(|t| report.datasets.get(t).map_or(f64::NAN, |m| m.loss))
-                .collect();
-            scores.push(row);
+            scores.push(match &mut proxy {
+                Proxy::Merged(e) => e.eval(w)?,
+                Proxy::Trained(e) => e.eval(w)?,
+            });
             done += 1;
             (ctx.progress)(Progress {
                 done: done as u64,
                 total: Some(total as u64),
                 unit: "proxies".into(),
-                message: Some(format!("round {}", batch.round)),
+                message: Some(format!("round {round}")),
             });
         }
         search
             .record(scores)
             .map_err(|e| StepError::Failed(e.to_string()))?;
+    }
+    if let Proxy::Trained(e) = &proxy {
+        let _ = crate::store::remove_tree(&e.scratch);
     }
     let result = search
         .finish()
@@ -542,25 +839,56 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
         .map(String::as_str)
         .zip(result.chosen.iter().copied())
         .collect();
-    let write = |name: &str, v: &dyn erased::Json| -> Result<(), StepError> {
-        let mut bytes = v.to_json();
-        bytes.push(b'\n');
-        std::fs::write(ctx.out_dir.join(name), bytes)
-            .map_err(StepError::io(format!("writing {name}")))
-    };
-    write("search.json", &result)?;
-    write("mixture.json", &mixture)?;
+    write_json(ctx, "search.json", &result)?;
+    write_json(ctx, "mixture.json", &mixture)?;
     Ok(())
 }
 
-mod erased {
-    /// Pretty JSON of any serializable value, behind one object-safe trait.
-    pub trait Json {
-        fn to_json(&self) -> Vec<u8>;
+/// Merged proxies at the reference mixtures, and the components' own scores (a
+/// one-hot linear merge is the component itself).
+pub fn merged_scores(
+    ctx: &RunCtx,
+    f: &super::validate::ValidateFields,
+    mixtures: &[Vec<f64>],
+) -> Result<super::validate::Merged, StepError> {
+    let comps: Vec<PathBuf> = ctx
+        .input(f.components.as_deref().unwrap_or_default())?
+        .to_vec();
+    if comps.len() != f.candidates.len() {
+        return Err(StepError::Failed(format!(
+            "{} components but {} candidates: give one candidate dataset per component, in the same order",
+            comps.len(),
+            f.candidates.len()
+        )));
     }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec_pretty(self).expect("serializes")
-        }
+    let spec = eval_spec(f.max_tokens, f.seq_len, f.batch_size, &f.device, f.threads)?;
+    let e = MergedEvaluator::open(ctx, &comps, &f.targets, spec)?;
+    let k = comps.len();
+    let total = (k + mixtures.len()) as u64;
+    let mut components = Vec::new();
+    for i in 0..k {
+        let mut w = vec![0.0; k];
+        w[i] = 1.0;
+        components.push(e.eval(&w)?);
+        (ctx.progress)(Progress {
+            done: i as u64 + 1,
+            total: Some(total),
+            unit: "models".into(),
+            message: Some("components".into()),
+        });
     }
+    let mut proxies = Vec::new();
+    for (i, w) in mixtures.iter().enumerate() {
+        proxies.push(e.eval(w)?);
+        (ctx.progress)(Progress {
+            done: (k + i + 1) as u64,
+            total: Some(total),
+            unit: "models".into(),
+            message: Some("merged proxies".into()),
+        });
+    }
+    Ok(super::validate::Merged {
+        proxies,
+        components,
+    })
 }

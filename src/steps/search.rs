@@ -16,8 +16,26 @@ use crate::manifest::{Diags, serde_diag};
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchFields {
-    /// The component checkpoints, one per candidate: `${steps.ID[*].checkpoint}`.
-    pub components: String,
+    /// `merged` (DeMix: proxies are the components merged by the mixture's
+    /// weights) or `trained` (RegMix/CLIMB: a small model trained per mixture).
+    #[serde(default = "default_proxy", skip_serializing_if = "is_merged")]
+    pub proxy: String,
+    /// The component checkpoints, one per candidate: `${steps.ID[*].checkpoint}`
+    /// (merged proxies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<String>,
+    /// Trained proxies start from this checkpoint: `${steps.ID.checkpoint}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Trained proxies mix this dataset in at share `beta`, as the components do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub general: Option<String>,
+    /// The general share (default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    /// How each trained proxy is trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainedProxy>,
     /// The candidate datasets, in the components' order. Their token counts are the
     /// sampler's prior.
     pub candidates: Vec<String>,
@@ -54,6 +72,30 @@ pub struct SearchFields {
     pub device: Option<String>,
     #[serde(default)]
     pub threads: Option<u32>,
+}
+
+/// The training of one trained proxy (`proxy: trained`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainedProxy {
+    /// Token budget of each proxy: for a like-for-like comparison, the
+    /// components' total budget divided by the proxies evaluated.
+    pub tokens: u64,
+    pub batch_size: u32,
+    pub seq_len: u32,
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default)]
+    pub min_lr_ratio: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_proxy() -> String {
+    "merged".into()
+}
+fn is_merged(p: &String) -> bool {
+    p == "merged"
 }
 
 fn default_rounds() -> Vec<usize> {
@@ -126,12 +168,81 @@ impl StepKind for Search {
             }
         };
         let before = d.problems.len();
-        match template::parse(&f.components) {
-            Ok(p) if matches!(p.as_slice(), [Piece::Ref(Ref::Step { .. })]) => {}
-            _ => d.error(
-                &span(body, "components"),
-                "`components` takes one `${steps.ID[*].checkpoint}` reference",
-                "components",
+        let one_ref = |v: &str| {
+            matches!(
+                template::parse(v).as_deref(),
+                Ok([Piece::Ref(Ref::Step { .. })])
+            )
+        };
+        let mut paths = Vec::new();
+        match f.proxy.as_str() {
+            "merged" => {
+                match &f.components {
+                    Some(c) if one_ref(c) => {}
+                    Some(_) => d.error(
+                        &span(body, "components"),
+                        "`components` takes one `${steps.ID[*].checkpoint}` reference",
+                        "components",
+                    ),
+                    None => d.error(
+                        body.span(),
+                        "a merge-search needs `components: ${steps.ID[*].checkpoint}`",
+                        "search",
+                    ),
+                }
+                for k in ["base", "general", "beta", "train"] {
+                    if body.as_mapping().and_then(|m| m.get_node(k)).is_some() {
+                        d.error(
+                            &span(body, k),
+                            format!("`{k}` is for `proxy: trained`; merged proxies are made of the components"),
+                            k,
+                        );
+                    }
+                }
+            }
+            "trained" => {
+                if f.components.is_some() {
+                    d.error(
+                        &span(body, "components"),
+                        "`proxy: trained` trains its proxies from `base`; it merges no components",
+                        "components",
+                    );
+                }
+                match &f.base {
+                    Some(b) => super::ml::check_ref_or_path(d, body, "base", b, &mut paths),
+                    None => d.error(
+                        body.span(),
+                        "`proxy: trained` needs `base: ${steps.ID.checkpoint}` to train proxies from",
+                        "search",
+                    ),
+                }
+                match &f.train {
+                    Some(t) if t.tokens == 0 || t.batch_size == 0 || t.seq_len == 0 => d.error(
+                        &span(body, "train"),
+                        "`train.tokens`, `train.batch_size` and `train.seq_len` must be more than 0",
+                        "train",
+                    ),
+                    Some(_) => {}
+                    None => d.error(
+                        body.span(),
+                        "`proxy: trained` needs `train: {tokens, batch_size, seq_len}`",
+                        "search",
+                    ),
+                }
+                if let Some(b) = f.beta
+                    && (!(0.0..1.0).contains(&b) || f.general.is_none())
+                {
+                    d.error(
+                        &span(body, "beta"),
+                        "`beta` is the share of `general`, in [0, 1)",
+                        "beta",
+                    );
+                }
+            }
+            other => d.error(
+                &span(body, "proxy"),
+                format!("unknown proxy `{other}` (merged or trained)"),
+                "proxy",
             ),
         }
         if f.candidates.len() < 2 {
@@ -173,34 +284,25 @@ impl StepKind for Search {
                 "pool",
             );
         }
-        match f.objective.as_str() {
-            "mean_rank" => {}
-            "weighted_loss" => {
-                if let Some(w) = &f.objective_weights
-                    && (w.len() != f.targets.len() || w.iter().any(|x| !x.is_finite() || *x < 0.0))
-                {
-                    d.error(
-                        &span(body, "objective_weights"),
-                        "one finite weight >= 0 per target",
-                        "objective_weights",
-                    );
-                }
-            }
-            other => d.error(
-                &span(body, "objective"),
-                format!("unknown objective `{other}` (mean_rank or weighted_loss)"),
-                "objective",
-            ),
-        }
+        super::validate::check_objective(
+            d,
+            body,
+            &f.objective,
+            &f.objective_weights,
+            f.targets.len(),
+        );
         super::ml::check_device(d, body, &f.device);
         if d.problems.len() > before {
             return None;
         }
         let mut datasets = names(body, "candidates", &f.candidates, Split::Train);
         datasets.extend(names(body, "targets", &f.targets, Split::Validation));
+        if let Some(g) = &f.general {
+            datasets.push((Spanned::new(span(body, "general"), g.clone()), Split::Train));
+        }
         Some(Plan {
             params: serde_json::to_value(&f).expect("serializes"),
-            paths: Vec::new(),
+            paths,
             outputs: BTreeMap::from([
                 ("result".to_string(), "search.json".to_string()),
                 ("mixture".to_string(), "mixture.json".to_string()),

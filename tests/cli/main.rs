@@ -20,4 +20,6 @@ mod ml_link;
 #[cfg(feature = "torch")]
 mod ml_train_eval;
 #[cfg(feature = "torch")]
+mod ml_validate;
+#[cfg(feature = "torch")]
 mod ml_workflow;

@@ -1,0 +1,267 @@
+//! Validation against trained references through the CLI: `sample`, references
+//! trained with `pick`, the RegMix baseline (`proxy: trained`), `validate` and
+//! the report; and the negative test: components without a shared base do not
+//! merge into models of mixtures, and the validation says so.
+
+use crate::harness::{Env, output_path};
+
+const TRAIN: &str = "batch_size: 4\n    seq_len: 32\n    device: cpu\n    threads: 1";
+
+fn header() -> String {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    format!(
+        r#"version: 1
+name: val
+params:
+  candidates: [math, chat]
+  targets: [sotu, math, chat]
+datasets:
+  sotu: {{files: {d}/sotu/train.jsonl, validation: {d}/sotu/validation.jsonl}}
+  math: {{files: {d}/math/train.jsonl, validation: {d}/math/validation.jsonl}}
+  chat: {{files: {d}/chat/train.jsonl, validation: {d}/chat/validation.jsonl}}
+steps:
+  - {{id: tok, kind: tokenizer, datasets: [sotu, math, chat], vocab_size: 512, max_bytes: 300000}}
+  - id: base
+    kind: train
+    tokenizer: ${{steps.tok.tokenizer}}
+    model: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2}}
+    data: {{sotu: 1}}
+    tokens: 8192
+    lr: 0.01
+    {TRAIN}
+  - id: mixtures
+    kind: sample
+    tokenizer: ${{steps.tok.tokenizer}}
+    candidates: ${{params.candidates}}
+    count: 5
+    seed: 7
+  - id: reference
+    kind: train
+    foreach: {{range: 5}}
+    init: ${{steps.base.checkpoint}}
+    mixture: ${{steps.mixtures.mixtures}}
+    pick: ${{item}}
+    datasets: ${{params.candidates}}
+    general: sotu
+    beta: 0.5
+    tokens: 4096
+    lr: 0.003
+    {TRAIN}
+  - id: reference_eval
+    kind: evaluate
+    foreach: {{range: 5}}
+    checkpoint: ${{steps.reference[$item].checkpoint}}
+    datasets: ${{params.targets}}
+    max_tokens: 512
+    seq_len: 32
+    device: cpu
+    threads: 1
+"#,
+        d = data.display()
+    )
+}
+
+fn shared_base() -> String {
+    header()
+        + &format!(
+            r#"  - id: component
+    kind: train
+    foreach: ${{params.candidates}}
+    init: ${{steps.base.checkpoint}}
+    data: {{candidate: "${{item}}", general: sotu, beta: 0.5}}
+    tokens: 4096
+    lr: 0.003
+    {TRAIN}
+  - id: search
+    kind: search
+    components: ${{steps.component[*].checkpoint}}
+    candidates: ${{params.candidates}}
+    targets: ${{params.targets}}
+    rounds: [5, 3]
+    top_k: 3
+    pool: 200
+    max_tokens: 512
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: regmix
+    kind: search
+    proxy: trained
+    base: ${{steps.base.checkpoint}}
+    general: sotu
+    train: {{tokens: 1024, batch_size: 4, seq_len: 32, lr: 0.003}}
+    candidates: ${{params.candidates}}
+    targets: ${{params.targets}}
+    rounds: [3, 1]
+    top_k: 2
+    pool: 200
+    max_tokens: 512
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: final
+    kind: train
+    init: ${{steps.base.checkpoint}}
+    mixture: ${{steps.search.mixture}}
+    datasets: ${{params.candidates}}
+    general: sotu
+    tokens: 4096
+    lr: 0.003
+    {TRAIN}
+  - id: final_eval
+    kind: evaluate
+    checkpoint: ${{steps.final.checkpoint}}
+    datasets: ${{params.targets}}
+    max_tokens: 512
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: validate
+    kind: validate
+    mixtures: ${{steps.mixtures.mixtures}}
+    references: ${{steps.reference_eval[*].metrics}}
+    candidates: ${{params.candidates}}
+    targets: ${{params.targets}}
+    components: ${{steps.component[*].checkpoint}}
+    searches:
+      demix: ${{steps.search.result}}
+      regmix: ${{steps.regmix.result}}
+    finals:
+      demix: ${{steps.final_eval.metrics}}
+    bootstrap: 50
+    max_tokens: 512
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: report
+    kind: report
+    search: ${{steps.search.result}}
+    validation: ${{steps.validate.result}}
+    candidates: ${{params.candidates}}
+"#
+        )
+}
+
+fn json(env: &Env, step: &str, output: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(output_path(env, "val", step, output)).unwrap()).unwrap()
+}
+
+#[test]
+fn references_proxies_and_the_regmix_baseline_are_validated() {
+    let env = Env::new();
+    env.write("demix.yaml", &shared_base());
+    let r = env.demix(&["run"]).ok();
+    let ran = r.ran();
+    for s in ["mixtures", "reference[4]", "regmix", "validate", "report"] {
+        assert!(ran.contains(&s.to_string()), "{s} did not run: {ran:?}");
+    }
+    // The sampled mixtures: 5 distinct, on the simplex, over the candidates.
+    let m = json(&env, "mixtures", "mixtures");
+    let m = m.as_array().unwrap();
+    assert_eq!(m.len(), 5);
+    for w in m {
+        let o = w.as_object().unwrap();
+        assert_eq!(o.keys().collect::<Vec<_>>(), ["chat", "math"]);
+        let s: f64 = o.values().map(|x| x.as_f64().unwrap()).sum();
+        assert!((s - 1.0).abs() < 1e-9, "{w}");
+    }
+    assert!((1..5).all(|i| m[i] != m[0]), "distinct mixtures");
+    // The RegMix baseline trained 3 + 1 proxies and chose a mixture.
+    let regmix = json(&env, "regmix", "result");
+    assert_eq!(regmix["proxies"].as_array().unwrap().len(), 4);
+    let v = json(&env, "validate", "result");
+    assert_eq!(v["references"], 5);
+    let names: Vec<&str> = v["predictors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["merged", "linear", "demix", "regmix", "weights"]);
+    for p in v["predictors"].as_array().unwrap() {
+        assert_eq!(p["targets"].as_array().unwrap().len(), 3, "{p}");
+    }
+    // Components that share a base merge into working models: no warning.
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+    let merged = &v["predictors"][0];
+    let rec = merged["macro_recovery"].as_f64().unwrap();
+    assert!(
+        rec > 0.8 && rec < 1.2,
+        "merged proxies recover the references' loss: {rec}"
+    );
+    let fin = &v["finals"][0];
+    let rank = fin["macro_rank"].as_f64().unwrap();
+    assert!((1.0..=6.0).contains(&rank), "{fin}");
+    let md = std::fs::read_to_string(output_path(&env, "val", "validate", "summary")).unwrap();
+    assert!(md.contains("| merged | Proxy |"), "{md}");
+    let html = std::fs::read_to_string(output_path(&env, "val", "report", "html")).unwrap();
+    assert!(html.contains("id=\"validation\""), "no validation section");
+    assert!(html.contains("merged: objective"), "no objective scatter");
+    assert!(env.demix(&["run"]).ok().ran().is_empty(), "all cached");
+}
+
+#[test]
+fn merging_models_without_a_shared_base_visibly_fails() {
+    let env = Env::new();
+    // Two models from different random inits, trained on the same recipe.
+    let m = header()
+        + &format!(
+            r#"  - id: independent
+    kind: train
+    foreach: {{range: 2}}
+    tokenizer: ${{steps.tok.tokenizer}}
+    model: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2}}
+    seed: ${{item}}
+    data: {{sotu: 0.5, math: 0.25, chat: 0.25}}
+    tokens: 8192
+    lr: 0.01
+    {TRAIN}
+  - id: validate
+    kind: validate
+    mixtures: ${{steps.mixtures.mixtures}}
+    references: ${{steps.reference_eval[*].metrics}}
+    candidates: ${{params.candidates}}
+    targets: ${{params.targets}}
+    components: ${{steps.independent[*].checkpoint}}
+    bootstrap: 0
+    max_tokens: 512
+    seq_len: 32
+    device: cpu
+    threads: 1
+"#
+        );
+    env.write("demix.yaml", &m);
+    env.demix(&["run"]).ok();
+    let v = json(&env, "validate", "result");
+    let warnings = v["warnings"].as_array().unwrap();
+    assert!(
+        !warnings.is_empty(),
+        "no warning for unrelated components: {v}"
+    );
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .contains("do not look like fine-tunes of one base"),
+        "{warnings:?}"
+    );
+    let md = std::fs::read_to_string(output_path(&env, "val", "validate", "summary")).unwrap();
+    assert!(md.contains("**Warning:**"), "{md}");
+}
+
+#[test]
+fn a_pick_beyond_the_sampled_mixtures_is_an_error() {
+    let env = Env::new();
+    let m = header().replace(
+        "foreach: {range: 5}\n    init:",
+        "foreach: {range: 6}\n    init:",
+    );
+    env.write("demix.yaml", &m);
+    let r = env.demix(&["run", "-t", "reference[5]"]).fails(1);
+    assert!(
+        r.stderr()
+            .contains("`pick: 5` but the file holds 5 mixtures"),
+        "{}",
+        r.stderr()
+    );
+}
