@@ -1,6 +1,6 @@
 //! The commands behind the CLI, on top of the library.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -250,6 +250,9 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         let planner = Planner::new(&g, &s, &no_progress);
         let mut would = 0;
         let mut problems = 0;
+        // Data that is not on this machine (a cluster's corpora) does not stop a
+        // plan: each missing glob is listed once with the steps waiting for it.
+        let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (n, a) in planner.assess_all(&force, only.as_ref()) {
             let id = &g.nodes[n].id;
             match a {
@@ -259,13 +262,37 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
                     let why: Vec<String> = a.reasons.iter().map(|r| r.to_string()).collect();
                     println!("run    {id} ({})", why.join("; "));
                 }
+                Err(e) if e.contains(demix::graph::NO_FILES) => {
+                    would += 1;
+                    println!("run    {id} (once its data exists)");
+                    missing.entry(e).or_default().push(id.clone());
+                }
                 Err(e) => {
                     problems += 1;
                     println!("error  {id}: {e}");
                 }
             }
         }
-        println!("dry run: {would} step(s) would run, {problems} problem(s); nothing was written");
+        for (e, ids) in &missing {
+            let first = ids.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+            let more = if ids.len() > 3 {
+                format!(" and {} more", ids.len() - 3)
+            } else {
+                String::new()
+            };
+            println!("missing {e} (needed by {first}{more})");
+        }
+        let absent = if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} missing input(s) a real run needs first",
+                missing.len()
+            )
+        };
+        println!(
+            "dry run: {would} step(s) would run, {problems} problem(s){absent}; nothing was written"
+        );
         return Ok(if problems > 0 {
             ExitCode::from(1)
         } else {

@@ -94,10 +94,12 @@ impl<'a> Planner<'a> {
         let rec = match &input.source {
             Source::Path { abs, written } => {
                 let md = std::fs::metadata(abs).map_err(|e| {
-                    format!(
-                        "{}: input `{written}`: {e}",
-                        self.graph.manifest.src.location(&input.span)
-                    )
+                    let loc = self.graph.manifest.src.location(&input.span);
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        format!("{loc}: input `{written}` {}", graph::NO_FILES)
+                    } else {
+                        format!("{loc}: input `{written}`: {e}")
+                    }
                 })?;
                 let files = if md.is_dir() {
                     let mut rels = Vec::new();

@@ -82,6 +82,10 @@ pub struct TrainSpec {
     pub tokens: u64,
     pub batch_size: usize,
     pub seq_len: usize,
+    /// Rows per forward pass; the gradients of `batch_size / micro_batch_size`
+    /// passes are accumulated into one optimizer step (default: the whole batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch_size: Option<usize>,
     #[serde(default = "d_lr")]
     pub lr: f64,
     #[serde(default = "d_min_lr")]
@@ -177,6 +181,11 @@ impl TrainSpec {
         }
         if self.batch_size == 0 || self.seq_len == 0 || self.tokens == 0 {
             return bad("tokens, batch_size and seq_len must be positive");
+        }
+        if let Some(m) = self.micro_batch_size
+            && (m == 0 || self.batch_size % m != 0)
+        {
+            return bad("micro_batch_size must divide batch_size");
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr must be positive");
@@ -496,14 +505,22 @@ pub fn train(
         let batch = Tensor::from_slice(&data)
             .view([b as i64, t as i64 + 1])
             .to_device(device);
-        let inputs = batch.narrow(1, 0, t as i64);
-        let targets = batch.narrow(1, 1, t as i64);
-        let loss = model.loss(&inputs, &targets);
-        let lv = loss.double_value(&[]);
-        if !lv.is_finite() {
-            return Err(MlError::NonFiniteLoss { step });
+        // Gradient accumulation: each micro-batch's mean loss, scaled by its share
+        // of the rows, sums to the whole batch's mean loss.
+        let micro = spec.micro_batch_size.unwrap_or(b).min(b);
+        let mut lv = 0.0;
+        for start in (0..b).step_by(micro) {
+            let rows = batch.narrow(0, start as i64, micro as i64);
+            let inputs = rows.narrow(1, 0, t as i64);
+            let targets = rows.narrow(1, 1, t as i64);
+            let loss = model.loss(&inputs, &targets) * (micro as f64 / b as f64);
+            let part = loss.double_value(&[]);
+            if !part.is_finite() {
+                return Err(MlError::NonFiniteLoss { step });
+            }
+            lv += part;
+            loss.backward();
         }
-        loss.backward();
         let gn = opt.clip_grad_norm(spec.grad_clip);
         let lr = sched.lr(step);
         opt.update(lr);

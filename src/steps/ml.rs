@@ -346,6 +346,10 @@ pub struct TrainFields {
     pub tokens: u64,
     pub batch_size: u32,
     pub seq_len: u32,
+    /// Rows per forward pass, accumulating gradients up to `batch_size` (the
+    /// paper's 512 x 8192-token batch does not fit one GPU at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch_size: Option<u32>,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
@@ -481,6 +485,18 @@ impl StepKind for Train {
                 &span_of(body, "batch_size"),
                 "`batch_size` must be more than 0",
                 "batch_size",
+            );
+        }
+        if let Some(m) = f.micro_batch_size
+            && (m == 0 || f.batch_size % m != 0)
+        {
+            d.error(
+                &span_of(body, "micro_batch_size"),
+                format!(
+                    "`micro_batch_size` ({m}) must divide `batch_size` ({})",
+                    f.batch_size
+                ),
+                "micro_batch_size",
             );
         }
         if f.seq_len == 0 {

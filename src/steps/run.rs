@@ -311,6 +311,7 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
     spec.insert("seq_len".into(), json!(f.seq_len));
     spec.insert("checkpoints".into(), json!(f.checkpoints));
     let optional = [
+        ("micro_batch_size", f.micro_batch_size.map(|x| json!(x))),
         ("lr", f.lr.map(|x| json!(x))),
         ("min_lr_ratio", f.min_lr_ratio.map(|x| json!(x))),
         ("warmup_tokens", f.warmup_tokens.map(|x| json!(x))),

@@ -589,3 +589,28 @@ steps:
         r.stderr()
     );
 }
+
+#[test]
+fn the_paper_manifest_plans_without_its_corpora() {
+    let env = Env::new();
+    let paper = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/demix-paper.yaml");
+    let r = env
+        .demix(&["run", "--dry-run", paper.to_str().unwrap()])
+        .ok();
+    let out = r.stdout();
+    // 1 tokenizer, base, 7 components, 2 searches, 2 finals, sample, 96 references,
+    // 96 + 96 + 2 evaluations, validate, report.
+    assert!(
+        out.contains("dry run: 306 step(s) would run, 0 problem(s)"),
+        "{out}"
+    );
+    assert!(out.contains("\nmissing "), "{out}");
+    assert!(
+        out.contains("/data/demix/pretrain/*.parquet` matches no files"),
+        "{out}"
+    );
+    assert!(
+        !env.path("cache/objects").exists(),
+        "a dry run writes nothing"
+    );
+}

@@ -256,3 +256,32 @@ fn evaluation_matches_hand_computation_and_in_memory() {
     let e = evaluate_checkpoint(&p.output, &es, &ep, &no_progress, &no_cancel()).unwrap_err();
     assert!(e.to_string().contains("bad.jsonl:1"), "{e}");
 }
+
+#[test]
+fn gradient_accumulation_matches_the_whole_batch() {
+    let f = fixture();
+    let spec = tiny_spec(&f, 6);
+    assert!(spec.batch_size >= 2 && spec.batch_size % 2 == 0);
+    let mut micro = spec.clone();
+    micro.micro_batch_size = Some(spec.batch_size / 2);
+    let (a, b) = (paths(&f, "whole"), paths(&f, "micro"));
+    let sa = train(&spec, &a, &no_progress, &no_cancel()).unwrap();
+    let sb = train(&micro, &b, &no_progress, &no_cancel()).unwrap();
+    // Same data, same maths: only the float summation order differs.
+    assert!(
+        (sa.final_loss - sb.final_loss).abs() < 1e-4,
+        "{} vs {}",
+        sa.final_loss,
+        sb.final_loss
+    );
+    let ta = load_checkpoint_tensors(&a.output, Device::Cpu).unwrap();
+    let tb = load_checkpoint_tensors(&b.output, Device::Cpu).unwrap();
+    for (name, x) in &ta {
+        let d = (x - &tb[name]).abs().max().double_value(&[]);
+        assert!(d < 1e-4, "{name} differs by {d}");
+    }
+    let mut bad = spec.clone();
+    bad.micro_batch_size = Some(spec.batch_size + 1);
+    let e = train(&bad, &paths(&f, "bad"), &no_progress, &no_cancel()).unwrap_err();
+    assert!(e.to_string().contains("micro_batch_size"), "{e}");
+}
