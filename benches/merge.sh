@@ -39,16 +39,20 @@ demix="$root/target/bench/release/demix"
 size=$(stat -c %s "$work/models/m0/model.safetensors")
 
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f", m}'; }
-# run NAME CMD...: wall seconds on stdout; peak RSS (MiB) appended to $work/NAME.rss.
+# run NAME CMD...: wall seconds on stdout; peak RSS (MiB) appended to $work/NAME.rss and
+# CPU seconds (user + system, children included) to $work/NAME.cpu.
 run() {
   local name=$1; shift; local s e
   s=$(date +%s.%N)
-  /usr/bin/time -f %M -o "$work/.rss" "$@" >"$work/$name.out" 2>"$work/$name.err" || { cat "$work/$name.err" >&2; exit 1; }
+  /usr/bin/time -f '%M %U %S' -o "$work/.rss" "$@" >"$work/$name.out" 2>"$work/$name.err" || { cat "$work/$name.err" >&2; exit 1; }
   e=$(date +%s.%N)
-  echo "$(( $(cat "$work/.rss") / 1024 ))" >> "$work/$name.rss"
+  read -r kb u sy < "$work/.rss"
+  echo "$((kb / 1024))" >> "$work/$name.rss"
+  echo "$u + $sy" | bc >> "$work/$name.cpu"
   echo "$e - $s" | bc
 }
 maxrss() { sort -n "$work/$1.rss" | tail -1; }
+cpu() { median < "$work/$1.cpu"; }
 
 warm_cache() { cat "$work"/models/*/model.safetensors > /dev/null; }
 
@@ -73,7 +77,7 @@ bench() {
     for i in $(seq 0 $((n - 1))); do
       printf '  - model: %s\n    parameters: {weight: %d}\n' "$work/models/m$i" $((i + 1))
     done; } > "$m/config.yml"
-  rm -f "$work"/*-"$n".rss
+  rm -f "$work"/*-"$n".rss "$work"/*-"$n".cpu
   local mk=("$venv/bin/mergekit-yaml" "$m/config.yml" "$m/out" --no-copy-tokenizer --no-write-model-card --quiet)
   warm_cache
   # One untimed run of each to warm the page cache and Python's bytecode cache.
@@ -101,13 +105,13 @@ bench() {
   local gb; gb=$(echo "$n * $size / 1000000000" | bc -l)
   local c h s x; c=$(printf '%s\n' "${cold[@]}" | median); h=$(printf '%s\n' "${hot[@]}" | median)
   s=$(printf '%s\n' "${step[@]}" | median); x=$(printf '%s\n' "${mkt[@]}" | median)
-  printf '| %d-way, %.1f GB in | demix, fresh store (hash inputs + merge) | %s | %.2f | %s |\n' "$n" "$gb" "$c" "$(echo "$gb / $c" | bc -l)" "$(maxrss "cold-$n")"
-  printf '| | demix, warm store (new weights), end to end | %s | %.2f | %s |\n' "$h" "$(echo "$gb / $h" | bc -l)" "$(maxrss "hot-$n")"
-  printf '| | demix, the step alone (run report `duration_s`) | %s | %.2f | |\n' "$s" "$(echo "$gb / $s" | bc -l)"
-  printf '| | demix, strace split of one warm run: startup %ss, merge %ss (fsync %ss), commit %ss | %s | %.2f | |\n' \
+  printf '| %d-way, %.2f GB in | demix, fresh store (hash inputs + merge) | %s | %.2f | %s | %s |\n' "$n" "$gb" "$c" "$(echo "$gb / $c" | bc -l)" "$(cpu "cold-$n")" "$(maxrss "cold-$n")"
+  printf '| | demix, warm store (new weights), end to end | %s | %.2f | %s | %s |\n' "$h" "$(echo "$gb / $h" | bc -l)" "$(cpu "hot-$n")" "$(maxrss "hot-$n")"
+  printf '| | demix, the step alone (run report `duration_s`) | %s | %.2f | | |\n' "$s" "$(echo "$gb / $s" | bc -l)"
+  printf '| | demix, strace split of one warm run: startup %ss, merge %ss (fsync %ss), commit %ss | %s | %.2f | | |\n' \
     "$t_start" "$t_merge" "$t_fsync" "$t_commit" "$t_merge" "$(echo "$gb / $t_merge" | bc -l)"
-  printf '| | mergekit 0.1.5, end to end | %s | %.2f | %s |\n' "$x" "$(echo "$gb / $x" | bc -l)" "$(maxrss "mergekit-$n")"
-  printf '| | speed-up (mergekit / demix warm end to end; / merge alone) | %.1fx; %.1fx | | |\n' \
+  printf '| | mergekit 0.1.5, end to end | %s | %.2f | %s | %s |\n' "$x" "$(echo "$gb / $x" | bc -l)" "$(cpu "mergekit-$n")" "$(maxrss "mergekit-$n")"
+  printf '| | speed-up (mergekit / demix warm end to end; / merge alone) | %.1fx; %.1fx | | | |\n' \
     "$(echo "$x / $h" | bc -l)" "$(echo "$x / $t_merge" | bc -l)"
   echo "$n $t_merge $gb" >> "$work/merge-times"
 }
@@ -117,7 +121,9 @@ echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -
 echo "load before: $(uptime | sed 's/.*load average/load average/')"
 startup=$( { s=$(date +%s.%N); "$venv/bin/mergekit-yaml" --help >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc; } )
 bw=$("$py" "$root/benches/merge_make.py" --membw 1)
-printf '\n| merge (bf16, page cache warm) | tool | seconds (median of %d) | GB/s read | peak RSS MiB |\n|---|---|---|---|---|\n' "$reps"
+warm_cache
+mbw=$("$py" "$root/benches/merge_make.py" --mmapbw "$work/models/m0/model.safetensors")
+printf '\n| merge (bf16, page cache warm) | tool | wall s (median of %d) | GB/s read | CPU s | peak RSS MiB |\n|---|---|---|---|---|---|\n' "$reps"
 bench "$k"
 bench 2
 echo "load after: $(uptime | sed 's/.*load average/load average/')"
@@ -128,6 +134,7 @@ while read -r n t gb; do
   printf '%d-way: bandwidth floor %.2fs (%.1f GB read + %.1f GB written at %s GB/s); demix merge %ss = %.1fx the floor\n' \
     "$n" "$floor" "$gb" "$(echo "$gb / $n" | bc -l)" "$bw" "$t" "$(echo "$t / $floor" | bc -l)"
 done < "$work/merge-times"
+echo "first read of a fresh map of one cached input (numpy copy out of np.memmap, best of 3): $mbw GB/s"
 echo "mergekit-yaml --help (Python + torch + transformers import): ${startup}s"
 for n in "$k" 2; do
   echo "outputs, $n-way: $("$py" "$root/benches/merge_make.py" --compare "$work/demix-out-$n" "$work/mergekit-$n/out")"

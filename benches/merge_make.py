@@ -8,7 +8,8 @@ already there with the right size is kept, so reruns are cheap. Models are
 base + independent noise, so task-vector methods have something to work on.
 Also: merge_make.py --compare A B  prints the max abs difference of two
 checkpoints' tensors (both read as float32), for checking merge outputs agree;
-merge_make.py --membw [GiB]  prints a numpy copy bandwidth in GB/s (read + write).
+merge_make.py --membw [GiB]  prints a numpy copy bandwidth in GB/s (read + write);
+merge_make.py --mmapbw FILE  prints the first-touch read rate of a fresh map of FILE.
 """
 import json
 import os
@@ -170,6 +171,22 @@ def membw(gib=1.0, reps=5):
     print(f"{2 * n * 4 / best / 1e9:.2f}")
 
 
+def mmapbw(path, reps=3):
+    """Best-of-`reps` copy out of a fresh read-only map of `path` (in the page cache)
+    into a buffer touched beforehand: the page-fault-bound rate at which a merge that
+    maps its inputs can first read them, in GB/s of file bytes."""
+    import time
+    n = os.path.getsize(path)
+    b = np.ones(n, np.uint8)
+    best = None
+    for _ in range(reps):
+        m = np.memmap(path, dtype=np.uint8, mode="r")
+        t = _t(lambda: np.copyto(b, m), time)
+        best = t if best is None else min(best, t)
+        del m
+    print(f"{n / best / 1e9:.2f}")
+
+
 def _t(f, time):
     s = time.perf_counter(); f(); return time.perf_counter() - s
 
@@ -178,6 +195,8 @@ def main():
     args = sys.argv[1:]
     if args and args[0] == "--compare":
         return compare(args[1], args[2])
+    if args and args[0] == "--mmapbw":
+        return mmapbw(args[1])
     if args and args[0] == "--membw":
         return membw(float(args[1]) if len(args) > 1 else 1.0)
     preset, dtype = "0.6b", "bf16"
