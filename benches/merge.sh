@@ -131,8 +131,9 @@ echo
 echo "memory bandwidth: numpy copy of a 1 GiB float32 array, best of 5: $bw GB/s (read + write bytes)"
 while read -r n t gb; do
   floor=$(echo "($gb + $gb / $n) / $bw" | bc -l)   # read n inputs + write one output
-  printf '%d-way: bandwidth floor %.2fs (%.1f GB read + %.1f GB written at %s GB/s); demix merge %ss = %.1fx the floor\n' \
-    "$n" "$floor" "$gb" "$(echo "$gb / $n" | bc -l)" "$bw" "$t" "$(echo "$t / $floor" | bc -l)"
+  printf '%d-way: bandwidth floor %.2fs (%.1f GB read + %.1f GB written at %s GB/s); demix merge %ss = %.1fx the floor; its input rate %.2f GB/s = %.0f%% of the fresh-map read rate below\n' \
+    "$n" "$floor" "$gb" "$(echo "$gb / $n" | bc -l)" "$bw" "$t" "$(echo "$t / $floor" | bc -l)" \
+    "$(echo "$gb / $t" | bc -l)" "$(echo "100 * $gb / $t / $mbw" | bc -l)"
 done < "$work/merge-times"
 echo "first read of a fresh map of one cached input (numpy copy out of np.memmap, best of 3): $mbw GB/s"
 echo "mergekit-yaml --help (Python + torch + transformers import): ${startup}s"

@@ -183,7 +183,7 @@ impl TrainSpec {
             return bad("tokens, batch_size and seq_len must be positive");
         }
         if let Some(m) = self.micro_batch_size
-            && (m == 0 || self.batch_size % m != 0)
+            && (m == 0 || !self.batch_size.is_multiple_of(m))
         {
             return bad("micro_batch_size must divide batch_size");
         }

@@ -370,6 +370,16 @@ pub fn lineage_summary(
     }
 }
 
+/// Reads a validate step's `validation.json`.
+pub fn read_validation(path: &Path) -> Result<crate::mix::validate::Validation, String> {
+    serde_json::from_slice(&read(path)?).map_err(|e| {
+        format!(
+            "{}: not a validation (expected a validate step's validation.json): {e}",
+            path.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,14 +457,4 @@ mod tests {
         let e = read_search(&file(&d, "s.json", r#"{"chosen": [1.0]}"#)).unwrap_err();
         assert!(e.contains("s.json: not a search result"), "{e}");
     }
-}
-
-/// Reads a validate step's `validation.json`.
-pub fn read_validation(path: &Path) -> Result<crate::mix::validate::Validation, String> {
-    serde_json::from_slice(&read(path)?).map_err(|e| {
-        format!(
-            "{}: not a validation (expected a validate step's validation.json): {e}",
-            path.display()
-        )
-    })
 }

@@ -488,7 +488,7 @@ impl StepKind for Train {
             );
         }
         if let Some(m) = f.micro_batch_size
-            && (m == 0 || f.batch_size % m != 0)
+            && (m == 0 || !f.batch_size.is_multiple_of(m))
         {
             d.error(
                 &span_of(body, "micro_batch_size"),

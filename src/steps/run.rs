@@ -515,16 +515,210 @@ pub fn sample(ctx: &RunCtx) -> Result<(), StepError> {
     write_json(ctx, "mixtures.json", &list)
 }
 
-/// Evaluates merged proxies: the components merged in memory by a mixture's
-/// weights (never written) and scored by validation loss on the targets.
-struct MergedEvaluator<'a> {
-    ctx: &'a RunCtx<'a>,
-    components: crate::mix::merge::Components,
+/// How a worker merges: streaming from the memory-mapped files (host memory
+/// holds one merged model), or from the components held on the worker's device
+/// (a GPU then merges a proxy in milliseconds instead of re-reading K models).
+enum Merger {
+    Host(std::sync::Arc<crate::mix::merge::Components>),
+    Resident(Vec<(String, Vec<tch::Tensor>)>),
+}
+
+/// One evaluator of merged proxies: merges the components by a mixture's weights
+/// in memory (never written) and scores the merge by validation loss on the
+/// targets. Several run at once, one per device (or several on one).
+struct ProxyWorker {
+    merger: Merger,
     model_config: ml::model::Qwen3Config,
     tok: ml::tokenizer::Tok,
     spec: ml::evaluate::EvalSpec,
     paths: ml::evaluate::EvalPaths,
     targets: Vec<String>,
+}
+
+impl ProxyWorker {
+    fn eval(
+        &self,
+        w: &[f64],
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<Vec<f64>, StepError> {
+        use crate::mix::merge::{MergeSpec, Values};
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StepError::Cancelled);
+        }
+        let total: f64 = w.iter().sum();
+        let mut sd = BTreeMap::new();
+        match &self.merger {
+            Merger::Host(components) => {
+                components.merge_each(&MergeSpec::linear(w.to_vec()), |t| {
+                    let Values::F32(v) = t.values else {
+                        return Err(StepError::Failed(format!(
+                            "tensor {} is not a float tensor",
+                            t.name
+                        )));
+                    };
+                    let shape: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
+                    sd.insert(
+                        t.name.to_string(),
+                        tch::Tensor::from_slice(&v).reshape(&shape),
+                    );
+                    Ok(())
+                })?;
+            }
+            Merger::Resident(tensors) => {
+                let _guard = tch::no_grad_guard();
+                for (name, parts) in tensors {
+                    let mut acc = &parts[0] * (w[0] / total);
+                    for (p, x) in parts.iter().zip(w).skip(1) {
+                        if *x != 0.0 {
+                            acc += p * (x / total);
+                        }
+                    }
+                    sd.insert(name.clone(), acc);
+                }
+            }
+        }
+        let report = ml::evaluate::evaluate_state_dict(
+            &self.model_config,
+            sd,
+            Some(&self.tok),
+            &self.spec,
+            &self.paths,
+            &|_: &ml::Progress| {},
+            cancel,
+        )
+        .map_err(ml_err)?;
+        Ok(losses_of(&report, &self.targets))
+    }
+}
+
+/// Merged-proxy workers over one set of components: `workers` of them (default:
+/// one per visible GPU, else one), each on its own device when there are several.
+fn proxy_workers(
+    ctx: &RunCtx,
+    comps: &[PathBuf],
+    targets: &[String],
+    spec: ml::evaluate::EvalSpec,
+    workers: Option<u32>,
+    resident: Option<bool>,
+) -> Result<Vec<ProxyWorker>, StepError> {
+    let tok_path = comps[0].join("tokenizer.json");
+    let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
+    let tok_hash = tokenizer_hash(ctx, None, &tok_path)?;
+    let paths = validation_shards(ctx, targets, &tok, &tok_hash)?;
+    let model_config = ml::model::load_config(&comps[0]).map_err(ml_err)?;
+    let components = std::sync::Arc::new(
+        crate::mix::merge::Components::open(comps, None)
+            .map_err(|e| StepError::Failed(e.to_string()))?,
+    );
+    let device = ml::device::parse_device(&spec.device).map_err(ml_err)?;
+    let gpus = if device.is_cuda() {
+        tch::Cuda::device_count().max(1) as usize
+    } else {
+        0
+    };
+    let n = workers.map_or(gpus.max(1), |w| w.max(1) as usize);
+    // On a GPU the components stay resident; on the CPU merges stream from the files.
+    let resident = resident.unwrap_or(device.is_cuda());
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut spec = spec.clone();
+        let dev = match device {
+            tch::Device::Cuda(first) if gpus > 1 => tch::Device::Cuda((first + i) % gpus),
+            d => d,
+        };
+        if let tch::Device::Cuda(k) = dev {
+            spec.device = format!("cuda:{k}");
+        }
+        let merger = if resident {
+            let mut per: BTreeMap<String, Vec<tch::Tensor>> = BTreeMap::new();
+            for c in comps {
+                let sd = ml::model::load_checkpoint_tensors(c, dev).map_err(ml_err)?;
+                for (name, t) in sd {
+                    per.entry(name)
+                        .or_default()
+                        .push(t.to_kind(tch::Kind::Float));
+                }
+            }
+            if per.values().any(|v| v.len() != comps.len()) {
+                return Err(StepError::Failed(
+                    "the components do not hold the same tensors".into(),
+                ));
+            }
+            Merger::Resident(per.into_iter().collect())
+        } else {
+            Merger::Host(components.clone())
+        };
+        out.push(ProxyWorker {
+            merger,
+            model_config: model_config.clone(),
+            tok: tok.clone(),
+            spec,
+            paths: paths.clone(),
+            targets: targets.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+/// Evaluates every mixture on the workers, several in flight; scores come back
+/// in the mixtures' order whichever worker made them. `done` is called on this
+/// thread after each proxy.
+fn eval_parallel(
+    workers: &mut [ProxyWorker],
+    mixtures: &[Vec<f64>],
+    cancel: &std::sync::atomic::AtomicBool,
+    done: &mut dyn FnMut(),
+) -> Result<Vec<Vec<f64>>, StepError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    if workers.len() <= 1 {
+        let mut out = Vec::with_capacity(mixtures.len());
+        for w in mixtures {
+            out.push(workers[0].eval(w, cancel)?);
+            done();
+        }
+        return Ok(out);
+    }
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let mut out: Vec<Option<Vec<f64>>> = vec![None; mixtures.len()];
+    let mut first_err = None;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for w in workers.iter_mut() {
+            let (tx, next, stop) = (tx.clone(), &next, &stop);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(m) = mixtures.get(i) else { break };
+                    let r = w.eval(m, cancel);
+                    let failed = r.is_err();
+                    if tx.send((i, r)).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (i, r) in rx {
+            match r {
+                Ok(v) => {
+                    out[i] = Some(v);
+                    done();
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+    });
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok(out
+        .into_iter()
+        .map(|x| x.expect("every mixture scored"))
+        .collect())
 }
 
 fn eval_spec(
@@ -571,64 +765,6 @@ fn losses_of(report: &ml::evaluate::EvalReport, targets: &[String]) -> Vec<f64> 
         .iter()
         .map(|t| report.datasets.get(t).map_or(f64::NAN, |m| m.loss))
         .collect()
-}
-
-impl<'a> MergedEvaluator<'a> {
-    fn open(
-        ctx: &'a RunCtx<'a>,
-        comps: &[PathBuf],
-        targets: &[String],
-        spec: ml::evaluate::EvalSpec,
-    ) -> Result<Self, StepError> {
-        let tok_path = comps[0].join("tokenizer.json");
-        let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
-        let tok_hash = tokenizer_hash(ctx, None, &tok_path)?;
-        let paths = validation_shards(ctx, targets, &tok, &tok_hash)?;
-        Ok(MergedEvaluator {
-            ctx,
-            components: crate::mix::merge::Components::open(comps, None)
-                .map_err(|e| StepError::Failed(e.to_string()))?,
-            model_config: ml::model::load_config(&comps[0]).map_err(ml_err)?,
-            tok,
-            spec,
-            paths,
-            targets: targets.to_vec(),
-        })
-    }
-
-    fn eval(&self, w: &[f64]) -> Result<Vec<f64>, StepError> {
-        use crate::mix::merge::{MergeSpec, Values};
-        if self.ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StepError::Cancelled);
-        }
-        let mut sd = BTreeMap::new();
-        self.components
-            .merge_each(&MergeSpec::linear(w.to_vec()), |t| {
-                let Values::F32(v) = t.values else {
-                    return Err(StepError::Failed(format!(
-                        "tensor {} is not a float tensor",
-                        t.name
-                    )));
-                };
-                let shape: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
-                sd.insert(
-                    t.name.to_string(),
-                    tch::Tensor::from_slice(&v).reshape(&shape),
-                );
-                Ok(())
-            })?;
-        let report = ml::evaluate::evaluate_state_dict(
-            &self.model_config,
-            sd,
-            Some(&self.tok),
-            &self.spec,
-            &self.paths,
-            &|_: &ml::Progress| {},
-            self.ctx.cancel,
-        )
-        .map_err(ml_err)?;
-        Ok(losses_of(&report, &self.targets))
-    }
 }
 
 /// Evaluates trained proxies (RegMix, CLIMB): a small model trained from the base
@@ -725,7 +861,7 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
     let f: super::search::SearchFields = fields(ctx)?;
     let spec = eval_spec(f.max_tokens, f.seq_len, f.batch_size, &f.device, f.threads)?;
     enum Proxy<'a> {
-        Merged(MergedEvaluator<'a>),
+        Merged(Vec<ProxyWorker>),
         Trained(Box<TrainedEvaluator<'a>>),
     }
     let (mut proxy, counts) = if f.proxy == "trained" {
@@ -777,14 +913,14 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
                 f.candidates.len()
             )));
         }
-        let e = MergedEvaluator::open(ctx, &comps, &f.targets, spec)?;
+        let workers = proxy_workers(ctx, &comps, &f.targets, spec, f.workers, f.resident)?;
         let counts = token_counts(
             ctx,
             &f.candidates,
-            &e.tok,
+            &workers[0].tok,
             &tokenizer_hash(ctx, None, &comps[0].join("tokenizer.json"))?,
         )?;
-        (Proxy::Merged(e), counts)
+        (Proxy::Merged(workers), counts)
     };
     let sampler = SamplerConfig {
         keep: f.pool,
@@ -810,12 +946,7 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
     {
         let mixtures = batch.mixtures.clone();
         let round = batch.round;
-        let mut scores = Vec::with_capacity(mixtures.len());
-        for w in &mixtures {
-            scores.push(match &mut proxy {
-                Proxy::Merged(e) => e.eval(w)?,
-                Proxy::Trained(e) => e.eval(w)?,
-            });
+        let mut tick = || {
             done += 1;
             (ctx.progress)(Progress {
                 done: done as u64,
@@ -823,7 +954,18 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
                 unit: "proxies".into(),
                 message: Some(format!("round {round}")),
             });
-        }
+        };
+        let scores = match &mut proxy {
+            Proxy::Merged(workers) => eval_parallel(workers, &mixtures, ctx.cancel, &mut tick)?,
+            Proxy::Trained(e) => {
+                let mut scores = Vec::with_capacity(mixtures.len());
+                for w in &mixtures {
+                    scores.push(e.eval(w)?);
+                    tick();
+                }
+                scores
+            }
+        };
         search
             .record(scores)
             .map_err(|e| StepError::Failed(e.to_string()))?;
@@ -863,31 +1005,32 @@ pub fn merged_scores(
         )));
     }
     let spec = eval_spec(f.max_tokens, f.seq_len, f.batch_size, &f.device, f.threads)?;
-    let e = MergedEvaluator::open(ctx, &comps, &f.targets, spec)?;
+    let mut workers = proxy_workers(ctx, &comps, &f.targets, spec, f.workers, f.resident)?;
     let k = comps.len();
     let total = (k + mixtures.len()) as u64;
-    let mut components = Vec::new();
-    for i in 0..k {
-        let mut w = vec![0.0; k];
-        w[i] = 1.0;
-        components.push(e.eval(&w)?);
+    let mut done = 0u64;
+    let mut tick = || {
+        done += 1;
         (ctx.progress)(Progress {
-            done: i as u64 + 1,
+            done,
             total: Some(total),
             unit: "models".into(),
-            message: Some("components".into()),
+            message: Some(
+                if done <= k as u64 {
+                    "components"
+                } else {
+                    "merged proxies"
+                }
+                .into(),
+            ),
         });
-    }
-    let mut proxies = Vec::new();
-    for (i, w) in mixtures.iter().enumerate() {
-        proxies.push(e.eval(w)?);
-        (ctx.progress)(Progress {
-            done: (k + i + 1) as u64,
-            total: Some(total),
-            unit: "models".into(),
-            message: Some("merged proxies".into()),
-        });
-    }
+    };
+    // A one-hot linear merge is the component itself.
+    let one_hot: Vec<Vec<f64>> = (0..k)
+        .map(|i| (0..k).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
+        .collect();
+    let components = eval_parallel(&mut workers, &one_hot, ctx.cancel, &mut tick)?;
+    let proxies = eval_parallel(&mut workers, mixtures, ctx.cancel, &mut tick)?;
     Ok(super::validate::Merged {
         proxies,
         components,

@@ -68,6 +68,14 @@ pub struct SearchFields {
     pub batch_size: u32,
     #[serde(default)]
     pub seed: u64,
+    /// Merged proxies evaluated at once (default: one per visible GPU, else 1);
+    /// each worker holds its own merged model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// Keep the components on the evaluation device and merge there (default:
+    /// on CUDA yes, on the CPU stream merges from the files instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident: Option<bool>,
     #[serde(default)]
     pub device: Option<String>,
     #[serde(default)]

@@ -80,6 +80,14 @@ pub struct ValidateFields {
     pub seq_len: u32,
     #[serde(default = "default_batch")]
     pub batch_size: u32,
+    /// Merged proxies evaluated at once (default: one per visible GPU, else 1);
+    /// each worker holds its own merged model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// Keep the components on the evaluation device and merge there (default:
+    /// on CUDA yes, on the CPU stream merges from the files instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident: Option<bool>,
     #[serde(default)]
     pub device: Option<String>,
     #[serde(default)]
@@ -377,7 +385,7 @@ pub(super) fn read_mixtures(
                 .map(|c| m.get(c).copied().unwrap_or(0.0))
                 .collect();
             let s: f64 = row.iter().sum();
-            if !(s > 0.0) || row.iter().any(|x| !x.is_finite() || *x < 0.0) {
+            if s.is_nan() || s <= 0.0 || row.iter().any(|x| !x.is_finite() || *x < 0.0) {
                 return Err(bad(format!(
                     "mixture {i} is not weights >= 0 with a positive sum"
                 )));

@@ -133,6 +133,20 @@ fn shared_base() -> String {
     seq_len: 32
     device: cpu
     threads: 1
+  - id: validate_parallel
+    kind: validate
+    mixtures: ${{steps.mixtures.mixtures}}
+    references: ${{steps.reference_eval[*].metrics}}
+    candidates: ${{params.candidates}}
+    targets: ${{params.targets}}
+    components: ${{steps.component[*].checkpoint}}
+    workers: 2
+    resident: true
+    bootstrap: 0
+    max_tokens: 512
+    seq_len: 32
+    device: cpu
+    threads: 1
   - id: report
     kind: report
     search: ${{steps.search.result}}
@@ -194,6 +208,22 @@ fn references_proxies_and_the_regmix_baseline_are_validated() {
     assert!((1.0..=6.0).contains(&rank), "{fin}");
     let md = std::fs::read_to_string(output_path(&env, "val", "validate", "summary")).unwrap();
     assert!(md.contains("| merged | Proxy |"), "{md}");
+    // Two workers merging on the device give the one streaming worker's scores,
+    // in the mixtures' order.
+    let p = json(&env, "validate_parallel", "result");
+    let rows = |v: &serde_json::Value| -> Vec<f64> {
+        v["predicted"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (rows(&v), rows(&p));
+    assert_eq!(a.len(), 15);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-4, "{a:?}\n{b:?}");
+    }
     let html = std::fs::read_to_string(output_path(&env, "val", "report", "html")).unwrap();
     assert!(html.contains("id=\"validation\""), "no validation section");
     assert!(html.contains("merged: objective"), "no objective scatter");
