@@ -130,8 +130,9 @@ fn run(spec: &StepSpec, store: &Store, log: &Path, done: &mut Completion) -> Res
             })
         })
         .map_err(|e| StepError::Failed(e.to_string()))?;
-    // Another process may have finished it while we waited.
-    if let Some(r) = store.read_result(&spec.key)
+    // Another process may have finished it while we waited (unless forced).
+    if !spec.force
+        && let Some(r) = store.read_result(&spec.key)
         && store.health(&r) == Health::Ok
     {
         done.cached = true;

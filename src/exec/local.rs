@@ -629,6 +629,7 @@ pub fn build_spec(
         workdir: graph.manifest.dir.clone(),
         store: store.root.clone(),
         resources: node.resources.clone(),
+        force: a.reasons.contains(&crate::key::Reason::Forced),
     })
 }
 

@@ -70,6 +70,9 @@ pub struct StepSpec {
     pub workdir: PathBuf,
     pub store: PathBuf,
     pub resources: Resources,
+    /// `--force`: run even when the store already holds this key's result.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// What a step run left behind: written by the process that ran it.

@@ -190,8 +190,11 @@ pub struct MergeReport {
     pub spec: MergeSpec,
     /// Coefficients actually applied per input (e.g. normalised for linear).
     pub coefficients: Vec<f64>,
-    pub inputs: Vec<PathBuf>,
-    pub base: Option<PathBuf>,
+    /// The inputs by name: their folders, or the names a caller gave
+    /// ([`Components::with_labels`]), so the record does not depend on where a
+    /// store lives.
+    pub inputs: Vec<String>,
+    pub base: Option<String>,
     pub tensors: usize,
     pub bytes: u64,
     pub copied: Vec<String>,
@@ -230,6 +233,7 @@ pub struct Components {
     inputs: Vec<Checkpoint>,
     base: Option<Checkpoint>,
     threads: usize,
+    labels: Option<(Vec<String>, Option<String>)>,
 }
 
 fn describe(c: &Checkpoint) -> String {
@@ -324,10 +328,19 @@ impl Components {
             inputs,
             base,
             threads,
+            labels: None,
         })
     }
 
     /// Threads per tensor (default: 2, or 1 on a single core).
+    /// Names for the inputs (and base) in `merge.json`, one per input.
+    pub fn with_labels(mut self, inputs: Vec<String>, base: Option<String>) -> Components {
+        if inputs.len() == self.inputs.len() {
+            self.labels = Some((inputs, base));
+        }
+        self
+    }
+
     pub fn with_threads(mut self, threads: usize) -> Components {
         self.threads = threads.max(1);
         self
@@ -521,8 +534,18 @@ impl Components {
             demix_version: crate::VERSION.to_string(),
             spec: spec.clone(),
             coefficients: prep.coef.iter().map(|&c| c as f64).collect(),
-            inputs: self.inputs.iter().map(|c| c.dir().to_path_buf()).collect(),
-            base: self.base.as_ref().map(|c| c.dir().to_path_buf()),
+            inputs: match &self.labels {
+                Some((l, _)) => l.clone(),
+                None => self
+                    .inputs
+                    .iter()
+                    .map(|c| c.dir().display().to_string())
+                    .collect(),
+            },
+            base: match &self.labels {
+                Some((_, b)) => b.clone(),
+                None => self.base.as_ref().map(|c| c.dir().display().to_string()),
+            },
             tensors,
             bytes,
             copied,

@@ -182,8 +182,11 @@ impl StepKind for Merge {
         let f: MergeFields = serde_json::from_value(ctx.spec.params.clone())
             .map_err(|e| StepError::Failed(format!("bad step spec: {e}")))?;
         let mut models: Vec<PathBuf> = Vec::new();
+        let mut labels: Vec<String> = Vec::new();
         for m in &f.models {
-            models.extend(ctx.input(m)?.iter().cloned());
+            let paths = ctx.input(m)?;
+            models.extend(paths.iter().cloned());
+            labels.extend(input_labels(ctx, m, paths.len()));
         }
         if models.len() != f.weights.len() {
             return Err(StepError::Failed(format!(
@@ -198,11 +201,28 @@ impl StepKind for Merge {
             .map(|b| ctx.input(b).map(|p| p[0].clone()))
             .transpose()?;
         let spec = f.spec(f.weights.clone()).map_err(StepError::Failed)?;
+        let base_label = f
+            .base
+            .as_deref()
+            .and_then(|b| input_labels(ctx, b, 1).into_iter().next());
         let comps = Components::open(&models, base.as_deref())
-            .map_err(|e| StepError::Failed(e.to_string()))?;
+            .map_err(|e| StepError::Failed(e.to_string()))?
+            .with_labels(labels, base_label);
         comps
             .merge_to_dir(&spec, ctx.out_dir.join("checkpoint"))
             .map_err(|e| StepError::Failed(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// How `merge.json` names an input: the step output it came from
+/// (`component[math].checkpoint`), or the path as the manifest wrote it.
+fn input_labels(ctx: &RunCtx, key: &str, n: usize) -> Vec<String> {
+    match ctx.spec.record.inputs.get(key).map(|i| &i.origin) {
+        Some(crate::key::Origin::Steps { outputs }) if outputs.len() == n => outputs
+            .iter()
+            .map(|u| format!("{}.{}", u.step, u.output))
+            .collect(),
+        _ => vec![key.to_string(); n],
     }
 }

@@ -336,10 +336,17 @@ fn target_force_and_dry_run() {
     ran.sort();
     assert_eq!(ran, ["count", "join"]);
     side(&env);
-    // A forced step reruns; its identical output keeps `join` fresh.
+    // A forced step reruns, really (not "done by another demix" from the store);
+    // its identical output keeps `join` fresh.
     let r = env.demix(&["run", "--force", "count"]).ok();
     assert_eq!(r.ran(), ["count"]);
     assert!(r.stderr().contains("forced with --force"));
+    assert!(
+        !r.stderr().contains("done by another demix"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(side(&env), ["count"], "the command ran again");
     let r = env.demix(&["run", "--dry-run"]).ok();
     assert!(r.stdout().contains("0 step(s) would run"), "{}", r.stdout());
 }

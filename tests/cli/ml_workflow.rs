@@ -314,5 +314,19 @@ fn the_merge_search_chooses_a_mixture_that_trains() {
         tensors(&a) == tensors(&b),
         "merged data differs from the first component"
     );
+    // merge.json names its inputs by step output, not by their place in a store.
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(output_path(&env, "mini", "merged", "checkpoint").join("merge.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        rec["inputs"],
+        serde_json::json!([
+            "component[math].checkpoint",
+            "component[chat].checkpoint",
+            "component[spanish].checkpoint"
+        ])
+    );
     assert!(env.demix(&["run"]).ok().ran().is_empty());
 }
