@@ -64,8 +64,8 @@ bench() {
   mkdir -p "$d" "$m"
   # manifest M: weights i * M. `linear` normalises them, so every M gives the same bytes
   # (M is a power of two) but a new step key: the merge runs again with input hashes from
-  # the stat cache. (`demix run --force` does not do this: the step's child finds the
-  # result already in the store and reports it done.)
+  # the stat cache. (`demix run --force merged` now does the same; the weights keep
+  # the runs comparable with results measured before that was fixed.)
   manifest() {
     local w="" j
     for j in $(seq 1 "$n"); do w+="${w:+, }$((j * $1))"; done

@@ -166,8 +166,9 @@ impl MergeSpec {
 /// The values of one merged tensor.
 #[derive(Debug, PartialEq)]
 pub enum Values<'a> {
-    /// A float tensor, merged in f32.
-    F32(Vec<f32>),
+    /// A float tensor, merged in f32 (into a buffer reused from tensor to tensor:
+    /// copy what must outlive the callback).
+    F32(&'a [f32]),
     /// A non-float tensor (identical in every input), passed through as bytes.
     Raw(&'a [u8]),
 }
@@ -234,6 +235,9 @@ pub struct Components {
     base: Option<Checkpoint>,
     threads: usize,
     labels: Option<(Vec<String>, Option<String>)>,
+    /// Unmap each tensor's pages once merged (one merge: RSS stays near one
+    /// tensor per input) or keep them (many merges of one set: no refaults).
+    release: bool,
 }
 
 fn describe(c: &Checkpoint) -> String {
@@ -329,6 +333,7 @@ impl Components {
             base,
             threads,
             labels: None,
+            release: true,
         })
     }
 
@@ -338,6 +343,13 @@ impl Components {
         if inputs.len() == self.inputs.len() {
             self.labels = Some((inputs, base));
         }
+        self
+    }
+
+    /// Keep the inputs' pages mapped between merges: for merging the same set
+    /// many times (a search), at the cost of a resident set that counts them.
+    pub fn keep_mapped(mut self) -> Components {
+        self.release = false;
         self
     }
 
@@ -463,11 +475,17 @@ impl Components {
         F: FnMut(MergedTensor<'_>) -> Result<(), E>,
     {
         let prep = self.prepare(spec)?;
+        // One buffer for every tensor: fresh pages per tensor cost a fault and a
+        // kernel zeroing each, more than the merge itself on large tensors.
+        let mut buf: Vec<f32> = Vec::new();
         for name in self.inputs[0].names() {
             let Some(info) = self.inputs[0].info(name) else {
                 continue;
             };
-            let values = self.merge_tensor(name, info, &prep)?;
+            let values = match self.merge_tensor(name, info, &prep, &mut buf)? {
+                Some(raw) => Values::Raw(raw),
+                None => Values::F32(&buf),
+            };
             let dtype = match &values {
                 Values::F32(_) => prep.out_dtype.unwrap_or(info.dtype),
                 Values::Raw(_) => info.dtype,
@@ -478,8 +496,10 @@ impl Components {
                 dtype,
                 values,
             })?;
-            for c in self.inputs.iter().chain(self.base.as_ref()) {
-                c.release(name);
+            if self.release {
+                for c in self.inputs.iter().chain(self.base.as_ref()) {
+                    c.release(name);
+                }
             }
         }
         Ok(())
@@ -602,12 +622,14 @@ impl Components {
         Ok(copied)
     }
 
+    /// Merges one tensor into `out`, or returns the bytes of a non-float tensor.
     fn merge_tensor<'a>(
         &'a self,
         name: &str,
         info: &TensorInfo,
         prep: &Prepared,
-    ) -> Result<Values<'a>, MergeError> {
+        out: &mut Vec<f32>,
+    ) -> Result<Option<&'a [u8]>, MergeError> {
         if !info.dtype.is_float() {
             // Integer buffers (e.g. position ids) cannot be averaged: pass them
             // through when every checkpoint agrees.
@@ -626,7 +648,7 @@ impl Components {
                     });
                 }
             }
-            return Ok(Values::Raw(bytes));
+            return Ok(Some(bytes));
         }
         let n = info.numel();
         // Each checkpoint has its own offsets (and shards) for the tensor.
@@ -644,10 +666,12 @@ impl Components {
                 active.push((i, src(ck)?, c));
             }
         }
-        let mut out = vec![0f32; n];
+        out.clear();
+        out.resize(n, 0.0);
+        let out = out.as_mut_slice();
         let dtype = info.dtype;
         match prep.kind {
-            Kind::Linear => par_blocks(&mut out, self.threads, |range, acc| {
+            Kind::Linear => par_blocks(out, self.threads, |range, acc| {
                 let mut tmp = [0f32; BLOCK];
                 linear_block(&active, info, range, acc, &mut tmp)
             }),
@@ -656,7 +680,7 @@ impl Components {
                     return Err(MergeError::MissingBase("task_arithmetic"));
                 };
                 let base = src(base)?;
-                par_blocks(&mut out, self.threads, |range, acc| {
+                par_blocks(out, self.threads, |range, acc| {
                     let mut tmp = [0f32; BLOCK];
                     let mut bits = [0u32; BLOCK];
                     for (k, start) in range.clone().step_by(BLOCK).enumerate() {
@@ -700,10 +724,10 @@ impl Components {
                     return Err(MergeError::MissingBase("ties"));
                 };
                 let base = src(base)?;
-                ties(base, &active, info, density, prep.scale, &mut out);
+                ties(base, &active, info, density, prep.scale, out);
             }
         }
-        Ok(Values::F32(out))
+        Ok(None)
     }
 }
 
@@ -896,7 +920,7 @@ mod tests {
         let mut out = BTreeMap::new();
         c.merge_each(spec, |t: MergedTensor<'_>| -> Result<(), MergeError> {
             if let Values::F32(v) = t.values {
-                out.insert(t.name.to_string(), v);
+                out.insert(t.name.to_string(), v.to_vec());
             }
             Ok(())
         })?;
@@ -1353,7 +1377,7 @@ mod tests {
                 let Values::F32(v) = t.values else {
                     panic!("float tensor")
                 };
-                seen.push((t.name.to_string(), t.shape.to_vec(), v));
+                seen.push((t.name.to_string(), t.shape.to_vec(), v.to_vec()));
                 Ok(())
             },
         )

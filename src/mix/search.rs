@@ -227,6 +227,12 @@ pub struct Cost {
     pub evaluate_seconds: f64,
     pub fit_seconds: f64,
     pub total_seconds: f64,
+    /// Validation tokens scored over all proxies (set by the step that evaluates them).
+    #[serde(default)]
+    pub tokens_evaluated: u64,
+    /// Training tokens the proxies cost (trained proxies; merged ones cost none).
+    #[serde(default)]
+    pub tokens_trained: u64,
 }
 
 /// A best-predicted pool mixture.

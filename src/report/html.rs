@@ -443,6 +443,25 @@ fn cost(r: &Report) -> Section {
             ("evaluating proxies", fmt_secs(s.cost.evaluate_seconds)),
             ("fitting predictors", fmt_secs(s.cost.fit_seconds)),
             ("search in all", fmt_secs(s.cost.total_seconds)),
+            (
+                "proxies per minute",
+                if s.cost.evaluate_seconds > 0.0 {
+                    format!(
+                        "{:.1}",
+                        s.cost.proxies_evaluated as f64 * 60.0 / s.cost.evaluate_seconds
+                    )
+                } else {
+                    "–".into()
+                },
+            ),
+            (
+                "validation tokens scored",
+                fmt_tokens(s.cost.tokens_evaluated as f64),
+            ),
+            (
+                "training tokens spent on proxies",
+                fmt_tokens(s.cost.tokens_trained as f64),
+            ),
         ],
     );
     let head = [

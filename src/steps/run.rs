@@ -533,6 +533,8 @@ struct ProxyWorker {
     spec: ml::evaluate::EvalSpec,
     paths: ml::evaluate::EvalPaths,
     targets: Vec<String>,
+    /// Tokens evaluated, shared by every worker of a step.
+    tokens: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ProxyWorker {
@@ -559,7 +561,7 @@ impl ProxyWorker {
                     let shape: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
                     sd.insert(
                         t.name.to_string(),
-                        tch::Tensor::from_slice(&v).reshape(&shape),
+                        tch::Tensor::from_slice(v).reshape(&shape),
                     );
                     Ok(())
                 })?;
@@ -587,7 +589,7 @@ impl ProxyWorker {
             cancel,
         )
         .map_err(ml_err)?;
-        Ok(losses_of(&report, &self.targets))
+        Ok(losses_of(&report, &self.targets, &self.tokens))
     }
 }
 
@@ -608,7 +610,8 @@ fn proxy_workers(
     let model_config = ml::model::load_config(&comps[0]).map_err(ml_err)?;
     let components = std::sync::Arc::new(
         crate::mix::merge::Components::open(comps, None)
-            .map_err(|e| StepError::Failed(e.to_string()))?,
+            .map_err(|e| StepError::Failed(e.to_string()))?
+            .keep_mapped(),
     );
     let device = ml::device::parse_device(&spec.device).map_err(ml_err)?;
     let gpus = if device.is_cuda() {
@@ -619,6 +622,7 @@ fn proxy_workers(
     let n = workers.map_or(gpus.max(1), |w| w.max(1) as usize);
     // On a GPU the components stay resident; on the CPU merges stream from the files.
     let resident = resident.unwrap_or(device.is_cuda());
+    let tokens = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let mut spec = spec.clone();
@@ -655,6 +659,7 @@ fn proxy_workers(
             spec,
             paths: paths.clone(),
             targets: targets.to_vec(),
+            tokens: tokens.clone(),
         });
     }
     Ok(out)
@@ -760,7 +765,14 @@ fn validation_shards(
     })
 }
 
-fn losses_of(report: &ml::evaluate::EvalReport, targets: &[String]) -> Vec<f64> {
+/// The targets' losses, counting the tokens evaluated into `tokens`.
+fn losses_of(
+    report: &ml::evaluate::EvalReport,
+    targets: &[String],
+    tokens: &std::sync::atomic::AtomicU64,
+) -> Vec<f64> {
+    let n: u64 = report.datasets.values().map(|m| m.tokens).sum();
+    tokens.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     targets
         .iter()
         .map(|t| report.datasets.get(t).map_or(f64::NAN, |m| m.loss))
@@ -785,6 +797,7 @@ struct TrainedEvaluator<'a> {
     targets: Vec<String>,
     scratch: PathBuf,
     done: usize,
+    tokens: std::sync::atomic::AtomicU64,
 }
 
 impl TrainedEvaluator<'_> {
@@ -847,7 +860,7 @@ impl TrainedEvaluator<'_> {
         // Proxies are scaffolding: only their scores are kept.
         let _ = crate::store::remove_tree(&dir);
         self.done += 1;
-        Ok(losses_of(&report, &self.targets))
+        Ok(losses_of(&report, &self.targets, &self.tokens))
     }
 }
 
@@ -900,6 +913,7 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
             targets: f.targets.clone(),
             scratch,
             done: 0,
+            tokens: Default::default(),
         };
         (Proxy::Trained(Box::new(e)), counts)
     } else {
@@ -973,9 +987,17 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
     if let Proxy::Trained(e) = &proxy {
         let _ = crate::store::remove_tree(&e.scratch);
     }
-    let result = search
+    let mut result = search
         .finish()
         .map_err(|e| StepError::Failed(e.to_string()))?;
+    result.cost.tokens_evaluated = match &proxy {
+        Proxy::Merged(w) => w[0].tokens.load(std::sync::atomic::Ordering::Relaxed),
+        Proxy::Trained(e) => e.tokens.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    if let Proxy::Trained(_) = &proxy {
+        result.cost.tokens_trained =
+            (result.cost.proxies_evaluated as u64) * f.train.as_ref().map_or(0, |t| t.tokens);
+    }
     let mixture: BTreeMap<&str, f64> = f
         .candidates
         .iter()
