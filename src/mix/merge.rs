@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
     Checkpoint, CheckpointError, Dtype, INDEX_FILE, MODEL_FILE, SafetensorsWriter, TensorInfo,
-    TensorSpec, decode_f32,
+    TensorSpec, decode_f32, encode_f32,
 };
 
 /// Elements per block: the block and one decoded input fit in L1/L2.
@@ -540,14 +540,42 @@ impl Components {
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         let mut writer = SafetensorsWriter::create(out.join(MODEL_FILE), specs, &meta)?;
         let mut tensors = 0;
-        self.merge_each(spec, |t: MergedTensor<'_>| -> Result<(), MergeError> {
-            tensors += 1;
-            match &t.values {
-                Values::F32(v) => writer.write_f32(t.name, t.dtype, v)?,
-                Values::Raw(b) => writer.write_bytes(t.name, b)?,
-            }
-            Ok(())
-        })?;
+        // A writer thread copies tensor i into the file while tensor i + 1 merges:
+        // on many machines the page-cache write costs as much as the merge.
+        // Encoded buffers go back and forth, so at most three are ever allocated.
+        let (to_writer, from_merge) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(1);
+        let (to_merge, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (merged, written) = std::thread::scope(|s| {
+            let w = s.spawn(move || -> Result<SafetensorsWriter, MergeError> {
+                for (name, bytes) in from_merge {
+                    writer.write_bytes(&name, &bytes)?;
+                    let _ = to_merge.send(bytes);
+                }
+                Ok(writer)
+            });
+            let merged = self.merge_each(spec, |t: MergedTensor<'_>| -> Result<(), MergeError> {
+                tensors += 1;
+                let mut buf = spare.try_recv().unwrap_or_default();
+                buf.clear();
+                match &t.values {
+                    Values::F32(v) => {
+                        buf.resize(v.len() * t.dtype.size(), 0);
+                        encode_f32(t.dtype, v, &mut buf);
+                    }
+                    Values::Raw(b) => buf.extend_from_slice(b),
+                }
+                // A closed channel means the writer failed: its error is reported below.
+                let _ = to_writer.send((t.name.to_string(), buf));
+                Ok(())
+            });
+            drop(to_writer);
+            let written = w
+                .join()
+                .unwrap_or_else(|_| Err(MergeError::Param("the writer thread panicked".into())));
+            (merged, written)
+        });
+        let writer = written?;
+        merged?;
         let bytes = writer.finish()?;
         let copied = self.copy_side_files(out, prep.out_dtype)?;
         let report = MergeReport {
