@@ -622,13 +622,13 @@ fn collect_refs(node: &Node, out: &mut Vec<(Ref, Span)>) {
     }
 }
 
-/// Resolves a dataset split's globs to sorted, unique files. An empty match is an error
-/// that names the glob.
 /// How a missing input (a dataset glob that finds nothing, a path that is not
 /// there) is described, so a dry run can tell data that is not here yet from a
 /// broken plan.
 pub const NO_FILES: &str = "matches no files";
 
+/// Resolves a dataset split's globs to sorted, unique files. An empty match is an error
+/// that names the glob.
 pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathBuf>, String> {
     let decl = m
         .datasets

@@ -337,7 +337,6 @@ impl Components {
         })
     }
 
-    /// Threads per tensor (default: 2, or 1 on a single core).
     /// Names for the inputs (and base) in `merge.json`, one per input.
     pub fn with_labels(mut self, inputs: Vec<String>, base: Option<String>) -> Components {
         if inputs.len() == self.inputs.len() {
@@ -353,6 +352,7 @@ impl Components {
         self
     }
 
+    /// Threads per tensor (default: 2, or 1 on a single core).
     pub fn with_threads(mut self, threads: usize) -> Components {
         self.threads = threads.max(1);
         self
@@ -564,9 +564,11 @@ impl Components {
                     }
                     Values::Raw(b) => buf.extend_from_slice(b),
                 }
-                // A closed channel means the writer failed: its error is reported below.
-                let _ = to_writer.send((t.name.to_string(), buf));
-                Ok(())
+                // A closed channel means the writer failed: stop merging; its own
+                // error is the one reported.
+                to_writer
+                    .send((t.name.to_string(), buf))
+                    .map_err(|_| MergeError::Param("the writer stopped".into()))
             });
             drop(to_writer);
             let written = w

@@ -247,6 +247,9 @@ pub struct TopMixture {
 /// The outcome of a search.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SearchResult {
+    /// Names of the weights' columns, when the caller knows them (the step does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
     /// The average of the `top` mixtures: the mixture to train on.
     pub chosen: Vec<f64>,
     /// Predicted per-target scores of `chosen`.
@@ -574,6 +577,7 @@ impl Search {
         let chosen_predicted = predictors.iter().map(|p| p.predict(&chosen)).collect();
         self.cost.total_seconds = self.started.elapsed().as_secs_f64();
         Ok(SearchResult {
+            candidates: Vec::new(),
             chosen,
             chosen_predicted,
             targets: self.config.targets,

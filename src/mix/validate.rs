@@ -89,7 +89,8 @@ pub struct PredictorReport {
     pub training_tokens: Option<u64>,
     /// Per target, in the targets' order.
     pub targets: Vec<Measures>,
-    /// Mean over targets of the defined per-target rhos (the paper's macro rho).
+    /// Mean over targets of the per-target rhos (the paper's macro rho); an
+    /// undefined rho (a constant prediction) counts as 0.
     pub macro_spearman: Option<f64>,
     pub macro_top_spearman: Option<f64>,
     pub macro_recovery: Option<f64>,
@@ -178,10 +179,14 @@ fn measures(
             }
         })
         .flatten();
+    // Fewer than 3 references in the top set rank nothing (2 points give +-1).
+    let top_n = (cfg.top_fraction * reference.len() as f64).ceil() as usize;
     Measures {
         spearman: spearman(pred, reference).ok(),
         kendall: kendall_tau_b(pred, reference).ok(),
-        top_spearman: top_fraction_spearman(pred, reference, cfg.top_fraction, dir).ok(),
+        top_spearman: (top_n >= 3)
+            .then(|| top_fraction_spearman(pred, reference, cfg.top_fraction, dir).ok())
+            .flatten(),
         interval,
         recovery,
         regret: top_pick_regret(pred, reference, dir).ok(),
@@ -229,6 +234,7 @@ pub fn validate(
                 )
             })
             .collect();
+        let top_defined = (cfg.top_fraction * n as f64).ceil() as usize >= 3;
         let obj = cfg.objective.values(&cfg.targets, &s.scores);
         let objective = measures(
             cfg,
@@ -241,8 +247,12 @@ pub fn validate(
             name: s.name,
             kind: s.kind,
             training_tokens: s.training_tokens,
-            macro_spearman: mean(targets.iter().filter_map(|m| m.spearman)),
-            macro_top_spearman: mean(targets.iter().filter_map(|m| m.top_spearman)),
+            // A target the predictor says nothing about (a constant) counts as
+            // rho 0, so a predictor cannot look good by skipping the hard targets.
+            macro_spearman: mean(targets.iter().map(|m| m.spearman.unwrap_or(0.0))),
+            macro_top_spearman: (top_defined)
+                .then(|| mean(targets.iter().map(|m| m.top_spearman.unwrap_or(0.0))))
+                .flatten(),
             macro_recovery: mean(targets.iter().filter_map(|m| m.recovery)),
             targets,
             objective,

@@ -619,7 +619,13 @@ fn proxy_workers(
     } else {
         0
     };
-    let n = workers.map_or(gpus.max(1), |w| w.max(1) as usize);
+    // By default one worker per GPU this step was granted (CUDA_VISIBLE_DEVICES,
+    // which the scheduler sets from `resources.gpus`), not every GPU on the machine.
+    let granted = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .map(|v| v.split(',').filter(|x| !x.trim().is_empty()).count())
+        .filter(|&n| n > 0);
+    let n = workers.map_or(granted.unwrap_or(1).min(gpus.max(1)), |w| w.max(1) as usize);
     // On a GPU the components stay resident; on the CPU merges stream from the files.
     let resident = resident.unwrap_or(device.is_cuda());
     let tokens = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -695,7 +701,19 @@ fn eval_parallel(
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(m) = mixtures.get(i) else { break };
-                    let r = w.eval(m, cancel);
+                    // libtorch errors (a CUDA out-of-memory) panic in tch: stop the
+                    // others and report it instead of draining the queue.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        w.eval(m, cancel)
+                    }))
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "a panic".into());
+                        Err(StepError::Failed(format!("evaluating a proxy: {msg}")))
+                    });
                     let failed = r.is_err();
                     if tx.send((i, r)).is_err() || failed {
                         break;
@@ -798,10 +816,45 @@ struct TrainedEvaluator<'a> {
     scratch: PathBuf,
     done: usize,
     tokens: std::sync::atomic::AtomicU64,
+    scored: BTreeMap<String, Scored>,
+}
+
+/// A scored trained proxy, one JSON line in the search's journal.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Scored {
+    weights: Vec<f64>,
+    scores: Vec<f64>,
+    tokens: u64,
+}
+
+fn weights_id(w: &[f64]) -> String {
+    let bits: Vec<String> = w.iter().map(|x| format!("{:016x}", x.to_bits())).collect();
+    crate::hash::hex(&blake3::hash(bits.join(",").as_bytes()))[..16].to_string()
 }
 
 impl TrainedEvaluator<'_> {
+    /// Proxies scored by an earlier, interrupted run of this step (same key):
+    /// the search is deterministic, so it asks for them again in the same order.
+    fn journal(&self) -> PathBuf {
+        self.scratch.join("scored.jsonl")
+    }
+
+    fn load_journal(&self) -> BTreeMap<String, Scored> {
+        std::fs::read_to_string(self.journal())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Scored>(l).ok())
+            .map(|s| (weights_id(&s.weights), s))
+            .collect()
+    }
+
     fn eval(&mut self, w: &[f64]) -> Result<Vec<f64>, StepError> {
+        let id = weights_id(w);
+        if let Some(s) = self.scored.get(&id) {
+            self.tokens
+                .fetch_add(s.tokens, std::sync::atomic::Ordering::Relaxed);
+            return Ok(s.scores.clone());
+        }
         let mut data = Map::new();
         let total: f64 = w.iter().sum();
         for (c, x) in self.candidates.iter().zip(w) {
@@ -830,6 +883,9 @@ impl TrainedEvaluator<'_> {
         if let Some(r) = t.min_lr_ratio {
             o.insert("min_lr_ratio".into(), json!(r));
         }
+        if let Some(m) = t.micro_batch_size {
+            o.insert("micro_batch_size".into(), json!(m));
+        }
         if let Some(d) = &self.device {
             o.insert("device".into(), json!(d));
         }
@@ -838,8 +894,8 @@ impl TrainedEvaluator<'_> {
         }
         let spec: ml::train::TrainSpec = serde_json::from_value(spec)
             .map_err(|e| StepError::Failed(format!("bad proxy training spec: {e}")))?;
-        let dir = self.scratch.join(format!("proxy-{}", self.done));
-        let _ = crate::store::remove_tree(&dir);
+        // Named by its mixture, so an interrupted proxy resumes its own training.
+        let dir = self.scratch.join(format!("proxy-{id}"));
         let paths = ml::train::TrainPaths {
             shards: self.shards.clone(),
             output: dir.join("checkpoint"),
@@ -857,10 +913,26 @@ impl TrainedEvaluator<'_> {
             self.ctx.cancel,
         )
         .map_err(ml_err)?;
+        let before = self.tokens.load(std::sync::atomic::Ordering::Relaxed);
+        let scores = losses_of(&report, &self.targets, &self.tokens);
+        let line = Scored {
+            weights: w.to_vec(),
+            scores: scores.clone(),
+            tokens: self.tokens.load(std::sync::atomic::Ordering::Relaxed) - before,
+        };
+        let mut text = serde_json::to_string(&line).expect("serializes");
+        text.push('\n');
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.journal())
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(StepError::io("writing the proxy journal"))?;
         // Proxies are scaffolding: only their scores are kept.
         let _ = crate::store::remove_tree(&dir);
         self.done += 1;
-        Ok(losses_of(&report, &self.targets, &self.tokens))
+        Ok(scores)
     }
 }
 
@@ -914,7 +986,24 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
             scratch,
             done: 0,
             tokens: Default::default(),
+            scored: BTreeMap::new(),
         };
+        let mut e = e;
+        e.scored = e.load_journal();
+        if !e.scored.is_empty() {
+            use std::io::Write;
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(ctx.log)
+                .and_then(|mut l| {
+                    writeln!(
+                        l,
+                        "search: resuming with {} proxies scored by an interrupted run",
+                        e.scored.len()
+                    )
+                });
+        }
         (Proxy::Trained(Box::new(e)), counts)
     } else {
         let comps: Vec<PathBuf> = ctx
@@ -990,6 +1079,7 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
     let mut result = search
         .finish()
         .map_err(|e| StepError::Failed(e.to_string()))?;
+    result.candidates = f.candidates.clone();
     result.cost.tokens_evaluated = match &proxy {
         Proxy::Merged(w) => w[0].tokens.load(std::sync::atomic::Ordering::Relaxed),
         Proxy::Trained(e) => e.tokens.load(std::sync::atomic::Ordering::Relaxed),

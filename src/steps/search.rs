@@ -91,6 +91,9 @@ pub struct TrainedProxy {
     pub tokens: u64,
     pub batch_size: u32,
     pub seq_len: u32,
+    /// Rows per forward pass, accumulating gradients up to `batch_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch_size: Option<u32>,
     #[serde(default)]
     pub lr: Option<f64>,
     #[serde(default)]
@@ -230,12 +233,43 @@ impl StepKind for Search {
                         "`train.tokens`, `train.batch_size` and `train.seq_len` must be more than 0",
                         "train",
                     ),
+                    Some(t)
+                        if t
+                            .micro_batch_size
+                            .is_some_and(|m| m == 0 || !t.batch_size.is_multiple_of(m)) =>
+                    {
+                        d.error(
+                            &span(body, "train"),
+                            "`train.micro_batch_size` must divide `train.batch_size`",
+                            "train",
+                        )
+                    }
                     Some(_) => {}
                     None => d.error(
                         body.span(),
                         "`proxy: trained` needs `train: {tokens, batch_size, seq_len}`",
                         "search",
                     ),
+                }
+                if let Some(g) = &f.general
+                    && f.candidates.contains(g)
+                {
+                    d.error(
+                        &span(body, "general"),
+                        format!("`{g}` is a candidate too; the general data is mixed in at share `beta`, not searched over"),
+                        "general",
+                    );
+                }
+                for k in ["workers", "resident"] {
+                    if body.as_mapping().and_then(|m| m.get_node(k)).is_some() {
+                        d.error(
+                            &span(body, k),
+                            format!(
+                                "`{k}` is for merged proxies; trained proxies train one at a time"
+                            ),
+                            k,
+                        );
+                    }
                 }
                 if let Some(b) = f.beta
                     && (!(0.0..1.0).contains(&b) || f.general.is_none())

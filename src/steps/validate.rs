@@ -57,7 +57,8 @@ pub struct ValidateFields {
     /// Final models to rank among the references: label -> `${steps.ID.metrics}`.
     #[serde(default)]
     pub finals: BTreeMap<String, String>,
-    /// Training tokens each predictor cost, for the table: label -> tokens.
+    /// Total training tokens each predictor cost, for the table: label -> tokens
+    /// (`merged`, `linear` and your labels).
     #[serde(default)]
     pub costs: BTreeMap<String, u64>,
     /// `mean_rank` (the search's default) or `weighted_loss`: the headline.
@@ -459,7 +460,7 @@ fn run_with(
             kind: PredictorKind::Baseline,
             scores: linear_baseline(&m.components, &mixtures),
             in_units: true,
-            training_tokens: cost("merged"),
+            training_tokens: cost("linear"),
         });
     }
     for (label, key) in &f.proxies {
@@ -482,6 +483,19 @@ fn run_with(
     for (label, key) in &f.searches {
         let path = one(ctx, key)?;
         let r = read_search(path).map_err(StepError::Failed)?;
+        if !r.candidates.is_empty() && r.candidates != f.candidates {
+            return Err(StepError::Failed(format!(
+                "{}: the search's candidates are {:?}, this step names {:?}: give them in the search's order",
+                path.display(),
+                r.candidates,
+                f.candidates
+            )));
+        }
+        if r.objective != objective(&f.objective, &f.objective_weights, f.targets.len()) {
+            warnings.push(format!(
+                "search `{label}` optimised a different objective than this validation's headline"
+            ));
+        }
         if r.chosen.len() != f.candidates.len() {
             return Err(StepError::Failed(format!(
                 "{}: the search mixes {} candidates, this step names {}",

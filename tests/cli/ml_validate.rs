@@ -295,3 +295,65 @@ fn a_pick_beyond_the_sampled_mixtures_is_an_error() {
         r.stderr()
     );
 }
+
+#[test]
+fn an_interrupted_regmix_search_resumes_its_scored_proxies() {
+    use std::time::{Duration, Instant};
+    let reference = Env::new();
+    reference.write("demix.yaml", &shared_base());
+    reference.demix(&["run", "--target", "regmix"]).ok();
+    let want = json(&reference, "regmix", "result");
+
+    let env = Env::new();
+    env.write("demix.yaml", &shared_base());
+    env.demix(&["run", "--target", "base"]).ok();
+    let mut child = env
+        .cmd(&["run", "--target", "regmix"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Interrupt once two proxies are scored.
+    let t0 = Instant::now();
+    loop {
+        let scored = std::fs::read_dir(env.path("cache/resume"))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    std::fs::read_to_string(e.path().join("scored.jsonl"))
+                        .is_ok_and(|s| s.lines().count() >= 2)
+                })
+            })
+            .unwrap_or(false);
+        if scored {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no proxy was scored"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let r = env.demix(&["run", "--target", "regmix"]).ok();
+    assert_eq!(r.ran(), ["regmix"]);
+    let log = std::fs::read_dir(env.path("cache/logs"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .find(|s| s.contains("resuming with"))
+        .expect("the rerun says it resumed");
+    assert!(!log.contains("resuming with 0 "), "{log}");
+    let got = json(&env, "regmix", "result");
+    // The rerun took the scored proxies from the journal: same proxies, same
+    // scores, same choice as an uninterrupted run.
+    for k in ["proxies", "chosen"] {
+        let strip = |v: &serde_json::Value| v[k].to_string();
+        assert_eq!(strip(&got), strip(&want), "{k}");
+    }
+    assert!(
+        std::fs::read_dir(env.path("cache/resume")).map_or(true, |d| d.count() == 0),
+        "the scratch folder is removed once the search is done"
+    );
+}
