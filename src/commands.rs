@@ -160,13 +160,14 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
                     }
                 }
                 println!(
-                    "{} {} results, {} trees, {} objects, {} work dirs, {} logs: {} (kept {} results)",
+                    "{} {} results, {} trees, {} objects, {} work dirs, {} logs, {} resume states: {} (kept {} results)",
                     if a.dry_run { "would remove" } else { "removed" },
                     r.results,
                     r.trees,
                     r.objects,
                     r.tmp,
                     r.logs,
+                    r.resume,
                     human_bytes(r.freed_bytes),
                     r.kept_results
                 );

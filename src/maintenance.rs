@@ -17,6 +17,9 @@ pub struct GcReport {
     pub objects: usize,
     pub tmp: usize,
     pub logs: usize,
+    /// Resumable state of interrupted steps that no kept run needs any more.
+    #[serde(default)]
+    pub resume: usize,
     pub freed_bytes: u64,
     pub kept_results: usize,
     pub removed: Vec<String>,
@@ -192,6 +195,18 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, St
         if !live_objects.contains(&h) {
             remove(p, "object", &mut rep);
             rep.objects += 1;
+        }
+    }
+    // Resumable state (training, a trained search's journal) of steps whose key
+    // no kept run has: a changed step will never resume from it.
+    for p in read_dir_sorted(&store.root.join("resume")) {
+        let key = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !keep.contains(&key) {
+            remove(p, "resume", &mut rep);
+            rep.resume += 1;
         }
     }
     // Work directories of processes that are gone.

@@ -401,11 +401,16 @@ fn log_and_gc() {
     );
     let text = env.demix(&["log"]).ok().stdout();
     assert!(text.contains("ok          pipe"), "{text}");
-    // The first run's greet/join results are referenced by no kept run.
+    // The first run's greet/join results are referenced by no kept run, nor is
+    // the resumable state of a step key no run had.
+    env.write("cache/resume/0123abcd/state/x", "stale");
     let dry = env.demix(&["gc", "--dry-run", "--json"]).ok().json();
     assert_eq!(dry["results"], 3);
+    assert_eq!(dry["resume"], 1);
     let gc = env.demix(&["gc", "--json"]).ok().json();
     assert_eq!(gc["results"], 3);
+    assert_eq!(gc["resume"], 1);
+    assert!(!env.path("cache/resume/0123abcd").exists());
     assert!(gc["objects"].as_u64().unwrap() >= 2);
     assert!(env.demix(&["run"]).ok().ran().is_empty());
     env.demix(&["verify"]).ok();
