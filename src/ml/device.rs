@@ -80,10 +80,10 @@ fn gpu_names() -> Vec<String> {
         let mut dirs: Vec<_> = rd.flatten().map(|e| e.path()).collect();
         dirs.sort();
         for d in dirs {
-            if let Ok(s) = std::fs::read_to_string(d.join("information")) {
-                if let Some(m) = s.lines().find_map(|l| l.strip_prefix("Model:")) {
-                    names.push(m.trim().to_string());
-                }
+            if let Ok(s) = std::fs::read_to_string(d.join("information"))
+                && let Some(m) = s.lines().find_map(|l| l.strip_prefix("Model:"))
+            {
+                names.push(m.trim().to_string());
             }
         }
     }

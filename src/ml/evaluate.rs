@@ -451,13 +451,13 @@ pub fn evaluate_model(
     let mut datasets = BTreeMap::new();
     for (name, dir) in &paths.validation {
         let sh = Shard::open(dir)?;
-        if let Some(t) = tok {
-            if sh.meta.tokenizer_hash != t.hash() {
-                return Err(MlError::Shard {
-                    path: dir.clone(),
-                    msg: "tokenized with a different tokenizer than the model's".into(),
-                });
-            }
+        if let Some(t) = tok
+            && sh.meta.tokenizer_hash != t.hash()
+        {
+            return Err(MlError::Shard {
+                path: dir.clone(),
+                msg: "tokenized with a different tokenizer than the model's".into(),
+            });
         }
         datasets.insert(
             name.clone(),

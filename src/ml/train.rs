@@ -418,13 +418,13 @@ pub fn train(
         }
         shards.push((*w, sh));
     }
-    if let Some(h) = shards.first().map(|(_, s)| s.meta.tokenizer_hash.clone()) {
-        if let Some((_, s)) = shards.iter().find(|(_, s)| s.meta.tokenizer_hash != h) {
-            return Err(MlError::Shard {
-                path: s.dir.clone(),
-                msg: "tokenized with a different tokenizer than the other shards".into(),
-            });
-        }
+    if let Some(h) = shards.first().map(|(_, s)| s.meta.tokenizer_hash.clone())
+        && let Some((_, s)) = shards.iter().find(|(_, s)| s.meta.tokenizer_hash != h)
+    {
+        return Err(MlError::Shard {
+            path: s.dir.clone(),
+            msg: "tokenized with a different tokenizer than the other shards".into(),
+        });
     }
 
     let state_json = paths.state_dir.join("state.json");

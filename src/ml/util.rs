@@ -20,10 +20,10 @@ pub fn tmp_sibling(path: &Path) -> PathBuf {
 }
 
 fn ensure_parent(path: &Path) -> Result<()> {
-    if let Some(p) = path.parent() {
-        if !p.as_os_str().is_empty() {
-            fs::create_dir_all(p).with_path(p)?;
-        }
+    if let Some(p) = path.parent()
+        && !p.as_os_str().is_empty()
+    {
+        fs::create_dir_all(p).with_path(p)?;
     }
     Ok(())
 }

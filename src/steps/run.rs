@@ -289,9 +289,9 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
     };
     let mut shards = BTreeMap::new();
     for n in names {
-        if !shards.contains_key(&n) {
-            let dir = shard(ctx, &n, Split::Train, &tok, &tok_hash)?;
-            shards.insert(n, dir);
+        if let std::collections::btree_map::Entry::Vacant(e) = shards.entry(n) {
+            let dir = shard(ctx, e.key(), Split::Train, &tok, &tok_hash)?;
+            e.insert(dir);
         }
     }
     let mut spec = Map::new();

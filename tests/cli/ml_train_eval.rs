@@ -261,7 +261,7 @@ fn evaluation_matches_hand_computation_and_in_memory() {
 fn gradient_accumulation_matches_the_whole_batch() {
     let f = fixture();
     let spec = tiny_spec(&f, 6);
-    assert!(spec.batch_size >= 2 && spec.batch_size % 2 == 0);
+    assert!(spec.batch_size >= 2 && spec.batch_size.is_multiple_of(2));
     let mut micro = spec.clone();
     micro.micro_batch_size = Some(spec.batch_size / 2);
     let (a, b) = (paths(&f, "whole"), paths(&f, "micro"));
