@@ -21,7 +21,7 @@ fn no_torch(kind: &str) -> StepError {
     ))
 }
 
-fn span_of(body: &Node, key: &str) -> marked_yaml::Span {
+pub(super) fn span_of(body: &Node, key: &str) -> marked_yaml::Span {
     body.as_mapping()
         .and_then(|m| m.get_node(key))
         .map(|n| *n.span())

@@ -9,6 +9,7 @@ use marked_yaml::Node;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::ml::{dataset_names, span_of as span};
 use super::{Plan, RunCtx, StepError, StepKind};
 use crate::manifest::template::Split;
 use crate::manifest::{Diags, serde_diag};
@@ -30,13 +31,6 @@ pub struct SampleFields {
 }
 
 pub struct Sample;
-
-fn span(body: &Node, key: &str) -> marked_yaml::Span {
-    body.as_mapping()
-        .and_then(|m| m.get_node(key))
-        .map(|n| *n.span())
-        .unwrap_or(*body.span())
-}
 
 impl StepKind for Sample {
     fn name(&self) -> &'static str {
@@ -82,7 +76,7 @@ impl StepKind for Sample {
         if d.problems.len() > before {
             return None;
         }
-        let datasets = super::ml::dataset_names(body, "candidates", &f.candidates, Split::Train);
+        let datasets = dataset_names(body, "candidates", &f.candidates, Split::Train);
         Some(Plan {
             params: serde_json::to_value(&f).expect("serializes"),
             paths,

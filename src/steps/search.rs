@@ -8,6 +8,7 @@ use marked_yaml::{Node, Spanned};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::ml::{dataset_names, span_of as span};
 use super::{Plan, RunCtx, StepError, StepKind};
 use crate::manifest::template::{self, Piece, Ref, Split};
 use crate::manifest::{Diags, serde_diag};
@@ -132,30 +133,6 @@ fn default_batch() -> u32 {
 }
 
 pub struct Search;
-
-fn span(body: &Node, key: &str) -> marked_yaml::Span {
-    body.as_mapping()
-        .and_then(|m| m.get_node(key))
-        .map(|n| *n.span())
-        .unwrap_or(*body.span())
-}
-
-fn names(body: &Node, key: &str, v: &[String], split: Split) -> Vec<(Spanned<String>, Split)> {
-    let spans: Vec<marked_yaml::Span> = body
-        .as_mapping()
-        .and_then(|m| m.get_sequence(key))
-        .map(|s| s.iter().map(|n| *n.span()).collect())
-        .unwrap_or_default();
-    v.iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (
-                Spanned::new(spans.get(i).copied().unwrap_or(span(body, key)), n.clone()),
-                split,
-            )
-        })
-        .collect()
-}
 
 impl StepKind for Search {
     fn name(&self) -> &'static str {
@@ -337,8 +314,13 @@ impl StepKind for Search {
         if d.problems.len() > before {
             return None;
         }
-        let mut datasets = names(body, "candidates", &f.candidates, Split::Train);
-        datasets.extend(names(body, "targets", &f.targets, Split::Validation));
+        let mut datasets = dataset_names(body, "candidates", &f.candidates, Split::Train);
+        datasets.extend(dataset_names(
+            body,
+            "targets",
+            &f.targets,
+            Split::Validation,
+        ));
         if let Some(g) = &f.general {
             datasets.push((Spanned::new(span(body, "general"), g.clone()), Split::Train));
         }

@@ -15,10 +15,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use marked_yaml::{Node, Spanned};
+use marked_yaml::Node;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::ml::{dataset_names, span_of as span};
 use super::{Plan, RunCtx, StepError, StepKind};
 use crate::manifest::template::{self, Piece, Ref, Select, Split};
 use crate::manifest::{Diags, serde_diag};
@@ -118,13 +119,6 @@ pub const JSON: &str = "validation.json";
 pub const MARKDOWN: &str = "validation.md";
 
 pub struct Validate;
-
-fn span(body: &Node, key: &str) -> marked_yaml::Span {
-    body.as_mapping()
-        .and_then(|m| m.get_node(key))
-        .map(|n| *n.span())
-        .unwrap_or(*body.span())
-}
 
 /// Checks that `v` is one step reference, fanned out (`[*]`) or not as `all` says.
 fn check_ref(d: &mut Diags, sp: marked_yaml::Span, key: &str, v: &str, all: bool) {
@@ -252,25 +246,9 @@ impl StepKind for Validate {
         if d.problems.len() > before {
             return None;
         }
-        let names = |key: &str, v: &[String]| -> Vec<(Spanned<String>, Split)> {
-            let spans: Vec<marked_yaml::Span> = body
-                .as_mapping()
-                .and_then(|m| m.get_sequence(key))
-                .map(|s| s.iter().map(|n| *n.span()).collect())
-                .unwrap_or_default();
-            v.iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    (
-                        Spanned::new(spans.get(i).copied().unwrap_or(span(body, key)), n.clone()),
-                        Split::Validation,
-                    )
-                })
-                .collect()
-        };
         // Merged proxies are evaluated on the targets' validation data.
         let datasets = if f.components.is_some() {
-            names("targets", &f.targets)
+            dataset_names(body, "targets", &f.targets, Split::Validation)
         } else {
             Vec::new()
         };
