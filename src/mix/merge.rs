@@ -789,7 +789,22 @@ fn linear_block(
         let a = &mut acc[k * BLOCK..k * BLOCK + (end - start)];
         let x = &mut tmp[..end - start];
         for (j, &(_, ck, c)) in active.iter().enumerate() {
-            decode_f32(info.dtype, ck.bytes(start..end), x);
+            let bytes = ck.bytes(start..end);
+            if info.dtype == Dtype::Bf16 {
+                // The common case, fused: decode and accumulate in one pass.
+                let pairs = bytes.chunks_exact(2);
+                if j == 0 {
+                    for (a, b) in a.iter_mut().zip(pairs) {
+                        *a = c * f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+                    }
+                } else {
+                    for (a, b) in a.iter_mut().zip(pairs) {
+                        *a += c * f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+                    }
+                }
+                continue;
+            }
+            decode_f32(info.dtype, bytes, x);
             if j == 0 {
                 for (a, &x) in a.iter_mut().zip(x.iter()) {
                     *a = c * x;
