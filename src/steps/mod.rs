@@ -142,6 +142,13 @@ pub fn kind_names() -> Vec<&'static str> {
     kinds().iter().map(|k| k.name()).collect()
 }
 
+/// Writes `v` as pretty JSON (with a final newline) to `name` in the step's output folder.
+pub fn write_json(ctx: &RunCtx, name: &str, v: &impl Serialize) -> Result<(), StepError> {
+    let mut bytes = serde_json::to_vec_pretty(v).expect("serializing owned values cannot fail");
+    bytes.push(b'\n');
+    std::fs::write(ctx.out_dir.join(name), bytes).map_err(StepError::io(format!("writing {name}")))
+}
+
 /// The JSON Schema of a kind's fields, as a root schema object (its `properties`,
 /// `required` and `definitions` are merged into the manifest schema).
 pub fn fields_schema<T: schemars::JsonSchema>() -> serde_json::Value {

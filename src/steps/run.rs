@@ -471,12 +471,6 @@ fn token_counts(
     Ok(counts)
 }
 
-fn write_json(ctx: &RunCtx, name: &str, v: &impl serde::Serialize) -> Result<(), StepError> {
-    let mut bytes = serde_json::to_vec_pretty(v).expect("serializes");
-    bytes.push(b'\n');
-    std::fs::write(ctx.out_dir.join(name), bytes).map_err(StepError::io(format!("writing {name}")))
-}
-
 pub fn sample(ctx: &RunCtx) -> Result<(), StepError> {
     use crate::mix::sampler::{SamplerConfig, sample};
     let f: super::sample::SampleFields = fields(ctx)?;
@@ -512,7 +506,7 @@ pub fn sample(ctx: &RunCtx) -> Result<(), StepError> {
                 .collect()
         })
         .collect();
-    write_json(ctx, "mixtures.json", &list)
+    super::write_json(ctx, "mixtures.json", &list)
 }
 
 /// How a worker merges: streaming from the memory-mapped files (host memory
@@ -1094,8 +1088,8 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
         .map(String::as_str)
         .zip(result.chosen.iter().copied())
         .collect();
-    write_json(ctx, "search.json", &result)?;
-    write_json(ctx, "mixture.json", &mixture)?;
+    super::write_json(ctx, "search.json", &result)?;
+    super::write_json(ctx, "mixture.json", &mixture)?;
     Ok(())
 }
 

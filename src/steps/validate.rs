@@ -281,10 +281,7 @@ impl StepKind for Validate {
             }
         };
         let v = run_with(ctx, &f, merged)?;
-        let mut bytes = serde_json::to_vec_pretty(&v).expect("serializes");
-        bytes.push(b'\n');
-        std::fs::write(ctx.out_dir.join(JSON), bytes)
-            .map_err(StepError::io("writing validation.json"))?;
+        super::write_json(ctx, JSON, &v)?;
         std::fs::write(
             ctx.out_dir.join(MARKDOWN),
             crate::report::markdown::validation(&v),

@@ -132,3 +132,36 @@ pub fn output_path(env: &Env, manifest: &str, step: &str, output: &str) -> PathB
     let path = r["outputs"][output]["path"].as_str().expect("output path");
     env.path(&format!("cache/trees/{}/{tree}/{path}", &tree[..2]))
 }
+
+/// Runs `demix ARGS` in `env` and sends it SIGINT once some folder under
+/// `cache/resume/` satisfies `ready` (within 2 minutes); returns its exit code.
+#[allow(dead_code)]
+pub fn interrupt_when(
+    env: &Env,
+    args: &[&str],
+    what: &str,
+    ready: impl Fn(&std::path::Path) -> bool,
+) -> Option<i32> {
+    use std::time::{Duration, Instant};
+    let mut child = env
+        .cmd(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let resume = env.path("cache/resume");
+    while !std::fs::read_dir(&resume)
+        .map(|d| d.flatten().any(|e| ready(&e.path())))
+        .unwrap_or(false)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no {what} appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait().unwrap().code()
+}

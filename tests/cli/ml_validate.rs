@@ -3,7 +3,7 @@
 //! the report; and the negative test: components without a shared base do not
 //! merge into models of mixtures, and the validation says so.
 
-use crate::harness::{Env, output_path};
+use crate::harness::{Env, interrupt_when, output_path};
 
 const TRAIN: &str = "batch_size: 4\n    seq_len: 32\n    device: cpu\n    threads: 1";
 
@@ -298,7 +298,6 @@ fn a_pick_beyond_the_sampled_mixtures_is_an_error() {
 
 #[test]
 fn an_interrupted_regmix_search_resumes_its_scored_proxies() {
-    use std::time::{Duration, Instant};
     let reference = Env::new();
     reference.write("demix.yaml", &shared_base());
     reference.demix(&["run", "--target", "regmix"]).ok();
@@ -307,35 +306,11 @@ fn an_interrupted_regmix_search_resumes_its_scored_proxies() {
     let env = Env::new();
     env.write("demix.yaml", &shared_base());
     env.demix(&["run", "--target", "base"]).ok();
-    let mut child = env
-        .cmd(&["run", "--target", "regmix"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Interrupt once two proxies are scored.
-    let t0 = Instant::now();
-    loop {
-        let scored = std::fs::read_dir(env.path("cache/resume"))
-            .map(|d| {
-                d.flatten().any(|e| {
-                    std::fs::read_to_string(e.path().join("scored.jsonl"))
-                        .is_ok_and(|s| s.lines().count() >= 2)
-                })
-            })
-            .unwrap_or(false);
-        if scored {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no proxy was scored"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let code = interrupt_when(&env, &["run", "--target", "regmix"], "scored proxy", |d| {
+        std::fs::read_to_string(d.join("scored.jsonl")).is_ok_and(|s| s.lines().count() >= 2)
+    });
+    assert_eq!(code, Some(130));
     let r = env.demix(&["run", "--target", "regmix"]).ok();
     assert_eq!(r.ran(), ["regmix"]);
     let log = std::fs::read_dir(env.path("cache/logs"))

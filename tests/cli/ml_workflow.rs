@@ -1,9 +1,7 @@
 //! The ML step kinds through the CLI: tokenizer -> train -> component -> evaluate on
 //! the shipped corpora, cached, resumable after an interrupt, byte-identical.
 
-use std::time::{Duration, Instant};
-
-use crate::harness::{Env, output_path};
+use crate::harness::{Env, interrupt_when, output_path};
 
 fn manifest(tokens: u64) -> String {
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
@@ -121,32 +119,11 @@ fn an_interrupted_training_resumes_to_the_same_bytes() {
 
     let env = Env::new();
     env.write("demix.yaml", &manifest(16384));
-    let mut child = env
-        .cmd(&["run", "--target", "base"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Wait until training has saved a resumable state, then interrupt.
-    let t0 = Instant::now();
-    let resume = env.path("cache/resume");
-    loop {
-        let saved = std::fs::read_dir(&resume)
-            .map(|d| d.flatten().any(|e| e.path().join("state").is_dir()))
-            .unwrap_or(false);
-        if saved {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no resume state appeared"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    let code = interrupt_when(&env, &["run", "--target", "base"], "resume state", |d| {
+        d.join("state").is_dir()
+    });
+    assert_eq!(code, Some(130));
     assert!(
         !env.path("cache/state/ml/base.json").exists(),
         "no result for an interrupted step"
