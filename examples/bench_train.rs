@@ -24,7 +24,7 @@ fn main() {
     cfg.head_dim = d / heads;
     let m = Qwen3::init(&cfg, 0, Device::Cpu).expect("valid config");
     m.set_requires_grad(true);
-    let mut opt = AdamW::new(m.named_parameters(), (0.9, 0.95), 1e-8, 0.1);
+    let mut opt = AdamW::new(m.named_parameters(), (0.9, 0.95), 1e-8, 0.1).expect("allocates");
     let mut rng = SplitMix64::new(1);
     let warmup = 2;
     let mut t0 = Instant::now();

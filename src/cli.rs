@@ -65,8 +65,9 @@ pub enum Internal {
         spec: PathBuf,
         #[arg(long)]
         completion: Option<PathBuf>,
-        #[arg(long)]
-        die_with_parent: bool,
+        /// Stop when the process with this pid (the one that started this) is gone.
+        #[arg(long, value_name = "PID")]
+        die_with_parent: Option<u32>,
     },
     /// Run several specs of a batch folder one after another (a Slurm job of several steps).
     ExecBatch { dir: PathBuf, names: Vec<String> },
@@ -105,7 +106,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "STEP")]
     pub force: Vec<String>,
     /// GPU device ids steps may use, e.g. `0,1` [default: CUDA_VISIBLE_DEVICES, else all]
-    #[arg(long, env = "DEMIX_GPUS", value_name = "IDS")]
+    #[arg(long, env = "DEMIX_GPUS", value_name = "IDS", value_parser = gpu_ids)]
     pub gpus: Option<String>,
     /// Print the run summary as JSON on stdout.
     #[arg(long)]
@@ -128,8 +129,30 @@ pub struct WatchArgs {
     #[arg(long, short = 'k')]
     pub keep_going: bool,
     /// GPU device ids steps may use, e.g. `0,1` [default: CUDA_VISIBLE_DEVICES, else all]
-    #[arg(long, env = "DEMIX_GPUS", value_name = "IDS")]
+    #[arg(long, env = "DEMIX_GPUS", value_name = "IDS", value_parser = gpu_ids)]
     pub gpus: Option<String>,
+}
+
+/// `--gpus`: comma-separated device numbers or UUIDs (`GPU-…`, `MIG-…`); empty
+/// for none.
+fn gpu_ids(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Ok(String::new());
+    }
+    for id in s.split(',').map(str::trim) {
+        let ok = (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            || ((id.starts_with("GPU-") || id.starts_with("MIG-"))
+                && id.len() > 4
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/'));
+        if !ok {
+            return Err(format!(
+                "`{id}` is not a GPU id: give device numbers such as `0,1`, or UUIDs such as `GPU-5fd4…`"
+            ));
+        }
+    }
+    Ok(s.to_string())
 }
 
 #[derive(Args, Debug)]

@@ -192,14 +192,26 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
                         }
                     );
                 }
+                for k in &r.invalidated {
+                    println!("invalidated {k}: built on a corrupt object; it runs again");
+                }
+                for c in &r.corrupt_records {
+                    println!(
+                        "corrupt record {} ({}); removed",
+                        c.path.display(),
+                        c.reason
+                    );
+                }
                 println!(
-                    "verified {} objects ({}): {} corrupt",
+                    "verified {} objects ({}): {} corrupt, {} results invalidated, {} corrupt records",
                     r.objects,
                     human_bytes(r.bytes),
-                    r.corrupt.len()
+                    r.corrupt.len(),
+                    r.invalidated.len(),
+                    r.corrupt_records.len()
                 );
             }
-            Ok(if r.corrupt.is_empty() {
+            Ok(if r.corrupt.is_empty() && r.corrupt_records.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -348,6 +360,9 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         },
         t0.elapsed().as_secs_f64()
     );
+    for v in demix::outcome::verdicts(&g, &s, &summary) {
+        rep.line(&format!("verdict {v}"));
+    }
     if summary.ok {
         rep.line(&line);
     } else {
@@ -634,7 +649,13 @@ fn report(a: crate::cli::ReportArgs, cache: &Option<PathBuf>) -> miette::Result<
 
 fn log(a: crate::cli::LogArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
     let s = store(cache);
-    let runs = demix::maintenance::runs(&s);
+    let (runs, damaged) = demix::maintenance::runs_and_damage(&s);
+    for (p, why) in &damaged {
+        eprintln!(
+            "warning: run record {} is corrupt ({why}); `demix verify` removes it",
+            p.display()
+        );
+    }
     let shown = &runs[runs.len().saturating_sub(a.limit)..];
     if a.json {
         println!(

@@ -1,6 +1,7 @@
 //! Expands a manifest's fan-outs, resolves references and builds the step DAG.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use marked_yaml::types::MarkedScalarNode;
@@ -98,15 +99,22 @@ impl Graph {
                 );
                 continue;
             };
-            let items: Vec<Option<String>> = match &decl.foreach {
-                Some(f) => f.items.iter().cloned().map(Some).collect(),
-                None => vec![None],
+            let no_fields = BTreeMap::new();
+            let items: Vec<(Option<String>, &BTreeMap<String, Value>)> = match &decl.foreach {
+                Some(f) => f
+                    .items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| (Some(x.clone()), f.fields.get(i).unwrap_or(&no_fields)))
+                    .collect(),
+                None => vec![(None, &no_fields)],
             };
-            for item in items {
+            for (item, fields) in items {
                 let mut body = Node::Mapping(decl.body.clone());
                 let mut used = BTreeMap::new();
                 let before = d.problems.len();
-                substitute(&mut body, &manifest, item.as_deref(), &mut used, &mut d);
+                let it = item.as_deref().map(|i| (i, fields));
+                substitute(&mut body, &manifest, it, &mut used, &mut d);
                 if d.problems.len() > before {
                     continue;
                 }
@@ -194,7 +202,7 @@ impl Graph {
                                 continue;
                             }
                             Select::One => vec![targets[0].1],
-                            Select::Key(_) | Select::All if !fans_out => {
+                            Select::Key(_) | Select::All | Select::Glob(_) if !fans_out => {
                                 d.error(span, format!("step `{id}` has no `foreach`; write `${{steps.{id}.{output}}}`"), "not a fan-out");
                                 continue;
                             }
@@ -218,6 +226,32 @@ impl Graph {
                                 }
                             },
                             Select::All => targets.iter().map(|(_, n)| *n).collect(),
+                            Select::Glob(g) => {
+                                let pat = match glob::Pattern::new(g) {
+                                    Ok(p) => p,
+                                    Err(e) => {
+                                        d.error(span, format!("bad item glob `{g}`: {e}"), "glob");
+                                        continue;
+                                    }
+                                };
+                                let hits: Vec<usize> = targets
+                                    .iter()
+                                    .filter(|(i, _)| i.as_deref().is_some_and(|i| pat.matches(i)))
+                                    .map(|(_, n)| *n)
+                                    .collect();
+                                if hits.is_empty() {
+                                    let keys: Vec<&str> =
+                                        targets.iter().filter_map(|(i, _)| i.as_deref()).collect();
+                                    d.push(
+                                        span,
+                                        format!("no item of step `{id}` matches `{g}`"),
+                                        "no such item",
+                                        Some(format!("items: {}", keys.join(", "))),
+                                    );
+                                    continue;
+                                }
+                                hits
+                            }
                         };
                         let outs = &nodes[chosen[0]].plan.outputs;
                         if !outs.contains_key(output) {
@@ -296,6 +330,21 @@ impl Graph {
                 );
             }
             nodes[idx].inputs = inputs.into_values().collect();
+            check_counts(&nodes[idx], &mut d);
+            if let Some((need, what, span)) = &nodes[idx].plan.memory
+                && let Some(limit) = nodes[idx].resources.memory.as_deref()
+                && let Ok(have) = crate::manifest::parse_bytes(limit)
+                && *need > have
+            {
+                d.error(
+                    span,
+                    format!(
+                        "{what} needs about {} of memory, more than `resources.memory` ({limit})",
+                        crate::store::human_bytes(*need)
+                    ),
+                    "model",
+                );
+            }
         }
         // Explicit ordering with `after:`.
         for decl in &manifest.steps {
@@ -473,28 +522,84 @@ fn find_cycle(g: &DiGraph<usize, Span>) -> Option<Vec<NodeIndex>> {
     None
 }
 
+/// The key an input is resolved under: its reference normalised, or the path.
+fn input_key(written: &str) -> String {
+    match template::parse(written).as_deref() {
+        Ok([Piece::Ref(r)]) => r.to_string(),
+        _ => written.to_string(),
+    }
+}
+
+/// Checks the plan's rules on how many paths its inputs resolve to.
+fn check_counts(node: &StepNode, d: &mut Diags) {
+    let count = |written: &str| -> Option<usize> {
+        let key = input_key(written);
+        node.inputs
+            .iter()
+            .find(|i| i.key == key)
+            .map(|i| match &i.source {
+                Source::Steps { nodes, .. } => nodes.len(),
+                _ => 1,
+            })
+    };
+    for c in &node.plan.counts {
+        let Some(got) = c.inputs.iter().map(|k| count(k)).sum::<Option<usize>>() else {
+            continue; // an input with its own error
+        };
+        let (want, what) = match &c.expected {
+            steps::Expected::Number(n, what) => (*n, what.clone()),
+            steps::Expected::SameAs(other, what) => match count(other) {
+                Some(n) => (n, what.clone()),
+                None => continue,
+            },
+        };
+        if got != want {
+            d.error(
+                &c.span,
+                format!(
+                    "{got} {} but {want} {what}: they must match one to one",
+                    c.what
+                ),
+                "count",
+            );
+        }
+    }
+}
+
 /// Replaces `${params.*}` and `${item}` in every scalar, and `$item` inside references.
 fn substitute(
     node: &mut Node,
     m: &Manifest,
-    item: Option<&str>,
+    item: Option<(&str, &BTreeMap<String, Value>)>,
     used: &mut BTreeMap<String, Value>,
     d: &mut Diags,
 ) {
+    let whole = item;
+    let fields = item.map(|(_, f)| f);
+    let item = item.map(|(i, _)| i);
     match node {
         Node::Mapping(map) => {
             for (_, v) in map.iter_mut() {
-                substitute(v, m, item, used, d);
+                substitute(v, m, whole, used, d);
             }
         }
         Node::Sequence(seq) => {
             for v in seq.iter_mut() {
-                substitute(v, m, item, used, d);
+                substitute(v, m, whole, used, d);
             }
         }
         Node::Scalar(s) => {
             if !template::has_refs(s.as_str()) && !s.as_str().contains("$${") {
                 return;
+            }
+            // Inside a reference, `$item.AXIS` is one axis's value of a matrix item.
+            if let Some(f) = fields
+                && s.as_str().contains("$item.")
+            {
+                let text = axis_values(s.as_str(), f);
+                let mut n = MarkedScalarNode::new(*s.span(), text);
+                n.set_coerce(s.may_coerce());
+                *s = n;
             }
             let span = *s.span();
             let pieces = match template::parse(s.as_str()) {
@@ -524,6 +629,31 @@ fn substitute(
                     }
                 }
             };
+            let field = |axis: &str, d: &mut Diags| -> Option<Value> {
+                let v = fields.and_then(|f| f.get(axis)).cloned();
+                if v.is_none() {
+                    let axes: Vec<&str> = fields
+                        .map(|f| f.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
+                    d.push(
+                        &span,
+                        format!("`${{item.{axis}}}` names no axis of this step's `matrix`"),
+                        "no such axis",
+                        did_you_mean(axis, axes.iter().copied()),
+                    );
+                }
+                v
+            };
+            // A whole-value matrix field keeps its type, as a parameter does.
+            if let [Piece::Ref(Ref::ItemField(axis))] = pieces.as_slice() {
+                if let Some(v) = field(axis, d) {
+                    *node = match &v {
+                        Value::String(_) => json_to_node(&v, &span),
+                        other => Node::Scalar(MarkedScalarNode::new(span, other.to_string())),
+                    };
+                }
+                return;
+            }
             // A whole-value parameter keeps its type (a number stays a number, a list a list).
             if let [Piece::Ref(Ref::Param(path))] = pieces.as_slice() {
                 if let Some(v) = lookup(path, used, d) {
@@ -560,6 +690,11 @@ fn substitute(
                         Some(v) => out.push_str(&v.to_string()),
                         None => {}
                     },
+                    Piece::Ref(Ref::ItemField(axis)) => match field(&axis, d) {
+                        Some(Value::String(v)) => out.push_str(&v.replace("${", "$${")),
+                        Some(v) => out.push_str(&v.to_string()),
+                        None => {}
+                    },
                     Piece::Ref(Ref::Item) => match item {
                         Some(i) => out.push_str(i),
                         None => d.push(
@@ -578,12 +713,16 @@ fn substitute(
                                 Ref::Step {
                                     select: Select::Key(k),
                                     ..
-                                } if k == "$item" => *k = i.to_string(),
+                                } if k.contains("$item") => *k = k.replace("$item", i),
+                                Ref::Step {
+                                    select: Select::Glob(g),
+                                    ..
+                                } if g.contains("$item") => *g = g.replace("$item", i),
                                 Ref::Step { id, .. } if id == "$item" => *id = i.to_string(),
                                 _ => {}
                             }
                         } else if matches!(&r, Ref::Dataset { name, .. } if name == "$item")
-                            || matches!(&r, Ref::Step { select: Select::Key(k), .. } if k == "$item")
+                            || matches!(&r, Ref::Step { select: Select::Key(k), .. } if k.contains("$item"))
                             || matches!(&r, Ref::Step { id, .. } if id == "$item")
                         {
                             d.push(
@@ -603,6 +742,22 @@ fn substitute(
             *node = Node::Scalar(n);
         }
     }
+}
+
+/// Replaces `$item.AXIS` (for each axis of `fields`, longest names first) with
+/// the axis's value.
+fn axis_values(text: &str, fields: &BTreeMap<String, Value>) -> String {
+    let mut axes: Vec<&String> = fields.keys().collect();
+    axes.sort_by_key(|a| std::cmp::Reverse(a.len()));
+    let mut out = text.to_string();
+    for a in axes {
+        let v = match &fields[a] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out = out.replace(&format!("$item.{a}"), &v);
+    }
+    out
 }
 
 /// Every `${steps.*}` and `${datasets.*}` (and runtime) reference in a node.
@@ -648,13 +803,30 @@ pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathB
             m.dir.join(g.as_str()).display().to_string()
         };
         let mut n = 0;
+        let mut other = None;
         let paths = glob::glob(&pattern)
             .map_err(|e| format!("{}: bad glob: {e}", m.src.location(g.span())))?;
         for p in paths.flatten() {
             if p.is_file() {
                 files.insert(p);
                 n += 1;
+            } else if other.is_none() {
+                other = Some(p);
             }
+        }
+        if let (0, Some(p)) = (n, &other) {
+            let what = match std::fs::metadata(p) {
+                Ok(md) if md.is_dir() => "a folder",
+                Ok(md) if md.file_type().is_fifo() => "a FIFO",
+                Ok(_) => "not a regular file",
+                Err(_) => "a broken link",
+            };
+            return Err(format!(
+                "{}: dataset `{name}`: `{}` matches {} only, which is {what}: a dataset's files are regular files (a glob such as `dir/*.jsonl` takes a folder's)",
+                m.src.location(g.span()),
+                g.as_str(),
+                p.display()
+            ));
         }
         if n == 0 {
             return Err(format!(

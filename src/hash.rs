@@ -71,17 +71,29 @@ pub fn tree_hash<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> S
 struct Stamp {
     size: u64,
     mtime_ns: i128,
+    /// The inode change time: a write whose mtime was put back (bit rot made
+    /// by hand, `touch -r`) still moves it.
+    ctime_ns: i128,
     ino: u64,
     dev: u64,
     hash: String,
 }
 
-fn stamp_of(md: &std::fs::Metadata) -> (u64, i128, u64, u64) {
+type Stat = (u64, i128, i128, u64, u64);
+
+fn stamp_of(md: &std::fs::Metadata) -> Stat {
     let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
-    (md.len(), mtime, md.ino(), md.dev())
+    let ctime = md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128;
+    (md.len(), mtime, ctime, md.ino(), md.dev())
 }
 
-/// Remembers file hashes by (size, mtime, inode, device). Shared by all steps of a run;
+impl Stamp {
+    fn stat(&self) -> Stat {
+        (self.size, self.mtime_ns, self.ctime_ns, self.ino, self.dev)
+    }
+}
+
+/// Remembers file hashes by (size, mtime, ctime, inode, device). Shared by all steps of a run;
 /// saved to the store so the next run skips unchanged files.
 #[derive(Default)]
 pub struct StatCache {
@@ -90,6 +102,9 @@ pub struct StatCache {
     dirty: Mutex<bool>,
     path: Option<PathBuf>,
 }
+
+/// 2: stamps hold the ctime.
+const STAT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct StatFile {
@@ -113,7 +128,7 @@ impl StatCache {
                 .as_ref()
                 .and_then(|p| std::fs::read(p).ok())
                 .and_then(|b| serde_json::from_slice::<StatFile>(&b).ok())
-                .filter(|f| f.version == 1)
+                .filter(|f| f.version == STAT_VERSION)
                 .map(|f| f.entries.into_iter().collect())
                 .unwrap_or_default();
             Mutex::new(map)
@@ -123,19 +138,16 @@ impl StatCache {
     /// Hash of `path`, from the cache when its stat is unchanged.
     pub fn hash(&self, path: &Path, progress: &dyn Fn(u64, u64)) -> io::Result<String> {
         let md = std::fs::metadata(path)?;
-        let (size, mtime_ns, ino, dev) = stamp_of(&md);
+        let stat = stamp_of(&md);
         if let Some(s) = self.entries().lock().expect("stat cache lock").get(path)
-            && s.size == size
-            && s.mtime_ns == mtime_ns
-            && s.ino == ino
-            && s.dev == dev
+            && s.stat() == stat
         {
             return Ok(s.hash.clone());
         }
         let hash = hash_file(path, progress)?;
         // Re-stat: a file that changed while it was hashed is not cached.
         let md2 = std::fs::metadata(path)?;
-        if stamp_of(&md2) == (size, mtime_ns, ino, dev) {
+        if stamp_of(&md2) == stat {
             self.remember(path, &md2, hash.clone());
         }
         Ok(hash)
@@ -143,12 +155,13 @@ impl StatCache {
 
     /// Records a hash we know (we just wrote the file).
     pub fn remember(&self, path: &Path, md: &std::fs::Metadata, hash: String) {
-        let (size, mtime_ns, ino, dev) = stamp_of(md);
+        let (size, mtime_ns, ctime_ns, ino, dev) = stamp_of(md);
         self.entries().lock().expect("stat cache lock").insert(
             path.to_path_buf(),
             Stamp {
                 size,
                 mtime_ns,
+                ctime_ns,
                 ino,
                 dev,
                 hash,
@@ -162,18 +175,12 @@ impl StatCache {
         let Ok(md) = std::fs::symlink_metadata(path) else {
             return false;
         };
-        let (size, mtime_ns, ino, dev) = stamp_of(&md);
+        let stat = stamp_of(&md);
         self.entries()
             .lock()
             .expect("stat cache lock")
             .get(path)
-            .is_some_and(|s| {
-                s.size == size
-                    && s.mtime_ns == mtime_ns
-                    && s.ino == ino
-                    && s.dev == dev
-                    && s.hash == hash
-            })
+            .is_some_and(|s| s.stat() == stat && s.hash == hash)
     }
 
     pub fn forget(&self, path: &Path) {
@@ -193,7 +200,7 @@ impl StatCache {
         let entries = self.entries().lock().expect("stat cache lock");
         // Forget files that are gone so the cache does not grow without bound.
         let file = StatFile {
-            version: 1,
+            version: STAT_VERSION,
             entries: entries
                 .iter()
                 .filter(|(p, _)| p.exists())

@@ -129,6 +129,11 @@ pub enum Reason {
     },
     /// Same inputs and parameters as a result that is no longer in the store.
     ResultMissing,
+    /// Its result record is there but cannot be read (a truncated file).
+    ResultCorrupt {
+        path: String,
+        error: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -158,6 +163,9 @@ impl fmt::Display for Reason {
             Reason::OutputMissing { path } => write!(f, "output {path} is missing from the store"),
             Reason::OutputCorrupt { path } => write!(f, "output {path} is corrupt in the store"),
             Reason::ResultMissing => write!(f, "its result is no longer in the store"),
+            Reason::ResultCorrupt { path, error } => {
+                write!(f, "its result record {path} is corrupt ({error})")
+            }
         }
     }
 }

@@ -3,7 +3,9 @@
 //! The core (manifest, graph, store, plan, exec) knows nothing of the command line
 //! and nothing of libtorch; step kinds plug in behind [`steps::StepKind`].
 
+pub mod estimate;
 pub mod exec;
+pub mod formats;
 pub mod graph;
 pub mod hash;
 pub mod key;
@@ -13,6 +15,7 @@ pub mod manifest;
 pub mod mix;
 #[cfg(feature = "torch")]
 pub mod ml;
+pub mod outcome;
 pub mod plan;
 pub mod progress;
 pub mod report;

@@ -27,15 +27,26 @@ pub struct GcReport {
 
 /// The run summaries in the store, oldest first.
 pub fn runs(store: &Store) -> Vec<RunSummary> {
-    read_dir_sorted(&store.runs_dir())
-        .into_iter()
-        .filter_map(|p| {
-            let b = fs::read(&p).ok()?;
-            serde_json::from_slice::<RunLog>(&b)
-                .ok()
-                .map(|r| r.into_summary())
-        })
-        .collect()
+    runs_and_damage(store).0
+}
+
+/// The run summaries, and the run records that could not be read (path, why).
+pub fn runs_and_damage(store: &Store) -> (Vec<RunSummary>, Vec<(PathBuf, String)>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for p in read_dir_sorted(&store.runs_dir()) {
+        if p.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        match fs::read(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<RunLog>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => ok.push(r.into_summary()),
+            Err(e) => bad.push((p, e)),
+        }
+    }
+    (ok, bad)
 }
 
 /// A run log as stored (the summary with owned fields).
@@ -115,10 +126,18 @@ impl RunLog {
 /// results of each workflow's last `keep_runs` runs, and everything upstream of them
 /// (so lineage stays complete).
 pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, String> {
-    let _guard = store
-        .usage_lock(true)
-        .map_err(|e| e.to_string())?
-        .ok_or("another demix is using this store; run gc when it has finished")?;
+    store.check_marker().map_err(|e| e.to_string())?;
+    // A dry run only reads: it needs no lock and works while runs are going on.
+    let _guard = if dry_run {
+        None
+    } else {
+        Some(
+            store
+                .usage_lock(true)
+                .map_err(|e| e.to_string())?
+                .ok_or("another demix is using this store; run gc when it has finished")?,
+        )
+    };
     let all: BTreeMap<String, ResultRecord> = store
         .all_results()
         .into_iter()
@@ -197,43 +216,39 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, St
             rep.objects += 1;
         }
     }
-    // Resumable state (training, a trained search's journal) of steps whose key
-    // no kept run has: a changed step will never resume from it.
-    for p in read_dir_sorted(&store.root.join("resume")) {
-        let key = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !keep.contains(&key) {
-            remove(p, "resume", &mut rep);
-            rep.resume += 1;
+    // Resumable state (training, a search's journal) of steps whose key no kept
+    // run has: a changed step will never resume from it. Only key-named folders.
+    let own = |name: &str| store.own_dir(name).map_err(|e| e.to_string());
+    if let Some(dir) = own("resume")? {
+        for p in read_dir_sorted(&dir) {
+            let key = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if store::is_hash(&key) && !keep.contains(&key) {
+                remove(p, "resume", &mut rep);
+                rep.resume += 1;
+            }
         }
     }
-    // Work directories of processes that are gone.
-    for p in read_dir_sorted(&store.tmp_dir()) {
-        if p.file_name().is_some_and(|n| n == "specs") {
-            continue;
-        }
-        if !owner_alive(&p) {
-            remove(p, "tmp", &mut rep);
-            rep.tmp += 1;
+    // Work directories demix named, of processes that are gone.
+    if let Some(dir) = own("tmp")? {
+        for p in read_dir_sorted(&dir) {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Some(pid) = store::unique_name_pid(&name) else {
+                continue;
+            };
+            // SAFETY: signal 0 only checks that the process exists.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                remove(p, "tmp", &mut rep);
+                rep.tmp += 1;
+            }
         }
     }
     Ok(rep)
-}
-
-/// Work directories are named `<prefix><pid>-<n>-<t>`; alive if that pid is.
-fn owner_alive(p: &std::path::Path) -> bool {
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let parts: Vec<&str> = name.rsplitn(4, '-').collect();
-    let Some(pid) = parts.get(2).and_then(|s| s.parse::<i32>().ok()) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -241,6 +256,12 @@ pub struct VerifyReport {
     pub objects: usize,
     pub bytes: u64,
     pub corrupt: Vec<CorruptObject>,
+    /// Results built on a corrupt object, directly or further down: removed,
+    /// so their steps run again ("manifest:step key").
+    pub invalidated: Vec<String>,
+    /// Records (results, states, runs, tree lists) that are not valid JSON of
+    /// their kind: removed.
+    pub corrupt_records: Vec<CorruptRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -252,12 +273,59 @@ pub struct CorruptObject {
     pub steps: Vec<String>,
 }
 
-/// Re-hashes every object. Corrupt objects and their tree links are removed so the
-/// steps that made them are stale and rerun.
+#[derive(Debug, Serialize)]
+pub struct CorruptRecord {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Every JSON record under `dir/*/` (or `dir/` with `flat`) that does not parse
+/// as `T`.
+fn bad_records<T: serde::de::DeserializeOwned>(
+    dir: &std::path::Path,
+    flat: bool,
+) -> Vec<CorruptRecord> {
+    let files: Vec<PathBuf> = if flat {
+        read_dir_sorted(dir)
+    } else {
+        read_dir_sorted(dir)
+            .into_iter()
+            .flat_map(|d| read_dir_sorted(&d))
+            .collect()
+    };
+    files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && p.is_file())
+        .filter_map(|p| {
+            let reason = match fs::read(&p) {
+                Ok(b) => serde_json::from_slice::<T>(&b).err()?.to_string(),
+                Err(e) => e.to_string(),
+            };
+            Some(CorruptRecord { path: p, reason })
+        })
+        .collect()
+}
+
+/// Re-hashes every object and reads every record. Corrupt objects and their
+/// tree links are removed so the steps that made them are stale and rerun;
+/// every result downstream of a corrupt object is removed too (it may have
+/// consumed the bad bytes); corrupt records are removed and named.
 pub fn verify(store: &Store, progress: &dyn Fn(usize, usize)) -> Result<VerifyReport, String> {
-    let objects = store.all_objects();
+    store.check_marker().map_err(|e| e.to_string())?;
     let mut rep = VerifyReport::default();
+    let records = [
+        bad_records::<ResultRecord>(&store.root.join("results"), false),
+        bad_records::<ResultRecord>(&store.root.join("state"), false),
+        bad_records::<RunLog>(&store.runs_dir(), true),
+        bad_records::<Vec<store::FileEntry>>(&store.root.join("trees"), false),
+    ];
+    for r in records.into_iter().flatten() {
+        let _ = fs::remove_file(&r.path);
+        rep.corrupt_records.push(r);
+    }
+    let objects = store.all_objects();
     let results = store.all_results();
+    let mut poisoned: BTreeSet<String> = BTreeSet::new();
     for (i, (h, p)) in objects.iter().enumerate() {
         progress(i, objects.len());
         let actual =
@@ -269,6 +337,7 @@ pub fn verify(store: &Store, progress: &dyn Fn(usize, usize)) -> Result<VerifyRe
             for r in &results {
                 if let Some(f) = r.files.iter().find(|f| &f.hash == h) {
                     steps.insert(format!("{}:{}", r.manifest, r.step));
+                    poisoned.insert(r.key.clone());
                     let link = store.tree_dir(&r.tree).join(&f.path);
                     store.stat.forget(&link);
                     let _ = fs::remove_file(&link);
@@ -283,6 +352,38 @@ pub fn verify(store: &Store, progress: &dyn Fn(usize, usize)) -> Result<VerifyRe
                 steps: steps.into_iter().collect(),
             });
         }
+    }
+    // Everything downstream of a result that held a corrupt object.
+    let holders = poisoned.clone();
+    loop {
+        let before = poisoned.len();
+        for r in &results {
+            if poisoned.contains(&r.key) {
+                continue;
+            }
+            let consumed = r.record.inputs.values().any(|i| match &i.origin {
+                Origin::Steps { outputs } => outputs.iter().any(|u| poisoned.contains(&u.key)),
+                _ => false,
+            });
+            if consumed {
+                poisoned.insert(r.key.clone());
+            }
+        }
+        if poisoned.len() == before {
+            break;
+        }
+    }
+    for r in results
+        .iter()
+        .filter(|r| poisoned.contains(&r.key) && !holders.contains(&r.key))
+    {
+        let _ = fs::remove_file(store.result_path(&r.key));
+        rep.invalidated.push(format!(
+            "{}:{} {}",
+            r.manifest,
+            r.step,
+            &r.key[..12.min(r.key.len())]
+        ));
     }
     let _ = store.stat.save();
     Ok(rep)

@@ -242,7 +242,14 @@ impl<'a> Planner<'a> {
                 match health {
                     Some(Health::Missing(path)) => reasons.push(Reason::OutputMissing { path }),
                     Some(Health::Corrupt(path)) => reasons.push(Reason::OutputCorrupt { path }),
-                    None if p.key == key => reasons.push(Reason::ResultMissing),
+                    None => match self.store.result_damage(&key) {
+                        Some(error) => reasons.push(Reason::ResultCorrupt {
+                            path: self.store.result_path(&key).display().to_string(),
+                            error,
+                        }),
+                        None if p.key == key => reasons.push(Reason::ResultMissing),
+                        None => {}
+                    },
                     _ => {}
                 }
                 State::Stale

@@ -33,7 +33,34 @@ pub enum StoreError {
     Special(PathBuf),
     #[error("corrupt record {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "{0} is not a demix store (it has no {MARKER}): demix creates and deletes only in its own stores; pass another --cache, or an empty or missing folder"
+    )]
+    NotAStore(PathBuf),
+    #[error("{0} is a symbolic link; demix does not follow links out of its store")]
+    Link(PathBuf),
 }
+
+/// The file that marks a folder as a demix store, written when demix creates it.
+pub const MARKER: &str = "demix-store.json";
+
+/// Top-level names demix writes in a store (an older store without a marker
+/// holds only these, and is adopted).
+const STORE_NAMES: &[&str] = &[
+    MARKER,
+    "objects",
+    "trees",
+    "results",
+    "state",
+    "runs",
+    "logs",
+    "locks",
+    "tmp",
+    "resume",
+    "shards",
+    "stat-cache.json",
+    "usage.lock",
+];
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -221,6 +248,14 @@ impl Store {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Why the result record of `key` cannot be read, when one is there.
+    pub fn result_damage(&self, key: &str) -> Option<String> {
+        let bytes = fs::read(self.result_path(key)).ok()?;
+        serde_json::from_slice::<ResultRecord>(&bytes)
+            .err()
+            .map(|e| e.to_string())
+    }
+
     pub fn write_result(&self, r: &ResultRecord) -> Result<()> {
         let p = self.result_path(&r.key);
         write_json_atomic(&p, r).at(&p)
@@ -284,7 +319,15 @@ impl Store {
         let mut entries = Vec::new();
         for rel in &files {
             let src = dir.join(rel);
-            let md = fs::metadata(&src).at(&src)?;
+            let mut md = fs::metadata(&src).at(&src)?;
+            if md.nlink() > 1 {
+                // A hard link to a file outside (`ln /data/x $DEMIX_OUT/x`): the
+                // store takes a copy, never the outside file's inode.
+                let tmp = src.with_file_name(unique_name(".copy-"));
+                fs::copy(&src, &tmp).at(&tmp)?;
+                fs::rename(&tmp, &src).at(&src)?;
+                md = fs::metadata(&src).at(&src)?;
+            }
             let h = self.stat.hash(&src, &|_, _| {}).at(&src)?;
             self.put_object(&src, &h)?;
             entries.push(FileEntry {
@@ -375,12 +418,37 @@ impl Store {
             fs::rename(&tmp, &dst).at(&dst)?;
             let md = fs::metadata(&dst).at(&dst)?;
             self.stat.remember(&dst, &md, e.hash.clone());
+            // A new link changes the inode's ctime: the object's stamp too.
+            self.stat.remember(&obj, &md, e.hash.clone());
         }
         let list = self.tree_list(tree);
         if !list.exists() {
             write_json_atomic(&list, &entries).at(&list)?;
         }
         Ok(())
+    }
+
+    /// The content hash of a step output as the store records it: a file's
+    /// hash, or the tree hash of the files under a folder. Unchanged files come
+    /// from the stat cache; changed ones are hashed again.
+    pub fn content_hash(&self, path: &Path) -> Result<String> {
+        let md = fs::metadata(path).at(path)?;
+        if !md.is_dir() {
+            return self.stat.hash(path, &|_, _| {}).at(path);
+        }
+        let mut files = Vec::new();
+        walk_files(path, path, &mut files)?;
+        let mut hashes = Vec::with_capacity(files.len());
+        for f in &files {
+            let p = path.join(f);
+            hashes.push(self.stat.hash(&p, &|_, _| {}).at(&p)?);
+        }
+        Ok(hash::tree_hash(
+            files
+                .iter()
+                .map(String::as_str)
+                .zip(hashes.iter().map(String::as_str)),
+        ))
     }
 
     /// Every result record in the store.
@@ -414,33 +482,78 @@ impl Store {
         out
     }
 
-    /// Every object hash in the store with its path.
-    pub fn all_objects(&self) -> Vec<(String, PathBuf)> {
+    /// The `<2 hex>/<hash>` entries under a store folder that demix names by
+    /// hash, with their names; anything else (and any link) is not demix's and
+    /// is left alone.
+    fn hashed_entries(&self, folder: &str) -> Vec<(String, PathBuf)> {
+        let Ok(Some(dir)) = self.own_dir(folder) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        for shard in read_dir_sorted(&self.root.join("objects")) {
+        for shard in read_dir_sorted(&dir) {
+            let shard_name = shard.file_name().map(|n| n.to_string_lossy().into_owned());
+            let real_dir = fs::symlink_metadata(&shard).is_ok_and(|m| m.is_dir());
+            if !real_dir
+                || !shard_name
+                    .as_deref()
+                    .is_some_and(|n| n.len() == 2 && is_hex(n))
+            {
+                continue;
+            }
             for f in read_dir_sorted(&shard) {
-                if let Some(name) = f.file_name().and_then(|n| n.to_str()) {
-                    out.push((name.to_string(), f.clone()));
+                let Some(name) = f.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                    continue;
+                };
+                if is_hash(&name)
+                    && fs::symlink_metadata(&f).is_ok_and(|m| !m.file_type().is_symlink())
+                {
+                    out.push((name, f));
                 }
             }
         }
         out
     }
 
+    /// Every object hash in the store with its path.
+    pub fn all_objects(&self) -> Vec<(String, PathBuf)> {
+        self.hashed_entries("objects")
+            .into_iter()
+            .filter(|(_, p)| p.is_file())
+            .collect()
+    }
+
     /// Every tree hash in the store.
     pub fn all_trees(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for shard in read_dir_sorted(&self.root.join("trees")) {
-            for f in read_dir_sorted(&shard) {
-                if f.is_dir()
-                    && let Some(name) = f.file_name().and_then(|n| n.to_str())
-                {
-                    out.push(name.to_string());
-                }
-            }
-        }
-        out
+        self.hashed_entries("trees")
+            .into_iter()
+            .filter(|(_, p)| p.is_dir())
+            .map(|(n, _)| n)
+            .collect()
     }
+}
+
+fn is_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A blake3 hash as demix names files by it: 64 lowercase hex digits.
+pub fn is_hash(s: &str) -> bool {
+    s.len() == 64 && is_hex(s)
+}
+
+/// Whether `name` is one `unique_name` made: `<prefix><pid>-<n>-<8 hex>`,
+/// returning the pid.
+pub fn unique_name_pid(name: &str) -> Option<i32> {
+    let mut parts = name.rsplitn(3, '-');
+    let t = parts.next()?;
+    let n = parts.next()?;
+    let head = parts.next()?;
+    if t.len() != 8 || !is_hex(t) || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = head.len() - head.bytes().rev().take_while(u8::is_ascii_digit).count();
+    head[digits..].parse().ok()
 }
 
 pub fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
@@ -512,10 +625,75 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 impl Store {
+    /// Makes `root` a store: creates it with its marker when it is missing or
+    /// empty (hidden files such as `.gitkeep` aside), adopts a store an older
+    /// demix made without a marker, and refuses any other folder.
+    pub fn create(&self) -> Result<()> {
+        let marker = self.root.join(MARKER);
+        if marker.is_file() {
+            return Ok(());
+        }
+        if let Ok(md) = fs::symlink_metadata(&self.root)
+            && md.file_type().is_symlink()
+            && !self.root.is_dir()
+        {
+            return Err(StoreError::Link(self.root.clone()));
+        }
+        let names: Vec<String> = match fs::read_dir(&self.root) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).at(&self.root),
+        };
+        // Empty, or a store an older demix made: only its names, and the lock
+        // every run of it took.
+        let adopt = names.iter().all(|n| STORE_NAMES.contains(&n.as_str()))
+            && names.iter().any(|n| n == "usage.lock");
+        if !names.is_empty() && !adopt {
+            return Err(StoreError::NotAStore(self.root.clone()));
+        }
+        fs::create_dir_all(&self.root).at(&self.root)?;
+        let body = serde_json::json!({
+            "format": "demix-store-v1",
+            "created_by": format!("demix {}", crate::VERSION),
+        });
+        write_json_atomic(&marker, &body).at(&marker)
+    }
+
+    /// Errors unless `root` holds a store marker: what destroys (gc, verify)
+    /// works only in a folder demix made.
+    pub fn check_marker(&self) -> Result<()> {
+        if self.root.join(MARKER).is_file() {
+            Ok(())
+        } else {
+            Err(StoreError::NotAStore(self.root.clone()))
+        }
+    }
+
+    /// A store subfolder to walk for deletion: a real folder inside the store
+    /// (None when missing), never a link that leads out of it.
+    pub fn own_dir(&self, name: &str) -> Result<Option<PathBuf>> {
+        let p = self.root.join(name);
+        match fs::symlink_metadata(&p) {
+            Ok(md) if md.file_type().is_symlink() => Err(StoreError::Link(p)),
+            Ok(md) if md.is_dir() => Ok(Some(p)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(&p),
+        }
+    }
+
     /// Runs hold this shared; `gc` takes it exclusively, so it never deletes what a
     /// running step is about to reference.
     pub fn usage_lock(&self, exclusive: bool) -> Result<Option<File>> {
-        fs::create_dir_all(&self.root).at(&self.root)?;
+        if exclusive {
+            self.check_marker()?;
+        } else {
+            self.create()?;
+        }
         let path = self.root.join("usage.lock");
         let f = File::options()
             .create(true)

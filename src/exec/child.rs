@@ -2,8 +2,8 @@
 //! the step into a temporary directory, commit the outputs, record the result.
 
 use std::io::Write;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::exec::spec::{Completion, EXIT_CANCELLED, EXIT_FAILED, StepSpec};
@@ -11,6 +11,24 @@ use crate::steps::{self, Progress, RunCtx, StepError};
 use crate::store::{self, Health, ResultRecord, Store, write_json_atomic};
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
+/// Steps this process has finished (a Slurm batch runs several): a watchdog
+/// stands down once its step is among them.
+static FINISHED: AtomicU64 = AtomicU64::new(0);
+
+/// How long a step has to stop after it is asked to (a signal, or its parent's
+/// death) before the process ends itself: some library calls (a BPE trainer, a
+/// long kernel) cannot be interrupted, and an orphaned step must not run on.
+/// `DEMIX_CANCEL_GRACE` (seconds) overrides it; the Slurm executor sets it
+/// from the warning its `--signal` gives before the time limit.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+fn cancel_grace() -> Duration {
+    std::env::var("DEMIX_CANCEL_GRACE")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(DEFAULT_CANCEL_GRACE, Duration::from_secs_f64)
+}
 
 extern "C" fn on_signal(_: libc::c_int) {
     CANCEL.store(true, Ordering::SeqCst);
@@ -31,16 +49,18 @@ pub fn cancel_requested() -> bool {
 }
 
 /// Watches for the parent dying (a killed `demix run`), so an orphaned step stops too.
-fn watch_parent() {
-    // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() };
+/// `parent` is the pid of the process that started this one, as it said: a
+/// parent killed before this process got this far (a loaded machine, a slow
+/// start) is noticed too, which a pid read here would miss.
+fn watch_parent(parent: u32) {
     std::thread::spawn(move || {
         loop {
-            std::thread::sleep(Duration::from_millis(100));
-            if unsafe { libc::getppid() } != parent {
+            // SAFETY: getppid has no preconditions.
+            if unsafe { libc::getppid() } as u32 != parent {
                 CANCEL.store(true, Ordering::SeqCst);
                 return;
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
     });
 }
@@ -49,11 +69,52 @@ pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
-/// Runs the spec at `spec_path`; returns the process exit code.
-pub fn exec_step(spec_path: &Path, completion_path: Option<&Path>, die_with_parent: bool) -> i32 {
+/// Ends the process if the step has not returned `grace` after cancellation,
+/// leaving a completion record that says so. Its work directory is left to `gc`.
+fn start_watchdog(grace: Duration, done: Completion, completion: Option<PathBuf>) {
+    let mine = FINISHED.load(Ordering::SeqCst);
+    let returned = move || FINISHED.load(Ordering::SeqCst) != mine;
+    std::thread::spawn(move || {
+        while !CANCEL.load(Ordering::SeqCst) {
+            if returned() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < grace {
+            if returned() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let why = format!(
+            "cancelled: the step did not stop within {:.0} s of being asked to, so its process ended itself",
+            grace.as_secs_f64()
+        );
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&done.log)
+            .and_then(|mut f| writeln!(f, "{why}"));
+        if let Some(p) = completion {
+            let mut c = done;
+            c.cancelled = true;
+            c.exit_code = EXIT_CANCELLED;
+            c.error = Some(why);
+            let _ = write_json_atomic(&p, &c);
+        }
+        // SAFETY: _exit ends the process at once; nothing of this process is
+        // needed any more, and exit handlers could wait on the stuck call.
+        unsafe { libc::_exit(EXIT_CANCELLED) };
+    });
+}
+
+/// Runs the spec at `spec_path`; returns the process exit code. With
+/// `parent`, the step stops when that process (its parent) is gone.
+pub fn exec_step(spec_path: &Path, completion_path: Option<&Path>, parent: Option<u32>) -> i32 {
     install_signal_handlers();
-    if die_with_parent {
-        watch_parent();
+    if let Some(pid) = parent {
+        watch_parent(pid);
     }
     let spec: StepSpec = match std::fs::read(spec_path)
         .map_err(|e| e.to_string())
@@ -81,7 +142,25 @@ pub fn exec_step(spec_path: &Path, completion_path: Option<&Path>, die_with_pare
         host: hostname(),
         log: log.clone(),
     };
-    let outcome = run(&spec, &store, &log, &mut done);
+    start_watchdog(
+        cancel_grace(),
+        done.clone(),
+        completion_path.map(Path::to_path_buf),
+    );
+    // A panic inside a library (an allocation libtorch cannot make) is a failed
+    // step with its message, never a crashed process without a record.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&spec, &store, &log, &mut done)
+    }))
+    .unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into());
+        Err(StepError::Failed(format!("internal error: {msg}")))
+    });
+    FINISHED.fetch_add(1, Ordering::SeqCst);
     done.duration_s = started.elapsed().as_secs_f64();
     match outcome {
         Ok(()) => {
@@ -144,6 +223,7 @@ fn run(spec: &StepSpec, store: &Store, log: &Path, done: &mut Completion) -> Res
         });
         return Ok(());
     }
+    check_inputs(spec, store)?;
     let started_at = jiff::Timestamp::now();
     let t0 = Instant::now();
     let tmp = store
@@ -207,6 +287,37 @@ fn run(spec: &StepSpec, store: &Store, log: &Path, done: &mut Completion) -> Res
     });
     let _ = store::remove_tree(&tmp);
     result
+}
+
+/// Checks that every upstream output the step reads still has the content its
+/// key was computed from: a store object that rotted (a flipped byte with its
+/// mtime put back) must not be consumed under a key that says it was good.
+fn check_inputs(spec: &StepSpec, store: &Store) -> Result<(), StepError> {
+    for (key, rec) in &spec.record.inputs {
+        let crate::key::Origin::Steps { outputs } = &rec.origin else {
+            continue;
+        };
+        let Some(inp) = spec.inputs.get(key) else {
+            continue;
+        };
+        for (u, path) in outputs.iter().zip(&inp.paths) {
+            let got = store.content_hash(path).map_err(|e| {
+                StepError::Failed(format!(
+                    "input {key}: output `{}` of step `{}`: {e}",
+                    u.output, u.step
+                ))
+            })?;
+            if got != u.hash {
+                return Err(StepError::Failed(format!(
+                    "input {key}: output `{}` of step `{}` ({}) no longer has the content it was recorded with; the store is damaged: run `demix verify`, then run again",
+                    u.output,
+                    u.step,
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Progress goes to stdout as JSON lines; the scheduler reads them.

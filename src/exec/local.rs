@@ -672,6 +672,7 @@ fn spawn_step(
         .arg("--completion")
         .arg(&done_path)
         .arg("--die-with-parent")
+        .arg(std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -67,6 +67,18 @@ impl Default for SlurmConfig {
 }
 
 impl SlurmConfig {
+    /// Seconds a step may take to stop once signalled: most of the warning
+    /// `--signal` gives before the time limit (`B:USR1@60`: 50 s), so a training
+    /// step can save its state; the default grace without a warning.
+    pub fn cancel_grace(&self) -> u64 {
+        self.signal
+            .rsplit_once('@')
+            .and_then(|(_, s)| s.trim().parse::<u64>().ok())
+            .map_or(crate::exec::child::DEFAULT_CANCEL_GRACE.as_secs(), |lead| {
+                lead.saturating_sub(10).max(1)
+            })
+    }
+
     /// The manifest's `executor:` block over the defaults.
     pub fn from_decl(decl: Option<&ExecutorDecl>) -> SlurmConfig {
         let mut c = SlurmConfig::default();
@@ -740,12 +752,14 @@ impl Actor {
              T=${{SLURM_ARRAY_TASK_ID:-0}}\n\
              set -- $(sed -n \"$((T + 1))p\" {list})\n\
              {no_gpus}\
+             export DEMIX_CANCEL_GRACE={grace}\n\
              if [ \"$#\" -eq 1 ]; then\n\
              \x20 rm -f \"$D/$1.done.json\"\n\
              \x20 exec {exe} internal exec-step \"$D/$1.json\" --completion \"$D/$1.done.json\"\n\
              fi\n\
              exec {exe} internal exec-batch \"$D\" \"$@\"\n",
-            wf = self.workflow
+            wf = self.workflow,
+            grace = self.cfg.cancel_grace()
         )
     }
 
@@ -1185,7 +1199,7 @@ pub fn exec_batch(dir: &Path, names: &[String]) -> i32 {
             code = EXIT_CANCELLED;
             continue;
         }
-        let c = crate::exec::child::exec_step(&spec, Some(&done), false);
+        let c = crate::exec::child::exec_step(&spec, Some(&done), None);
         if c != 0 && code == 0 {
             code = c;
         }

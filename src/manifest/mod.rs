@@ -31,6 +31,12 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0} is not a regular file; a manifest is a YAML file")]
+    #[diagnostic(code(demix::manifest::io))]
+    NotAFile(PathBuf),
+    #[error("{0} is larger than {max} MiB; a manifest is a small YAML file", max = MAX_MANIFEST_BYTES >> 20)]
+    #[diagnostic(code(demix::manifest::io))]
+    TooLarge(PathBuf),
     #[error(transparent)]
     #[diagnostic(transparent)]
     Invalid(#[from] ManifestError),
@@ -96,7 +102,7 @@ pub enum DataFormat {
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
-enum OneOrMany {
+pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
@@ -228,10 +234,20 @@ pub struct StepDecl {
 pub struct Foreach {
     pub items: Vec<String>,
     pub span: Span,
+    /// With `matrix`: each item's value per axis, for `${item.AXIS}`.
+    pub fields: Vec<BTreeMap<String, Value>>,
 }
 
 /// Keys every step has; the rest belong to its kind.
-pub const COMMON_KEYS: &[&str] = &["id", "kind", "foreach", "resources", "after", "description"];
+pub const COMMON_KEYS: &[&str] = &[
+    "id",
+    "kind",
+    "foreach",
+    "matrix",
+    "resources",
+    "after",
+    "description",
+];
 const TOP_KEYS: &[&str] = &[
     "version",
     "name",
@@ -405,11 +421,29 @@ impl Manifest {
     }
 }
 
+/// Manifests are small text files; anything larger is not one (`/dev/zero`).
+pub const MAX_MANIFEST_BYTES: u64 = 8 << 20;
+
 fn read(path: &Path) -> Result<String, LoadError> {
-    std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+    use std::io::Read;
+    let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let md = std::fs::metadata(path).map_err(io)?;
+    if !md.is_file() {
+        return Err(LoadError::NotAFile(path.to_path_buf()));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(LoadError::TooLarge(path.to_path_buf()));
+    }
+    Ok(text)
 }
 
 /// Reads a manifest and builds its graph, reporting every problem of both at once.
@@ -439,6 +473,31 @@ fn load_error(d: &mut Diags, e: marked_yaml::LoadError) {
         _ => (marked_yaml::Marker::new(0, 0, 1, 1), e.to_string()),
     };
     d.error(&Span::new_start(mark), msg, "here");
+}
+
+/// Parameters are values: a `${...}` in one would be resolved by nothing (a
+/// parameter naming another, or itself, never becomes a value), so it is an
+/// error where it is written. `$${` stays a literal.
+fn check_param_values(d: &mut Diags, node: &Node) {
+    match node {
+        Node::Mapping(m) => m.values().for_each(|v| check_param_values(d, v)),
+        Node::Sequence(s) => s.iter().for_each(|v| check_param_values(d, v)),
+        Node::Scalar(s) => {
+            if let Ok(pieces) = template::parse(s.as_str())
+                && pieces.iter().any(|p| matches!(p, template::Piece::Ref(_)))
+            {
+                d.push(
+                    s.span(),
+                    format!(
+                        "a parameter's value cannot hold a reference (`{}`)",
+                        s.as_str()
+                    ),
+                    "params",
+                    Some("write the value itself, or `$${` for a literal `${`".into()),
+                );
+            }
+        }
+    }
 }
 
 /// Where a mapping starts, for "missing field" errors: its first key.
@@ -487,10 +546,13 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
         }
     };
     let params = match map.get_node("params") {
-        Some(Node::Mapping(p)) => match node_to_json(&Node::Mapping(p.clone())) {
-            Value::Object(o) => o,
-            _ => unreachable!("a mapping converts to an object"),
-        },
+        Some(Node::Mapping(p)) => {
+            check_param_values(d, &Node::Mapping(p.clone()));
+            match node_to_json(&Node::Mapping(p.clone())) {
+                Value::Object(o) => o,
+                _ => unreachable!("a mapping converts to an object"),
+            }
+        }
         Some(n) => {
             d.error(
                 n.span(),
@@ -773,9 +835,18 @@ fn parse_step(
         }
     };
     let before = d.problems.len();
-    let foreach = match map.get_node("foreach") {
-        None => None,
-        Some(node) => parse_foreach(d, node, params),
+    let foreach = match (map.get_node("foreach"), map.get_node("matrix")) {
+        (None, None) => None,
+        (Some(node), None) => parse_foreach(d, node, params),
+        (None, Some(node)) => parse_matrix(d, node, params),
+        (Some(_), Some(m)) => {
+            d.error(
+                m.span(),
+                "give either `foreach` or `matrix`, not both",
+                "matrix",
+            );
+            None
+        }
     };
     let resources = match map.get_node("resources") {
         None => Resources::default(),
@@ -886,20 +957,22 @@ pub fn parse_duration(s: &str) -> Result<u64, ()> {
     if secs == 0 { Err(()) } else { Ok(secs) }
 }
 
-fn parse_foreach(
+/// The values of a fan-out: a list, `${params.NAME}` naming a list, or `{range: N}`.
+fn fanout_values(
     d: &mut Diags,
     node: &Node,
     params: &serde_json::Map<String, Value>,
-) -> Option<Foreach> {
+    what: &str,
+) -> Option<Vec<Value>> {
     let span = *node.span();
-    let values: Vec<Value> = match node {
+    Some(match node {
         Node::Sequence(seq) => seq.iter().map(node_to_json).collect(),
         Node::Scalar(s) => {
-            // `foreach: ${params.NAME}` takes a list from the params.
+            // `${params.NAME}` takes a list from the params.
             let pieces = match template::parse(s.as_str()) {
                 Ok(p) => p,
                 Err(e) => {
-                    d.error(&span, e, "foreach");
+                    d.error(&span, e, what);
                     return None;
                 }
             };
@@ -911,7 +984,7 @@ fn parse_foreach(
                             d.error(
                                 &span,
                                 format!("`params.{}` is not a list", path.join(".")),
-                                "foreach",
+                                what,
                             );
                             return None;
                         }
@@ -920,7 +993,7 @@ fn parse_foreach(
                             d.push(
                                 &span,
                                 format!("unknown parameter `params.{}`", path.join(".")),
-                                "foreach",
+                                what,
                                 help,
                             );
                             return None;
@@ -930,54 +1003,67 @@ fn parse_foreach(
                 _ => {
                     d.error(
                         &span,
-                        "`foreach` takes a list, or `${params.NAME}` naming a list",
-                        "foreach",
+                        format!("`{what}` takes a list, or `${{params.NAME}}` naming a list"),
+                        what,
                     );
                     return None;
                 }
             }
         }
         Node::Mapping(m) => {
-            // `foreach: {range: N}`: the items 0 .. N-1, e.g. one per reference model.
+            // `{range: N}`: the items 0 .. N-1, e.g. one per reference model.
             let n = match (m.len(), m.get_node("range")) {
                 (1, Some(Node::Scalar(s))) => range_len(s.as_str(), params),
-                _ => Err(
-                    "`foreach` takes a list, `${params.NAME}` naming a list, or `{range: N}`"
-                        .to_string(),
-                ),
+                _ => Err(format!(
+                    "`{what}` takes a list, `${{params.NAME}}` naming a list, or `{{range: N}}`"
+                )),
             };
             match n {
                 Ok(n) => (0..n).map(|i| Value::from(i as u64)).collect(),
                 Err(e) => {
-                    d.error(&span, e, "foreach");
+                    d.error(&span, e, what);
                     return None;
                 }
             }
         }
+    })
+}
+
+/// A fan-out value as an item name, or why it cannot be one.
+fn item_name(v: &Value, what: &str) -> Result<String, String> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return Err(format!("`{what}` items must be plain names or numbers")),
     };
+    if !template::valid_item(&s) {
+        return Err(format!(
+            "`{what}` item `{s}` is not a plain name (letters, digits, `_-.:+@`)"
+        ));
+    }
+    Ok(s)
+}
+
+/// The most nodes one step may expand to.
+pub const MAX_FANOUT: usize = 100_000;
+
+fn parse_foreach(
+    d: &mut Diags,
+    node: &Node,
+    params: &serde_json::Map<String, Value>,
+) -> Option<Foreach> {
+    let span = *node.span();
+    let values = fanout_values(d, node, params, "foreach")?;
     let mut items = Vec::new();
     for v in values {
-        let s = match v {
-            Value::String(s) => s,
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            _ => {
-                d.error(
-                    &span,
-                    "`foreach` items must be plain names or numbers",
-                    "foreach",
-                );
+        let s = match item_name(&v, "foreach") {
+            Ok(s) => s,
+            Err(e) => {
+                d.error(&span, e, "foreach");
                 return None;
             }
         };
-        if !template::valid_item(&s) {
-            d.error(
-                &span,
-                format!("`foreach` item `{s}` is not a plain name (letters, digits, `_-.:+@`)"),
-                "foreach",
-            );
-            return None;
-        }
         if items.contains(&s) {
             d.error(
                 &span,
@@ -996,7 +1082,110 @@ fn parse_foreach(
         );
         return None;
     }
-    Some(Foreach { items, span })
+    Some(Foreach {
+        items,
+        span,
+        fields: Vec::new(),
+    })
+}
+
+/// `matrix: {AXIS: values, ...}`: one node per combination, the first axis
+/// outermost, items named by their values joined with `-`.
+fn parse_matrix(
+    d: &mut Diags,
+    node: &Node,
+    params: &serde_json::Map<String, Value>,
+) -> Option<Foreach> {
+    let span = *node.span();
+    let Some(map) = node.as_mapping() else {
+        d.error(
+            &span,
+            "`matrix` maps axis names to their values, e.g. `{mixture: {range: 32}, seed: [0, 1]}`",
+            "matrix",
+        );
+        return None;
+    };
+    if map.is_empty() {
+        d.error(&span, "`matrix` has no axes", "matrix");
+        return None;
+    }
+    let mut axes: Vec<(String, Vec<(String, Value)>)> = Vec::new();
+    let mut total = 1usize;
+    for (k, v) in map.iter() {
+        let axis = k.as_str();
+        if !is_id(axis) || axis.contains('-') {
+            d.error(
+                k.span(),
+                format!("matrix axis `{axis}` is not a plain name (letters, digits, `_`)"),
+                "matrix",
+            );
+            return None;
+        }
+        let values = fanout_values(d, v, params, "matrix")?;
+        let mut named = Vec::new();
+        for x in values {
+            match item_name(&x, "matrix") {
+                Ok(n) if n.contains('-') => {
+                    d.error(
+                        v.span(),
+                        format!(
+                            "matrix value `{n}` holds `-`, which joins the values of a node's item"
+                        ),
+                        "matrix",
+                    );
+                    return None;
+                }
+                Ok(n) if named.iter().any(|(m, _)| *m == n) => {
+                    d.error(
+                        v.span(),
+                        format!("matrix value `{n}` appears twice in axis `{axis}`"),
+                        "matrix",
+                    );
+                    return None;
+                }
+                Ok(n) => named.push((n, x)),
+                Err(e) => {
+                    d.error(v.span(), e, "matrix");
+                    return None;
+                }
+            }
+        }
+        if named.is_empty() {
+            d.error(v.span(), format!("matrix axis `{axis}` is empty"), "matrix");
+            return None;
+        }
+        total = total.saturating_mul(named.len());
+        if total > MAX_FANOUT {
+            d.error(
+                &span,
+                format!("`matrix` expands to more than {MAX_FANOUT} nodes"),
+                "matrix",
+            );
+            return None;
+        }
+        axes.push((axis.to_string(), named));
+    }
+    let mut items = vec![(Vec::<String>::new(), BTreeMap::new())];
+    for (axis, values) in &axes {
+        let mut next = Vec::with_capacity(items.len() * values.len());
+        for (names, fields) in &items {
+            for (n, v) in values {
+                let mut names = names.clone();
+                names.push(n.clone());
+                let mut fields = fields.clone();
+                fields.insert(axis.clone(), v.clone());
+                next.push((names, fields));
+            }
+        }
+        items = next;
+    }
+    let (names, fields): (Vec<String>, Vec<BTreeMap<String, Value>>) =
+        items.into_iter().map(|(n, f)| (n.join("-"), f)).unzip();
+    Some(Foreach {
+        items: names,
+        span,
+        fields,
+    })
 }
 
 /// The N of `foreach: {range: N}`: a positive integer or `${params.NAME}` naming one.
@@ -1017,7 +1206,10 @@ fn range_len(s: &str, params: &serde_json::Map<String, Value>) -> Result<usize, 
         _ => None,
     };
     match n {
-        Some(n) if n > 0 && n <= 100_000 => Ok(n as usize),
+        Some(n) if n > 0 && n <= MAX_FANOUT as u64 => Ok(n as usize),
+        Some(n) if n > 0 => Err(format!(
+            "`range: {n}` is more than the {MAX_FANOUT} nodes a step may expand to"
+        )),
         _ => Err(bad(format!("`{}`", v.to_string().trim_matches('"')))),
     }
 }

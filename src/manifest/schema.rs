@@ -45,6 +45,22 @@ pub fn manifest_schema() -> Value {
                 { "type": "string", "pattern": "^\\$\\{params\\.[A-Za-z0-9_.-]+\\}$" }
             ]
         },
+        "matrix": {
+            "description": "Expand into one node per combination of the axes' values (the first axis outermost), like DVC's `matrix`: each axis is a list, `${params.NAME}` or `{range: N}`. A node's item is its values joined by `-` (e.g. `3-1`); `${item.AXIS}` is one axis's value.",
+            "type": "object",
+            "additionalProperties": {
+                "anyOf": [
+                    { "type": "array", "items": { "type": ["string", "number", "boolean"] } },
+                    {
+                        "type": "object",
+                        "properties": { "range": { "anyOf": [ { "type": "integer", "minimum": 1 }, { "type": "string", "pattern": "^\\$\\{params\\.[A-Za-z0-9_.-]+\\}$" } ] } },
+                        "required": ["range"],
+                        "additionalProperties": false
+                    },
+                    { "type": "string", "pattern": "^\\$\\{params\\.[A-Za-z0-9_.-]+\\}$" }
+                ]
+            }
+        },
         "resources": { "$ref": "#/definitions/Resources" },
         "after": {
             "description": "Steps this one waits for without reading their outputs.",

@@ -21,12 +21,16 @@ pub enum Select {
     Key(String),
     /// `step[*]`: every expanded node, in manifest order.
     All,
+    /// `step[final-*]`: the nodes whose item matches a glob, in manifest order.
+    Glob(String),
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Ref {
     Param(Vec<String>),
     Item,
+    /// `${item.AXIS}`: one axis's value in a `matrix` step.
+    ItemField(String),
     Dataset {
         name: String,
         split: Split,
@@ -55,6 +59,7 @@ impl fmt::Display for Ref {
         match self {
             Ref::Param(p) => write!(f, "${{params.{}}}", p.join(".")),
             Ref::Item => write!(f, "${{item}}"),
+            Ref::ItemField(a) => write!(f, "${{item.{a}}}"),
             Ref::Dataset {
                 name,
                 split: Split::Train,
@@ -69,6 +74,7 @@ impl fmt::Display for Ref {
                 Select::One => write!(f, "${{steps.{id}.{output}}}"),
                 Select::Key(k) => write!(f, "${{steps.{id}[{k}].{output}}}"),
                 Select::All => write!(f, "${{steps.{id}[*].{output}}}"),
+                Select::Glob(g) => write!(f, "${{steps.{id}[{g}].{output}}}"),
             },
             Ref::Input(n) => write!(f, "${{inputs.{n}}}"),
             Ref::Output(n) => write!(f, "${{outputs.{n}}}"),
@@ -171,10 +177,18 @@ fn parse_ref(expr: &str) -> Result<Ref, String> {
                     let key = key.strip_suffix(']').ok_or_else(|| bad("unclosed `[`"))?;
                     let sel = if key == "*" {
                         Select::All
-                    } else if is_name(key) || key == "$item" || is_item_key(key) {
+                    } else if key.contains(['*', '?'])
+                        && key
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-.:+@*?$".contains(c))
+                    {
+                        Select::Glob(key.to_string())
+                    } else if is_name(key) || is_item_key(&key.replace("$item", "x")) {
                         Select::Key(key.to_string())
                     } else {
-                        return Err(bad("expected `[KEY]`, `[$item]` or `[*]`"));
+                        return Err(bad(
+                            "expected `[KEY]`, `[$item]`, `[*]` or a glob such as `[final-*]`",
+                        ));
                     };
                     (id, sel)
                 }
@@ -189,6 +203,8 @@ fn parse_ref(expr: &str) -> Result<Ref, String> {
                 output: output.to_string(),
             })
         }
+        "item" if is_name(tail) => Ok(Ref::ItemField(tail.to_string())),
+        "item" => Err(bad("expected `item` or `item.AXIS`")),
         "inputs" if is_name(tail) => Ok(Ref::Input(tail.to_string())),
         "outputs" if is_name(tail) => Ok(Ref::Output(tail.to_string())),
         "inputs" | "outputs" => Err(bad(&format!("expected `{head}.NAME`"))),

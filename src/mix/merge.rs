@@ -56,6 +56,10 @@ pub enum MergeError {
     MissingBase(&'static str),
     #[error("tensor `{tensor}`: {detail}")]
     Mismatch { tensor: String, detail: String },
+    #[error(
+        "tensor `{0}` of the merge holds a value that is not a finite number: an input's weights are not finite (NaN or infinite)"
+    )]
+    NonFinite(String),
     #[error("output dtype {0} is not a float type (F32, BF16, F16, F64)")]
     OutDtype(Dtype),
     #[error("{path}: {source}")]
@@ -484,6 +488,9 @@ impl Components {
             };
             let values = match self.merge_tensor(name, info, &prep, &mut buf)? {
                 Some(raw) => Values::Raw(raw),
+                None if !buf.iter().all(|x| x.is_finite()) => {
+                    return Err(MergeError::NonFinite(name.to_string()).into());
+                }
                 None => Values::F32(&buf),
             };
             let dtype = match &values {

@@ -14,6 +14,7 @@ pub mod sampler;
 pub mod search;
 pub mod stats;
 pub mod validate;
+pub mod verdict;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Dtype};
 pub use merge::{Components, MergeError, MergeSpec, MergedTensor, Method};

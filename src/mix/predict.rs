@@ -59,10 +59,11 @@ pub(crate) fn check_xy(xs: &[Vec<f64>], ys: &[f64]) -> Result<usize, PredictErro
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelChoice {
-    /// Ridge below `ridge_below` points, boosted trees from there on.
+    /// The kind with the least cross-validated error on the points at hand.
     #[default]
     Auto,
     Ridge,
+    Quadratic,
     Gbdt,
 }
 
@@ -70,8 +71,17 @@ pub enum ModelChoice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
+    /// Linear in the weights (RegMix's linear baseline).
     Ridge,
+    /// Ridge on the weights and their pairwise products: curvature and
+    /// interactions, still smooth where points are few.
+    Quadratic,
+    /// Gradient-boosted trees (RegMix's LightGBM).
     Gbdt,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 3] = [ModelKind::Ridge, ModelKind::Quadratic, ModelKind::Gbdt];
 }
 
 /// Predictor settings.
@@ -79,9 +89,12 @@ pub enum ModelKind {
 #[serde(default, deny_unknown_fields)]
 pub struct PredictorConfig {
     pub model: ModelChoice,
-    /// With `auto`, fewer points than this get ridge. Trees with LightGBM's
-    /// `min_data_in_leaf = 20` cannot split fewer than 40 points at all.
+    /// Boosted trees take part in the `auto` choice from this many points on:
+    /// with LightGBM's `min_data_in_leaf = 20` trees cannot split fewer than 40
+    /// points at all, so below that they only predict the mean.
     pub ridge_below: usize,
+    /// Folds of the cross-validation that chooses the model (`auto`).
+    pub folds: usize,
     pub ridge: RidgeParams,
     pub gbdt: GbdtParams,
 }
@@ -91,6 +104,7 @@ impl Default for PredictorConfig {
         PredictorConfig {
             model: ModelChoice::Auto,
             ridge_below: 40,
+            folds: 5,
             ridge: RidgeParams::default(),
             gbdt: GbdtParams::default(),
         }
@@ -98,13 +112,16 @@ impl Default for PredictorConfig {
 }
 
 impl PredictorConfig {
-    /// The model fitted on `n` points.
-    pub fn kind_for(&self, n: usize) -> ModelKind {
+    /// The kinds the choice is made among for `n` points.
+    pub fn candidates(&self, n: usize) -> Vec<ModelKind> {
         match self.model {
-            ModelChoice::Ridge => ModelKind::Ridge,
-            ModelChoice::Gbdt => ModelKind::Gbdt,
-            ModelChoice::Auto if n < self.ridge_below => ModelKind::Ridge,
-            ModelChoice::Auto => ModelKind::Gbdt,
+            ModelChoice::Ridge => vec![ModelKind::Ridge],
+            ModelChoice::Quadratic => vec![ModelKind::Quadratic],
+            ModelChoice::Gbdt => vec![ModelKind::Gbdt],
+            ModelChoice::Auto => ModelKind::ALL
+                .into_iter()
+                .filter(|k| *k != ModelKind::Gbdt || n >= self.ridge_below)
+                .collect(),
         }
     }
 }
@@ -114,17 +131,68 @@ impl PredictorConfig {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Predictor {
     Ridge(Ridge),
+    Quadratic(Ridge),
     Gbdt(Gbdt),
 }
 
+/// The weights and their pairwise products (squares included).
+fn quadratic_features(x: &[f64]) -> Vec<f64> {
+    let mut out = x.to_vec();
+    for i in 0..x.len() {
+        for j in i..x.len() {
+            out.push(x[i] * x[j]);
+        }
+    }
+    out
+}
+
+/// How a model was chosen: every candidate's cross-validated error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    pub chosen: ModelKind,
+    /// One report per candidate kind (empty when there was no choice to make
+    /// or too few points to cross-validate).
+    pub candidates: Vec<CvReport>,
+}
+
 impl Predictor {
-    /// Fits the model `config` chooses for `xs.len()` points.
+    /// Fits the model `config` chooses: with `auto`, the candidate kind with
+    /// the least cross-validated RMSE.
     pub fn fit(
         config: &PredictorConfig,
         xs: &[Vec<f64>],
         ys: &[f64],
     ) -> Result<Predictor, PredictError> {
-        Self::fit_kind(config.kind_for(xs.len()), config, xs, ys)
+        Self::fit_select(config, xs, ys).map(|(p, _)| p)
+    }
+
+    /// [`Predictor::fit`], also returning how the kind was chosen.
+    pub fn fit_select(
+        config: &PredictorConfig,
+        xs: &[Vec<f64>],
+        ys: &[f64],
+    ) -> Result<(Predictor, Selection), PredictError> {
+        check_xy(xs, ys)?;
+        let kinds = config.candidates(xs.len());
+        let mut reports = Vec::new();
+        if kinds.len() > 1 && xs.len() >= 4 {
+            for &k in &kinds {
+                reports.push(cross_validate(k, config, xs, ys, config.folds.max(2), 0)?);
+            }
+        }
+        // Least error wins; on a tie the simpler kind (earlier in the list).
+        let chosen = reports
+            .iter()
+            .min_by(|a, b| a.rmse.total_cmp(&b.rmse))
+            .map_or(kinds[0], |r| r.model);
+        let p = Self::fit_kind(chosen, config, xs, ys)?;
+        Ok((
+            p,
+            Selection {
+                chosen,
+                candidates: reports,
+            },
+        ))
     }
 
     /// Fits a given kind.
@@ -136,6 +204,10 @@ impl Predictor {
     ) -> Result<Predictor, PredictError> {
         Ok(match kind {
             ModelKind::Ridge => Predictor::Ridge(Ridge::fit(xs, ys, &config.ridge)?),
+            ModelKind::Quadratic => {
+                let q: Vec<Vec<f64>> = xs.iter().map(|x| quadratic_features(x)).collect();
+                Predictor::Quadratic(Ridge::fit(&q, ys, &config.ridge)?)
+            }
             ModelKind::Gbdt => Predictor::Gbdt(Gbdt::fit(xs, ys, &config.gbdt)?),
         })
     }
@@ -143,6 +215,7 @@ impl Predictor {
     pub fn kind(&self) -> ModelKind {
         match self {
             Predictor::Ridge(_) => ModelKind::Ridge,
+            Predictor::Quadratic(_) => ModelKind::Quadratic,
             Predictor::Gbdt(_) => ModelKind::Gbdt,
         }
     }
@@ -151,6 +224,7 @@ impl Predictor {
     pub fn predict(&self, x: &[f64]) -> f64 {
         match self {
             Predictor::Ridge(r) => r.predict(x),
+            Predictor::Quadratic(r) => r.predict(&quadratic_features(x)),
             Predictor::Gbdt(g) => g.predict(x),
         }
     }
@@ -164,7 +238,7 @@ impl Predictor {
 /// Cross-validated error of a predictor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CvReport {
-    /// The kind fitted on all points (and so in every fold).
+    /// The kind fitted in every fold.
     pub model: ModelKind,
     pub n: usize,
     pub folds: usize,
@@ -175,9 +249,10 @@ pub struct CvReport {
     pub spearman: Option<f64>,
 }
 
-/// k-fold cross-validation (folds = min(k, n); shuffled with `seed`). The
-/// model kind is the one the full data would get.
+/// k-fold cross-validation of one model kind (folds = min(k, n); shuffled
+/// with `seed`).
 pub fn cross_validate(
+    kind: ModelKind,
     config: &PredictorConfig,
     xs: &[Vec<f64>],
     ys: &[f64],
@@ -192,7 +267,6 @@ pub fn cross_validate(
         )));
     }
     let folds = k.min(n);
-    let kind = config.kind_for(n);
     let mut idx: Vec<usize> = (0..n).collect();
     idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let mut oof = vec![0.0; n];
@@ -258,24 +332,42 @@ mod tests {
         let test = mixtures(200, 2);
         let ys: Vec<f64> = train.iter().map(|w| loss(w)).collect();
         let truth: Vec<f64> = test.iter().map(|w| loss(w)).collect();
-        for model in [ModelChoice::Gbdt, ModelChoice::Auto] {
+        for model in [ModelChoice::Gbdt, ModelChoice::Quadratic, ModelChoice::Auto] {
             let c = PredictorConfig {
                 model,
                 ..PredictorConfig::default()
             };
             let p = Predictor::fit(&c, &train, &ys).unwrap();
-            assert_eq!(p.kind(), ModelKind::Gbdt);
             let rho = spearman(&p.predict_many(&test), &truth).unwrap();
             assert!(rho > 0.9, "{model:?}: held-out rho {rho}");
         }
-        // Ridge on a few points ranks a near-linear function well (it cannot
-        // see the bowl above, which is why trees take over with more points).
-        let near_linear = |w: &[f64]| 1.0 + w[0] - 2.0 * w[2] + 0.5 * w[4] + 0.3 * w[1] * w[1];
+        // The bowl is quadratic: `auto` finds that by cross-validation, and a
+        // plain linear model cannot see it.
+        let (p, sel) = Predictor::fit_select(&PredictorConfig::default(), &train, &ys).unwrap();
+        assert_eq!(sel.candidates.len(), 3);
+        assert_ne!(p.kind(), ModelKind::Ridge, "{sel:?}");
+        let best = sel
+            .candidates
+            .iter()
+            .map(|c| c.rmse)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(
+            sel.candidates
+                .iter()
+                .find(|c| c.model == sel.chosen)
+                .unwrap()
+                .rmse,
+            best
+        );
+        // On few points of a linear function, trees are not even tried and the
+        // linear model wins.
+        let near_linear = |w: &[f64]| 1.0 + w[0] - 2.0 * w[2] + 0.5 * w[4];
         let c = PredictorConfig::default();
         let few: Vec<Vec<f64>> = train[..24].to_vec();
         let fy: Vec<f64> = few.iter().map(|w| near_linear(w)).collect();
-        let p = Predictor::fit(&c, &few, &fy).unwrap();
-        assert_eq!(p.kind(), ModelKind::Ridge);
+        let (p, sel) = Predictor::fit_select(&c, &few, &fy).unwrap();
+        assert!(sel.candidates.iter().all(|c| c.model != ModelKind::Gbdt));
+        assert_eq!(p.kind(), ModelKind::Ridge, "{sel:?}");
         let truth: Vec<f64> = test.iter().map(|w| near_linear(w)).collect();
         let rho = spearman(&p.predict_many(&test), &truth).unwrap();
         assert!(rho > 0.95, "ridge held-out rho {rho}");
@@ -286,17 +378,21 @@ mod tests {
         let xs = mixtures(120, 3);
         let ys: Vec<f64> = xs.iter().map(|w| loss(w)).collect();
         let c = PredictorConfig::default();
-        let cv = cross_validate(&c, &xs, &ys, 5, 0).unwrap();
+        let cv = cross_validate(ModelKind::Gbdt, &c, &xs, &ys, 5, 0).unwrap();
         assert_eq!((cv.model, cv.n, cv.folds), (ModelKind::Gbdt, 120, 5));
         let m = ys.iter().sum::<f64>() / ys.len() as f64;
         let sd = (ys.iter().map(|y| (y - m).powi(2)).sum::<f64>() / ys.len() as f64).sqrt();
         assert!(cv.rmse > 0.0 && cv.rmse < 0.6 * sd, "{cv:?} vs sd {sd}");
         assert!(cv.spearman.unwrap() > 0.8, "{cv:?}");
-        assert_eq!(cv, cross_validate(&c, &xs, &ys, 5, 0).unwrap(), "seeded");
+        assert_eq!(
+            cv,
+            cross_validate(ModelKind::Gbdt, &c, &xs, &ys, 5, 0).unwrap(),
+            "seeded"
+        );
         // More folds than points: leave-one-out.
-        let small = cross_validate(&c, &xs[..6], &ys[..6], 10, 0).unwrap();
+        let small = cross_validate(ModelKind::Ridge, &c, &xs[..6], &ys[..6], 10, 0).unwrap();
         assert_eq!((small.model, small.folds), (ModelKind::Ridge, 6));
-        assert!(cross_validate(&c, &xs[..1], &ys[..1], 5, 0).is_err());
+        assert!(cross_validate(ModelKind::Ridge, &c, &xs[..1], &ys[..1], 5, 0).is_err());
     }
 
     #[test]
@@ -329,7 +425,11 @@ mod tests {
     fn predictors_serialise() {
         let xs = mixtures(50, 4);
         let ys: Vec<f64> = xs.iter().map(|w| loss(w)).collect();
-        for model in [ModelChoice::Ridge, ModelChoice::Gbdt] {
+        for model in [
+            ModelChoice::Ridge,
+            ModelChoice::Quadratic,
+            ModelChoice::Gbdt,
+        ] {
             let c = PredictorConfig {
                 model,
                 gbdt: GbdtParams {

@@ -75,14 +75,91 @@ impl Target {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Objective {
     /// The paper's: the mean over targets of each mixture's percentile rank
-    /// (0 = best, 1 = worst) among the mixtures being compared.
+    /// (0 = best, 1 = worst) among the mixtures being compared. Every target
+    /// weighs the same, however little it moves, so a target whose spread is
+    /// mostly noise drags the ranking towards noise.
     #[default]
     MeanPercentileRank,
+    /// The mean of the targets' scores (higher-is-better ones negated): each
+    /// target weighs as much as it actually moves.
+    MeanLoss,
     /// `sum_t weight_t * score_t`, with higher-is-better scores negated.
     WeightedSum { weights: Vec<f64> },
+    /// The mean of the scores, each divided by its target's spread (standard
+    /// deviation) over a population: the search's first, random round of
+    /// proxies, or the references in a validation. Empty `scales` mean the
+    /// spread of the rows being compared.
+    Standardized {
+        #[serde(default)]
+        scales: Vec<f64>,
+    },
+}
+
+/// The objectives by their manifest names, in the order tables show them.
+pub const OBJECTIVE_NAMES: [&str; 4] = ["mean_rank", "mean_loss", "standardized", "weighted_loss"];
+
+fn sd(x: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    if x.len() < 2 {
+        return 0.0;
+    }
+    let m = x.iter().sum::<f64>() / n;
+    (x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+}
+
+/// Each target's spread (sample standard deviation) over rows of scores.
+pub fn spreads(rows: &[Vec<f64>], targets: usize) -> Vec<f64> {
+    (0..targets)
+        .map(|t| sd(&rows.iter().map(|r| r[t]).collect::<Vec<_>>()))
+        .collect()
 }
 
 impl Objective {
+    /// The objective a manifest names (`weights` for `weighted_loss`, one per
+    /// target; default equal).
+    pub fn named(name: &str, weights: Option<&[f64]>, targets: usize) -> Option<Objective> {
+        Some(match name {
+            "mean_rank" => Objective::MeanPercentileRank,
+            "mean_loss" => Objective::MeanLoss,
+            "weighted_loss" => Objective::WeightedSum {
+                weights: weights.map_or_else(|| vec![1.0; targets], <[f64]>::to_vec),
+            },
+            "standardized" => Objective::Standardized { scales: Vec::new() },
+            _ => return None,
+        })
+    }
+
+    /// The manifest name of this objective.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::MeanPercentileRank => "mean_rank",
+            Objective::MeanLoss => "mean_loss",
+            Objective::WeightedSum { .. } => "weighted_loss",
+            Objective::Standardized { .. } => "standardized",
+        }
+    }
+
+    /// Whether two objectives are the same function, standardised scales aside.
+    pub fn same_kind(&self, other: &Objective) -> bool {
+        match (self, other) {
+            (Objective::WeightedSum { weights: a }, Objective::WeightedSum { weights: b }) => {
+                a == b
+            }
+            _ => self.name() == other.name(),
+        }
+    }
+
+    /// This objective with its scales fixed to the spreads of `rows` (only
+    /// `standardized` has scales).
+    pub fn scaled_by(&self, rows: &[Vec<f64>], targets: usize) -> Objective {
+        match self {
+            Objective::Standardized { scales } if scales.is_empty() => Objective::Standardized {
+                scales: spreads(rows, targets),
+            },
+            other => other.clone(),
+        }
+    }
+
     /// Objective values (lower is better) of rows of per-target scores.
     pub fn values(&self, targets: &[Target], scores: &[Vec<f64>]) -> Vec<f64> {
         let n = scores.len();
@@ -90,29 +167,47 @@ impl Objective {
             Direction::LowerIsBetter => 1.0,
             Direction::HigherIsBetter => -1.0,
         };
-        let mut out = vec![0.0; n];
+        let weighted = |weights: &[f64]| -> Vec<f64> {
+            scores
+                .iter()
+                .map(|s| {
+                    targets
+                        .iter()
+                        .zip(weights)
+                        .zip(s)
+                        .map(|((t, w), x)| w * sign(t) * x)
+                        .sum()
+                })
+                .collect()
+        };
+        let m = targets.len().max(1) as f64;
         match self {
             Objective::MeanPercentileRank => {
-                let m = targets.len().max(1) as f64;
+                let mut out = vec![0.0; n];
                 for (t, target) in targets.iter().enumerate() {
                     let col: Vec<f64> = scores.iter().map(|s| s[t]).collect();
                     for (o, p) in out.iter_mut().zip(percentile_ranks(&col, target.direction)) {
                         *o += p / m;
                     }
                 }
+                out
             }
-            Objective::WeightedSum { weights } => {
-                for (o, s) in out.iter_mut().zip(scores) {
-                    *o = targets
-                        .iter()
-                        .zip(weights)
-                        .zip(s)
-                        .map(|((t, w), x)| w * sign(t) * x)
-                        .sum();
-                }
+            Objective::MeanLoss => weighted(&vec![1.0 / m; targets.len()]),
+            Objective::WeightedSum { weights } => weighted(weights),
+            Objective::Standardized { scales } => {
+                let scales = if scales.is_empty() {
+                    spreads(scores, targets.len())
+                } else {
+                    scales.clone()
+                };
+                // A target that does not move at all carries no information.
+                let w: Vec<f64> = scales
+                    .iter()
+                    .map(|s| if *s > 0.0 { 1.0 / (s * m) } else { 0.0 })
+                    .collect();
+                weighted(&w)
             }
         }
-        out
     }
 }
 
@@ -209,6 +304,9 @@ pub struct TargetFit {
     pub target: String,
     pub model: ModelKind,
     pub cv: Option<CvReport>,
+    /// Every kind's cross-validated error when the kind was chosen by it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<CvReport>,
 }
 
 /// What happened in one round.
@@ -266,6 +364,27 @@ pub struct SearchResult {
     pub pool_size: usize,
     pub seed: u64,
     pub cost: Cost,
+    /// Per target: how far apart the proxies are and how much of that the
+    /// evaluation's sampling alone could make (set by the step that evaluates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_noise: Vec<TargetNoise>,
+    /// The predictor settings the fits used, so a refit (validation) is the same.
+    #[serde(default)]
+    pub predictor: PredictorConfig,
+}
+
+/// A target's spread between proxies against the noise of scoring them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetNoise {
+    pub target: String,
+    /// Standard deviation of the target's score over the first, random round.
+    pub spread: f64,
+    /// Standard error of the difference between two proxies' scores from the
+    /// finite evaluation sample (paired: they are scored on the same text),
+    /// averaged over pairs of first-round proxies.
+    pub noise: f64,
+    /// `spread / noise`: below 1 the ranking on this target is mostly noise.
+    pub ratio: f64,
 }
 
 /// The search state machine.
@@ -351,6 +470,15 @@ impl Search {
         s.finish()
     }
 
+    /// The predictor settings, the model chosen with the search's CV folds.
+    fn predictor_config(&self) -> PredictorConfig {
+        let mut c = self.config.predictor.clone();
+        if self.config.cv_folds >= 2 {
+            c.folds = self.config.cv_folds;
+        }
+        c
+    }
+
     /// Proxies evaluated so far.
     pub fn proxies(&self) -> &[ProxyRecord] {
         &self.proxies
@@ -370,10 +498,14 @@ impl Search {
                 target: target.name.clone(),
                 source,
             };
-            let p = Predictor::fit(&self.config.predictor, &xs, &ys).map_err(err)?;
-            let cv = if diagnostics && self.config.cv_folds >= 2 && xs.len() >= 2 {
-                Some(
+            let (p, selection) =
+                Predictor::fit_select(&self.predictor_config(), &xs, &ys).map_err(err)?;
+            // The chosen kind's error from the choice itself, else measured.
+            let cv = match selection.candidates.iter().find(|c| c.model == p.kind()) {
+                Some(c) => Some(c.clone()),
+                None if diagnostics && self.config.cv_folds >= 2 && xs.len() >= 2 => Some(
                     cross_validate(
+                        p.kind(),
                         &self.config.predictor,
                         &xs,
                         &ys,
@@ -381,14 +513,14 @@ impl Search {
                         self.config.seed,
                     )
                     .map_err(err)?,
-                )
-            } else {
-                None
+                ),
+                None => None,
             };
             fits.push(TargetFit {
                 target: target.name.clone(),
                 model: p.kind(),
                 cv,
+                candidates: selection.candidates,
             });
             predictors.push(p);
         }
@@ -529,6 +661,12 @@ impl Search {
         if let Some(r) = self.rounds.last_mut() {
             r.proxies = batch.pool_indices.len();
         }
+        // `standardized` scales by the spread of the first, random round: later
+        // rounds crowd around the optimum and would shrink it.
+        if round == 1 {
+            let rows: Vec<Vec<f64>> = self.proxies.iter().map(|p| p.scores.clone()).collect();
+            self.config.objective = self.config.objective.scaled_by(&rows, t);
+        }
         self.cost.proxies_evaluated = self.proxies.len();
         Ok(())
     }
@@ -576,6 +714,7 @@ impl Search {
         chosen.iter_mut().for_each(|c| *c /= s);
         let chosen_predicted = predictors.iter().map(|p| p.predict(&chosen)).collect();
         self.cost.total_seconds = self.started.elapsed().as_secs_f64();
+        let predictor = self.predictor_config();
         Ok(SearchResult {
             candidates: Vec::new(),
             chosen,
@@ -590,6 +729,8 @@ impl Search {
             pool_size: self.pool.len(),
             seed: self.config.seed,
             cost: self.cost,
+            target_noise: Vec::new(),
+            predictor,
         })
     }
 }
@@ -689,7 +830,7 @@ mod tests {
         assert!(
             r.final_fits
                 .iter()
-                .all(|f| f.model == ModelKind::Gbdt && f.cv.is_some())
+                .all(|f| f.candidates.len() == 3 && f.cv.is_some())
         );
         // The result serialises.
         let json = serde_json::to_string(&r).unwrap();

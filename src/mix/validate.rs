@@ -10,11 +10,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::search::{Objective, Target};
+use super::search::{OBJECTIVE_NAMES, Objective, Target};
 use super::stats::{
     Direction, Interval, Regret, bootstrap_spearman, kendall_tau_b, rank_among, spearman,
     top_fraction_spearman, top_pick_regret,
 };
+use super::verdict::{Verdict, verdict};
+
+/// A target (or objective) whose signal across mixtures is under this many
+/// times its seed-to-seed noise is flagged: at a ratio of 2 a single
+/// replicate's reliability is 0.8 (`snr^2 / (1 + snr^2)`), the level below
+/// which its ranking cannot be trusted.
+pub const FLAG_SNR: f64 = 2.0;
 
 /// Errors of a validation.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +68,9 @@ pub struct ValidateConfig {
     pub bootstrap: usize,
     pub level: f64,
     pub seed: u64,
+    /// Final models to compare, seed by seed: (chosen, baseline) labels.
+    #[serde(default)]
+    pub verdicts: Vec<(String, String)>,
 }
 
 /// One predictor on one target.
@@ -79,6 +89,122 @@ pub struct Measures {
     pub recovery: Option<f64>,
     /// The reference the predictor ranks best, and what picking it costs.
     pub regret: Option<Regret>,
+    /// `spearman` as a fraction of the noise ceiling (with replicas).
+    #[serde(default)]
+    pub of_ceiling: Option<f64>,
+}
+
+/// How much of a ranking of the references is seed noise, from replicas: the
+/// same mixtures trained again with other seeds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ceiling {
+    pub replicas: usize,
+    /// Spearman rho between replicate sets (mean over pairs of replicas).
+    pub replicate_rho: f64,
+    /// The rho a noiseless predictor would reach against the references as
+    /// validated (the mean of the replicas): `sqrt(R r / (1 + (R - 1) r))`,
+    /// the Spearman-Brown reliability of a mean of R replicas with
+    /// replicate correlation r, under the square root (the attenuation of a
+    /// correlation by noise on one side). r below 0 counts as 0.
+    pub ceiling: f64,
+}
+
+impl Ceiling {
+    /// The ceiling of `sets`: one score list per replica, over the same mixtures.
+    pub fn of(sets: &[Vec<f64>]) -> Option<Ceiling> {
+        let r = sets.len();
+        if r < 2 {
+            return None;
+        }
+        let mut rhos = Vec::new();
+        for i in 0..r {
+            for j in i + 1..r {
+                rhos.push(spearman(&sets[i], &sets[j]).unwrap_or(0.0));
+            }
+        }
+        let rho = rhos.iter().sum::<f64>() / rhos.len() as f64;
+        let rc = rho.max(0.0);
+        let rf = r as f64;
+        Some(Ceiling {
+            replicas: r,
+            replicate_rho: rho,
+            ceiling: (rf * rc / (1.0 + (rf - 1.0) * rc)).sqrt(),
+        })
+    }
+}
+
+/// One target's signal against its seed noise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeedNoise {
+    pub target: String,
+    /// Standard deviation across mixtures of the replica means.
+    pub spread: f64,
+    /// Seed-to-seed standard deviation, pooled within mixtures.
+    pub noise: f64,
+    /// `spread / noise`.
+    pub signal_to_noise: f64,
+    pub ceiling: Option<Ceiling>,
+    /// Signal under `FLAG_SNR` times the noise.
+    pub flagged: bool,
+}
+
+fn sd(x: &[f64]) -> f64 {
+    if x.len() < 2 {
+        return 0.0;
+    }
+    let m = x.iter().sum::<f64>() / x.len() as f64;
+    (x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
+}
+
+/// Spread, noise and ceiling of one score per replica and mixture
+/// (`sets[r][i]`).
+pub fn seed_noise(target: &str, sets: &[Vec<f64>]) -> SeedNoise {
+    let (r, n) = (sets.len(), sets.first().map_or(0, Vec::len));
+    let means: Vec<f64> = (0..n)
+        .map(|i| sets.iter().map(|s| s[i]).sum::<f64>() / r as f64)
+        .collect();
+    let ss: f64 = (0..n)
+        .map(|i| sets.iter().map(|s| (s[i] - means[i]).powi(2)).sum::<f64>())
+        .sum();
+    let dof = (n * r.saturating_sub(1)).max(1) as f64;
+    let noise = (ss / dof).sqrt();
+    let spread = sd(&means);
+    let snr = if noise > 0.0 {
+        spread / noise
+    } else {
+        f64::INFINITY
+    };
+    SeedNoise {
+        target: target.to_string(),
+        spread,
+        noise,
+        signal_to_noise: snr,
+        ceiling: Ceiling::of(sets),
+        flagged: snr < FLAG_SNR,
+    }
+}
+
+/// One objective's view of a validation: the headline rho of every predictor
+/// on it, against its noise ceiling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectiveView {
+    /// The objective, standardised scales fixed to the references' spreads.
+    pub objective: Objective,
+    pub ceiling: Option<Ceiling>,
+    /// The objective's own signal against its seed noise (with replicas).
+    pub noise: Option<SeedNoise>,
+    /// Per predictor, in `predictors`' order.
+    pub predictors: Vec<ObjectiveMeasure>,
+    /// Per final model: its rank among the references on this objective.
+    pub finals: Vec<(String, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectiveMeasure {
+    pub name: String,
+    pub spearman: Option<f64>,
+    pub interval: Option<Interval>,
+    pub of_ceiling: Option<f64>,
 }
 
 /// Everything measured for one predictor.
@@ -102,7 +228,11 @@ pub struct PredictorReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinalReport {
     pub name: String,
+    /// Scores, averaged over its seeds.
     pub scores: Vec<f64>,
+    /// Each seed's scores, in order.
+    #[serde(default)]
+    pub seeds: Vec<Vec<f64>>,
     /// Rank among the references per target (1 = best, ties averaged).
     pub ranks: Vec<f64>,
     /// Mean of `ranks` (the paper's macro rank; lower is better).
@@ -129,6 +259,22 @@ pub struct Validation {
     pub top_fraction: f64,
     /// Problems a reader must see (e.g. merges that do not work).
     pub warnings: Vec<String>,
+    /// Replicas per reference mixture (1: no noise measure).
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Per target, with replicas: signal against seed noise.
+    #[serde(default)]
+    pub noise: Vec<SeedNoise>,
+    /// Every objective side by side: the headline first.
+    #[serde(default)]
+    pub objectives: Vec<ObjectiveView>,
+    /// Final models compared seed by seed.
+    #[serde(default)]
+    pub verdicts: Vec<Verdict>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn check_rows(what: &str, rows: &[Vec<f64>], n: usize, t: usize) -> Result<(), ValidateError> {
@@ -190,18 +336,30 @@ fn measures(
         interval,
         recovery,
         regret: top_pick_regret(pred, reference, dir).ok(),
+        of_ceiling: None,
+    }
+}
+
+fn of_ceiling(rho: Option<f64>, c: Option<&Ceiling>) -> Option<f64> {
+    match (rho, c) {
+        (Some(r), Some(c)) if c.ceiling > 0.0 => Some(r / c.ceiling),
+        _ => None,
     }
 }
 
 /// Measures every predictor against the references and ranks the finals.
+///
+/// `replicas` holds one set of reference rows per replica (the same mixtures
+/// trained with another seed); the references are their mean. `finals` holds
+/// one row per seed for each final model.
 pub fn validate(
     cfg: &ValidateConfig,
     mixtures: Vec<Vec<f64>>,
-    references: Vec<Vec<f64>>,
+    replicas: Vec<Vec<Vec<f64>>>,
     sets: Vec<ScoreSet>,
-    finals: Vec<(String, Vec<f64>)>,
+    finals: Vec<(String, Vec<Vec<f64>>)>,
 ) -> Result<Validation, ValidateError> {
-    let n = references.len();
+    let n = replicas.first().map_or(0, Vec::len);
     let t = cfg.targets.len();
     if t == 0 {
         return Err(ValidateError::Input("no targets".into()));
@@ -217,32 +375,65 @@ pub fn validate(
             mixtures.len()
         )));
     }
-    check_rows("reference scores", &references, n, t)?;
-    let reference_objective = cfg.objective.values(&cfg.targets, &references);
+    for (r, rows) in replicas.iter().enumerate() {
+        check_rows(&format!("reference scores (replica {})", r + 1), rows, n, t)?;
+    }
+    let r = replicas.len();
+    let references: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            (0..t)
+                .map(|k| replicas.iter().map(|s| s[i][k]).sum::<f64>() / r as f64)
+                .collect()
+        })
+        .collect();
+    let noise: Vec<SeedNoise> = if r >= 2 {
+        cfg.targets
+            .iter()
+            .enumerate()
+            .map(|(k, target)| {
+                let per: Vec<Vec<f64>> = replicas.iter().map(|s| col(s, k)).collect();
+                seed_noise(&target.name, &per)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let headline = cfg.objective.scaled_by(&references, t);
+    let reference_objective = headline.values(&cfg.targets, &references);
+    let headline_ceiling = Ceiling::of(
+        &replicas
+            .iter()
+            .map(|s| headline.values(&cfg.targets, s))
+            .collect::<Vec<_>>(),
+    );
     let mut predictors = Vec::new();
     let mut predicted = Vec::new();
     for s in sets {
         check_rows(&s.name, &s.scores, n, t)?;
         let targets: Vec<Measures> = (0..t)
             .map(|k| {
-                measures(
+                let mut m = measures(
                     cfg,
                     &col(&s.scores, k),
                     &col(&references, k),
                     cfg.targets[k].direction,
                     s.in_units,
-                )
+                );
+                m.of_ceiling =
+                    of_ceiling(m.spearman, noise.get(k).and_then(|x| x.ceiling.as_ref()));
+                m
             })
             .collect();
         let top_defined = (cfg.top_fraction * n as f64).ceil() as usize >= 3;
-        let obj = cfg.objective.values(&cfg.targets, &s.scores);
-        let objective = measures(
+        let obj = headline.values(&cfg.targets, &s.scores);
+        let mut objective = measures(
             cfg,
             &obj,
             &reference_objective,
             Direction::LowerIsBetter,
             false,
         );
+        objective.of_ceiling = of_ceiling(objective.spearman, headline_ceiling.as_ref());
         predictors.push(PredictorReport {
             name: s.name,
             kind: s.kind,
@@ -260,30 +451,110 @@ pub fn validate(
         predicted.push(s.scores);
     }
     let mut out_finals = Vec::new();
-    for (name, scores) in finals {
-        if scores.len() != t || scores.iter().any(|x| !x.is_finite()) {
+    for (name, seeds) in &finals {
+        if seeds.is_empty()
+            || seeds
+                .iter()
+                .any(|r| r.len() != t || r.iter().any(|x| !x.is_finite()))
+        {
             return Err(ValidateError::Input(format!(
-                "final `{name}`: {scores:?} is not {t} finite scores"
+                "final `{name}`: {seeds:?} is not one row of {t} finite scores per seed"
             )));
         }
+        let scores: Vec<f64> = (0..t)
+            .map(|k| seeds.iter().map(|r| r[k]).sum::<f64>() / seeds.len() as f64)
+            .collect();
         let ranks: Vec<f64> = (0..t)
             .map(|k| rank_among(scores[k], &col(&references, k), cfg.targets[k].direction))
             .collect();
-        let mut all = references.clone();
-        all.push(scores.clone());
-        let obj = cfg.objective.values(&cfg.targets, &all);
-        let (mine, rest) = obj.split_last().expect("not empty");
         out_finals.push(FinalReport {
-            name,
+            name: name.clone(),
             macro_rank: ranks.iter().sum::<f64>() / t as f64,
             ranks,
-            objective_rank: rank_among(*mine, rest, Direction::LowerIsBetter),
+            objective_rank: final_rank(&headline, &cfg.targets, &references, &scores),
             scores,
+            seeds: seeds.clone(),
         });
+    }
+    // Every objective side by side, the headline first.
+    let mut names: Vec<&str> = vec![headline.name()];
+    for n in OBJECTIVE_NAMES {
+        if !names.contains(&n) && n != "weighted_loss" {
+            names.push(n);
+        }
+    }
+    let mut objectives = Vec::new();
+    for name in names {
+        let o = if name == headline.name() {
+            headline.clone()
+        } else {
+            Objective::named(name, None, t)
+                .expect("known name")
+                .scaled_by(&references, t)
+        };
+        let reference = o.values(&cfg.targets, &references);
+        let per_replica: Vec<Vec<f64>> =
+            replicas.iter().map(|s| o.values(&cfg.targets, s)).collect();
+        let ceiling = Ceiling::of(&per_replica);
+        let noise = (r >= 2).then(|| seed_noise(name, &per_replica));
+        let measures: Vec<ObjectiveMeasure> = predictors
+            .iter()
+            .zip(&predicted)
+            .map(|(p, rows)| {
+                let v = o.values(&cfg.targets, rows);
+                let rho = spearman(&v, &reference).ok();
+                ObjectiveMeasure {
+                    name: p.name.clone(),
+                    spearman: rho,
+                    interval: (cfg.bootstrap > 0)
+                        .then(|| {
+                            bootstrap_spearman(&v, &reference, cfg.bootstrap, cfg.level, cfg.seed)
+                                .ok()
+                        })
+                        .flatten(),
+                    of_ceiling: of_ceiling(rho, ceiling.as_ref()),
+                }
+            })
+            .collect();
+        let finals = out_finals
+            .iter()
+            .map(|f| {
+                (
+                    f.name.clone(),
+                    final_rank(&o, &cfg.targets, &references, &f.scores),
+                )
+            })
+            .collect();
+        objectives.push(ObjectiveView {
+            objective: o,
+            ceiling,
+            noise,
+            predictors: measures,
+            finals,
+        });
+    }
+    let mut verdicts = Vec::new();
+    for (chosen, baseline) in &cfg.verdicts {
+        let side = |label: &str| {
+            finals
+                .iter()
+                .find(|(n, _)| n == label)
+                .map(|(_, rows)| rows.as_slice())
+                .ok_or_else(|| ValidateError::Input(format!("verdict: no final model `{label}`")))
+        };
+        let v = verdict(
+            (chosen, side(chosen)?),
+            (baseline, side(baseline)?),
+            &cfg.targets,
+            &headline,
+            &references,
+        )
+        .map_err(ValidateError::Input)?;
+        verdicts.push(v);
     }
     Ok(Validation {
         targets: cfg.targets.clone(),
-        objective: cfg.objective.clone(),
+        objective: headline,
         references: n,
         mixtures,
         reference_scores: references,
@@ -293,7 +564,21 @@ pub fn validate(
         finals: out_finals,
         top_fraction: cfg.top_fraction,
         warnings: Vec::new(),
+        replicas: r,
+        noise,
+        objectives,
+        verdicts,
     })
+}
+
+/// Rank of a model's objective value among the references' (recomputed over
+/// the references plus this model, for rank-based objectives).
+fn final_rank(o: &Objective, targets: &[Target], references: &[Vec<f64>], scores: &[f64]) -> f64 {
+    let mut all = references.to_vec();
+    all.push(scores.to_vec());
+    let obj = o.values(targets, &all);
+    let (mine, rest) = obj.split_last().expect("not empty");
+    rank_among(*mine, rest, Direction::LowerIsBetter)
 }
 
 /// The weights alone: a target that is a candidate is predicted by that
@@ -380,6 +665,7 @@ mod tests {
             bootstrap: 200,
             level: 0.9,
             seed: 1,
+            verdicts: vec![],
         }
     }
 
@@ -411,11 +697,11 @@ mod tests {
             in_units: false,
             training_tokens: None,
         };
-        let finals = vec![("best".to_string(), vec![1.0, 1.0])];
+        let finals = vec![("best".to_string(), vec![vec![1.0, 1.0]])];
         let v = validate(
             &cfg(targets.clone()),
             mixtures.clone(),
-            refs,
+            vec![refs],
             vec![exact, reversed],
             finals,
         )
@@ -454,12 +740,12 @@ mod tests {
     fn bad_inputs_are_errors() {
         let c = cfg(vec![Target::loss("a")]);
         let m = vec![vec![1.0]; 3];
-        assert!(validate(&c, m.clone(), vec![vec![1.0]; 2], vec![], vec![]).is_err());
+        assert!(validate(&c, m.clone(), vec![vec![vec![1.0]; 2]], vec![], vec![]).is_err());
         assert!(
             validate(
                 &c,
                 m.clone(),
-                vec![vec![1.0], vec![2.0], vec![f64::NAN]],
+                vec![vec![vec![1.0], vec![2.0], vec![f64::NAN]]],
                 vec![],
                 vec![]
             )
@@ -475,11 +761,73 @@ mod tests {
         let e = validate(
             &c,
             m,
-            vec![vec![1.0], vec![2.0], vec![3.0]],
+            vec![vec![vec![1.0], vec![2.0], vec![3.0]]],
             vec![short],
             vec![],
         )
         .unwrap_err();
         assert!(e.to_string().contains("2 rows for 3"), "{e}");
+    }
+
+    /// References with a known signal and known seed noise: the measured noise,
+    /// spread and ceiling come out near what was put in.
+    #[test]
+    fn ceiling_and_signal_to_noise_on_known_noise() {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let n = 400;
+        let signal = Normal::new(0.0, 1.0).unwrap();
+        // Target a: noise sd 0.5 (snr 2); target b: noise sd 2 (snr 0.5).
+        let truth: Vec<[f64; 2]> = (0..n)
+            .map(|_| [signal.sample(&mut rng), signal.sample(&mut rng)])
+            .collect();
+        let replica = |rng: &mut rand_chacha::ChaCha8Rng| -> Vec<Vec<f64>> {
+            let (na, nb) = (
+                Normal::new(0.0, 0.5).unwrap(),
+                Normal::new(0.0, 2.0).unwrap(),
+            );
+            truth
+                .iter()
+                .map(|t| vec![t[0] + na.sample(rng), t[1] + nb.sample(rng)])
+                .collect()
+        };
+        let reps = vec![replica(&mut rng), replica(&mut rng)];
+        let mixtures: Vec<Vec<f64>> = (0..n)
+            .map(|i| vec![i as f64 / n as f64, 1.0 - i as f64 / n as f64])
+            .collect();
+        let truth_set = ScoreSet {
+            name: "truth".into(),
+            kind: PredictorKind::Proxy,
+            scores: truth.iter().map(|t| t.to_vec()).collect(),
+            in_units: true,
+            training_tokens: None,
+        };
+        let mut c = cfg(vec![Target::loss("a"), Target::loss("b")]);
+        c.bootstrap = 0;
+        c.objective = Objective::MeanLoss;
+        let v = validate(&c, mixtures, reps, vec![truth_set], vec![]).unwrap();
+        assert_eq!(v.replicas, 2);
+        let (a, b) = (&v.noise[0], &v.noise[1]);
+        assert!((a.noise - 0.5).abs() < 0.06, "{a:?}");
+        assert!((b.noise - 2.0).abs() < 0.2, "{b:?}");
+        // The spread of replica means holds signal plus noise / R.
+        assert!(
+            (a.spread - (1.0f64 + 0.25 / 2.0).sqrt()).abs() < 0.12,
+            "{a:?}"
+        );
+        assert!(!a.flagged && b.flagged, "{a:?} {b:?}");
+        // Replicate correlation: var(s) / (var(s) + var(noise)) = 0.8 for a.
+        let ca = a.ceiling.as_ref().unwrap();
+        assert!((ca.replicate_rho - 0.8).abs() < 0.06, "{ca:?}");
+        let expected = (2.0 * ca.replicate_rho / (1.0 + ca.replicate_rho)).sqrt();
+        assert!((ca.ceiling - expected).abs() < 1e-12);
+        // The noiseless predictor reaches about its ceiling, so about 1 of it.
+        let m = &v.predictors[0].targets[0];
+        assert!((m.of_ceiling.unwrap() - 1.0).abs() < 0.08, "{m:?}");
+        // Every objective is reported, the headline first, each with a ceiling.
+        let names: Vec<&str> = v.objectives.iter().map(|o| o.objective.name()).collect();
+        assert_eq!(names, ["mean_loss", "mean_rank", "standardized"]);
+        assert!(v.objectives.iter().all(|o| o.ceiling.is_some()));
     }
 }

@@ -308,15 +308,29 @@ fn read_parquet(
         let mut text = None;
         let mut id = None;
         for (name, v) in row.get_column_iter() {
-            let s = match v {
-                Field::Str(s) => Some(s.clone()),
-                Field::Null => None,
-                other => Some(other.to_string()),
-            };
             if *name == src.text_field {
-                text = s;
+                // Text is text: numbers stringified would train silently on digits.
+                text = match v {
+                    Field::Str(s) => Some(s.clone()),
+                    Field::Null => None,
+                    other => {
+                        return Err(MlError::BadLine {
+                            path: file.into(),
+                            line: row_no,
+                            msg: format!(
+                                "column '{}' holds {}, not a string: it is not text",
+                                src.text_field,
+                                field_type(other)
+                            ),
+                        });
+                    }
+                };
             } else if *name == src.id_field {
-                id = s;
+                id = match v {
+                    Field::Null => None,
+                    Field::Str(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                };
             }
         }
         let text = text.ok_or_else(|| MlError::BadLine {
@@ -333,6 +347,20 @@ fn read_parquet(
         f(Document { id, text })?;
     }
     Ok(())
+}
+
+/// A Parquet value's type, for messages.
+fn field_type(f: &parquet::record::Field) -> &'static str {
+    use parquet::record::Field;
+    match f {
+        Field::Bool(_) => "a boolean",
+        Field::Byte(_) | Field::Short(_) | Field::Int(_) | Field::Long(_) => "an integer",
+        Field::UByte(_) | Field::UShort(_) | Field::UInt(_) | Field::ULong(_) => "an integer",
+        Field::Float16(_) | Field::Float(_) | Field::Double(_) | Field::Decimal(_) => "a number",
+        Field::Bytes(_) => "bytes",
+        Field::Group(_) | Field::ListInternal(_) | Field::MapInternal(_) => "a nested value",
+        _ => "a non-string value",
+    }
 }
 
 /// Side metadata of a shard (`shard.json`).
@@ -537,27 +565,6 @@ impl Shard {
             .chunks_exact(2)
             .map(|c| (c[0], c[1]))
     }
-
-    /// The shortest prefix of the shard that holds whole documents and at
-    /// most `max_tokens` tokens (at least one document, truncated if it alone
-    /// is larger), with the UTF-8 bytes of the text it covers.
-    pub fn prefix(&self, max_tokens: u64) -> (u64, u64) {
-        let mut end = 0;
-        let mut bytes = 0;
-        for (e, b) in self.doc_ends() {
-            if e > max_tokens {
-                if end == 0 {
-                    // One oversized document: count its bytes pro rata.
-                    let frac = max_tokens as f64 / e as f64;
-                    return (max_tokens, (b as f64 * frac).round() as u64);
-                }
-                break;
-            }
-            end = e;
-            bytes += b;
-        }
-        (end, bytes)
-    }
 }
 
 /// DeMix's component recipe: candidate data mixed with general data at share
@@ -601,7 +608,7 @@ impl ComponentMix {
 mod tests {
     use super::*;
     use crate::ml::progress::no_progress;
-    use crate::ml::tokenizer::{TokenizerSpec, train_tokenizer};
+    use crate::ml::tokenizer::{TokenizerSource, TokenizerSpec, train_tokenizer};
 
     fn write(p: &Path, s: &[u8]) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -709,6 +716,31 @@ mod tests {
         src.text_field = "nope".into();
         let e = read_documents(&src, &SplitSpec::default()).unwrap_err();
         assert!(e.to_string().contains("no column 'nope'"), "{e}");
+
+        // A text column of numbers is no text: refused, not stringified.
+        use parquet::data_type::Int64Type;
+        let p = t.path().join("ints.parquet");
+        let schema = Arc::new(parse_message_type("message s { required int64 text; }").unwrap());
+        let mut w = SerializedFileWriter::new(
+            File::create(&p).unwrap(),
+            schema,
+            Arc::new(WriterProperties::builder().build()),
+        )
+        .unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        let mut c = rg.next_column().unwrap().unwrap();
+        c.typed::<Int64Type>()
+            .write_batch(&[7, 8], None, None)
+            .unwrap();
+        c.close().unwrap();
+        rg.close().unwrap();
+        w.close().unwrap();
+        let e = read_documents(&SourceSpec::new(&p), &SplitSpec::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("ints.parquet:1")
+                && e.to_string().contains("an integer, not a string"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -745,8 +777,8 @@ mod tests {
             ));
         }
         write(&src, s.as_bytes());
-        let tok = train_tokenizer(
-            &[SourceSpec::new(&src)],
+        let (tok, _) = train_tokenizer(
+            &[TokenizerSource::all("c", vec![SourceSpec::new(&src)])],
             &TokenizerSpec {
                 vocab_size: 300,
                 ..Default::default()
@@ -784,8 +816,6 @@ mod tests {
         let text = tok.decode(&sh.tokens()[1..e0 as usize]).unwrap();
         assert_eq!(text, "doc number 0 says héllo");
         assert_eq!(b0 as usize, text.len());
-        let (end, bytes) = sh.prefix(e0 + 1);
-        assert_eq!((end, bytes), (e0, b0));
         // Corrupt shard: truncated tokens file.
         let tb = fs::read(out.join("tokens.bin")).unwrap();
         fs::write(out.join("tokens.bin"), &tb[..tb.len() - 4]).unwrap();

@@ -41,6 +41,8 @@ pub enum MlError {
     Device(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("{0}")]
+    NonFinite(String),
     #[error("non-finite loss at step {step}")]
     NonFiniteLoss { step: u64 },
     #[error("cancelled")]

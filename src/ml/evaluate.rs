@@ -25,9 +25,15 @@ use crate::ml::util;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSpec {
-    /// Tokens evaluated per validation shard (whole documents from the start).
+    /// Tokens evaluated per validation shard: a seeded sample of windows spread
+    /// over the whole shard (all of it when the shard is smaller).
     #[serde(default = "d_max_tokens")]
     pub max_tokens: u64,
+    /// Seeds the sample of windows. Every model evaluated with the same seed,
+    /// `max_tokens` and `seq_len` on the same shard is scored on the same text,
+    /// so their losses compare pair by pair.
+    #[serde(default)]
+    pub seed: u64,
     #[serde(default = "d_seq")]
     pub seq_len: usize,
     #[serde(default = "d_batch")]
@@ -86,12 +92,39 @@ pub struct EvalPaths {
 pub struct DatasetMetrics {
     /// Predicted tokens.
     pub tokens: u64,
+    /// Documents the sampled windows touch.
     pub documents: u64,
+    /// UTF-8 bytes of the scored text (pro rata for partly scored documents).
     pub bytes: u64,
     /// Mean NLL per token (nats).
     pub loss: f64,
+    /// Standard error of `loss` over the sampled windows (a ratio estimator's,
+    /// windows as the units): what the sample alone leaves uncertain.
+    #[serde(default)]
+    pub loss_se: Option<f64>,
     pub perplexity: f64,
     pub bits_per_byte: f64,
+    /// Which text was scored.
+    #[serde(default)]
+    pub sample: Option<EvalSample>,
+    /// Summed NLL and predicted tokens per window, in `sample.windows` order:
+    /// what paired comparisons between models need. Not written out.
+    #[serde(skip)]
+    pub per_window: Vec<(f64, u64)>,
+}
+
+/// The windows of a shard that an evaluation scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSample {
+    pub seed: u64,
+    pub seq_len: usize,
+    /// Windows scored, of `of_windows` in the shard (stratified: one drawn from
+    /// each of `windows` equal stretches of the shard).
+    pub windows: u64,
+    pub of_windows: u64,
+    /// Position (0-based, in reading order) of every document a scored window
+    /// touches.
+    pub documents: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,9 +164,9 @@ fn check_cancel(c: &AtomicBool) -> Result<()> {
     }
 }
 
-/// Summed NLL (nats) of each target given the inputs: batch of equal-length
-/// windows `[n, len]`, returns the f64 sum.
-fn window_nll(model: &Qwen3, windows: &[&[u32]]) -> f64 {
+/// Summed NLL (nats) of each window's targets given its inputs, for a batch of
+/// equal-length windows `[n, len]`.
+fn window_nll(model: &Qwen3, windows: &[&[u32]]) -> Vec<f64> {
     let n = windows.len() as i64;
     let len = windows[0].len() as i64;
     let flat: Vec<i64> = windows
@@ -146,15 +179,55 @@ fn window_nll(model: &Qwen3, windows: &[&[u32]]) -> f64 {
     let inp = x.narrow(1, 0, len - 1);
     let tgt = x.narrow(1, 1, len - 1);
     let logits = model.forward(&inp);
-    logits
+    let per_token = logits
         .view([-1, model.config.vocab_size])
-        .cross_entropy_loss::<Tensor>(&tgt.reshape([-1]), None, Reduction::Sum, -100, 0.0)
+        .cross_entropy_loss::<Tensor>(&tgt.reshape([-1]), None, Reduction::None, -100, 0.0)
         .to_kind(Kind::Double)
-        .double_value(&[])
+        .view([n, len - 1])
+        .sum_dim_intlist(1, false, Kind::Double)
+        .to_device(Device::Cpu);
+    Vec::<f64>::try_from(&per_token).unwrap_or_default()
 }
 
-/// Validation metrics of `model` on the first whole documents of `shard`,
-/// at most `spec.max_tokens` tokens, in non-overlapping windows of seq_len.
+/// The windows of `seq_len + 1` tokens (overlapping by one, so every token
+/// after the first is predicted once) that an evaluation of at most
+/// `max_tokens` predicted tokens scores: all of them when the shard is small
+/// enough, else one drawn at random from each of equal stretches of the
+/// shard, so the sample spreads over all of it whatever order its documents
+/// are in. Returns (start, end) token ranges in shard order, and the count.
+pub fn sample_windows(
+    n_tokens: u64,
+    seq_len: usize,
+    max_tokens: u64,
+    seed: u64,
+) -> (Vec<(u64, u64)>, u64) {
+    let seq = seq_len.max(1) as u64;
+    if n_tokens < 2 {
+        return (Vec::new(), 0);
+    }
+    let all = (n_tokens - 1).div_ceil(seq);
+    let window = |k: u64| (k * seq, (k * seq + seq + 1).min(n_tokens));
+    if max_tokens >= n_tokens - 1 {
+        return ((0..all).map(window).collect(), all);
+    }
+    if max_tokens < seq {
+        // One short window: the budget is below one sequence.
+        let mut rng = crate::ml::rng::SplitMix64::derive(seed, 0);
+        let s = rng.below(n_tokens - max_tokens);
+        return (vec![(s, s + max_tokens + 1)], all);
+    }
+    let want = (max_tokens / seq).clamp(1, all);
+    let out = (0..want)
+        .map(|k| {
+            let (lo, hi) = (k * all / want, (k + 1) * all / want);
+            let mut rng = crate::ml::rng::SplitMix64::derive(seed, k);
+            window(lo + rng.below((hi - lo).max(1)))
+        })
+        .collect();
+    (out, all)
+}
+
+/// Validation metrics of `model` on a sample of `shard` (see [`sample_windows`]).
 pub fn validation_metrics(
     model: &Qwen3,
     shard: &Shard,
@@ -168,50 +241,102 @@ pub fn validation_metrics(
             msg: "tokenizer vocabulary exceeds the model's vocab_size".into(),
         });
     }
-    let (end, bytes) = shard.prefix(spec.max_tokens.max(2));
-    let documents = shard.doc_ends().take_while(|(e, _)| *e <= end).count() as u64;
-    let toks = &shard.tokens()[..end as usize];
+    let toks = shard.tokens();
     let seq = spec.seq_len.max(1);
-    // Windows of seq + 1 tokens overlapping by one: every token after the
-    // first is predicted exactly once.
-    let mut full = vec![];
-    let mut i = 0;
-    while i + 1 < toks.len() {
-        let j = (i + seq + 1).min(toks.len());
-        full.push(&toks[i..j]);
-        i += seq;
+    let (windows, of_windows) =
+        sample_windows(toks.len() as u64, seq, spec.max_tokens.max(1), spec.seed);
+    if windows.is_empty() {
+        return Err(MlError::Shard {
+            path: shard.dir.clone(),
+            msg: "no validation text to score (fewer than 2 tokens)".into(),
+        });
     }
-    let mut nll = 0.0;
+    // Documents touched and bytes scored, pro rata for partly scored documents,
+    // by the tokens predicted: a window [a, b) predicts a + 1 .. b.
+    let ends: Vec<(u64, u64)> = shard.doc_ends().collect();
+    let mut touched = std::collections::BTreeSet::new();
+    let mut bytes = 0.0;
+    for &(a, b) in &windows {
+        let a = a + 1;
+        let mut d = ends.partition_point(|&(e, _)| e <= a);
+        let mut start_of = if d == 0 { 0 } else { ends[d - 1].0 };
+        while d < ends.len() && start_of < b {
+            let (e, nb) = ends[d];
+            let overlap = e.min(b).saturating_sub(a.max(start_of));
+            if overlap > 0 {
+                touched.insert(d as u64);
+                bytes += nb as f64 * overlap as f64 / (e - start_of).max(1) as f64;
+            }
+            start_of = e;
+            d += 1;
+        }
+    }
+    let total_predicted: u64 = windows.iter().map(|(a, b)| b - a - 1).sum();
+    let mut per_window = vec![(0.0, 0u64); windows.len()];
     let mut done = 0u64;
     tch::no_grad(|| -> Result<()> {
-        let (same, last): (Vec<_>, Vec<_>) = full.iter().partition(|w| w.len() == seq + 1);
-        for chunk in same.chunks(spec.batch_size.max(1)) {
-            check_cancel(cancel)?;
-            nll += window_nll(model, chunk);
-            done += (chunk.len() * seq) as u64;
-            progress(&Progress {
-                stage: "evaluate",
-                current: done,
-                total: end.saturating_sub(1),
-                unit: "tokens",
-                message: shard.dir.display().to_string(),
-            });
+        // Equal-length windows go in batches; a shorter last one alone.
+        let mut by_len: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, (a, b)) in windows.iter().enumerate() {
+            by_len.entry(b - a).or_default().push(i);
         }
-        for w in last {
-            nll += window_nll(model, &[w]);
-            done += w.len() as u64 - 1;
+        for idx in by_len.values() {
+            for chunk in idx.chunks(spec.batch_size.max(1)) {
+                check_cancel(cancel)?;
+                let rows: Vec<&[u32]> = chunk
+                    .iter()
+                    .map(|&i| &toks[windows[i].0 as usize..windows[i].1 as usize])
+                    .collect();
+                let nll = window_nll(model, &rows);
+                for (&i, x) in chunk.iter().zip(nll) {
+                    let n = windows[i].1 - windows[i].0 - 1;
+                    per_window[i] = (x, n);
+                    done += n;
+                }
+                progress(&Progress {
+                    stage: "evaluate",
+                    current: done,
+                    total: total_predicted,
+                    unit: "tokens",
+                    message: shard.dir.display().to_string(),
+                });
+            }
         }
         Ok(())
     })?;
-    let tokens = done;
+    let nll: f64 = per_window.iter().map(|w| w.0).sum();
+    let tokens: u64 = per_window.iter().map(|w| w.1).sum();
     let loss = nll / tokens.max(1) as f64;
+    if !loss.is_finite() {
+        return Err(MlError::NonFinite(format!(
+            "the validation loss on {} is not finite: the model's weights or outputs are not finite numbers",
+            shard.dir.display()
+        )));
+    }
+    let n = per_window.len();
+    let loss_se = (n > 1).then(|| {
+        let ss: f64 = per_window
+            .iter()
+            .map(|(x, t)| (x - loss * *t as f64).powi(2))
+            .sum();
+        (ss * n as f64 / (n - 1) as f64).sqrt() / tokens.max(1) as f64
+    });
     Ok(DatasetMetrics {
         tokens,
-        documents,
-        bytes,
+        documents: touched.len() as u64,
+        bytes: bytes.round() as u64,
         loss,
+        loss_se,
         perplexity: loss.exp(),
-        bits_per_byte: nll / std::f64::consts::LN_2 / bytes.max(1) as f64,
+        bits_per_byte: nll / std::f64::consts::LN_2 / bytes.max(1.0),
+        sample: Some(EvalSample {
+            seed: spec.seed,
+            seq_len: seq,
+            windows: windows.len() as u64,
+            of_windows,
+            documents: touched.into_iter().collect(),
+        }),
+        per_window,
     })
 }
 

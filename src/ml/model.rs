@@ -222,6 +222,21 @@ impl Qwen3Config {
         v
     }
 
+    /// The shape, for memory estimates.
+    pub fn shape(&self) -> crate::estimate::ModelShape {
+        let u = |x: i64| x.max(0) as u64;
+        crate::estimate::ModelShape {
+            vocab: u(self.vocab_size),
+            hidden: u(self.hidden_size),
+            intermediate: u(self.intermediate_size),
+            layers: u(self.num_hidden_layers),
+            heads: u(self.num_attention_heads),
+            kv_heads: u(self.num_key_value_heads),
+            head_dim: u(self.head_dim),
+            tied: self.tie_word_embeddings,
+        }
+    }
+
     pub fn num_params(&self) -> i64 {
         self.param_shapes()
             .iter()
@@ -315,12 +330,22 @@ impl Qwen3 {
         config.validate()?;
         let mut sd = BTreeMap::new();
         for (name, shape) in config.param_shapes() {
+            // Fallible: a shape the user's config makes too large is an error
+            // naming the tensor, not an abort inside libtorch.
+            let alloc = |e: tch::TchError| {
+                MlError::Config(format!(
+                    "cannot allocate {name} {shape:?} ({} bytes): {e}",
+                    shape.iter().product::<i64>().saturating_mul(4)
+                ))
+            };
             let t = if name.ends_with("norm.weight") {
-                Tensor::ones(&shape, (Kind::Float, Device::Cpu))
+                Tensor::f_ones(&shape, (Kind::Float, Device::Cpu)).map_err(alloc)?
             } else {
                 let s = fnv1a64(format!("{seed}/{name}").as_bytes());
                 tch::manual_seed((s >> 1) as i64);
-                Tensor::randn(&shape, (Kind::Float, Device::Cpu)) * config.initializer_range
+                Tensor::f_randn(&shape, (Kind::Float, Device::Cpu))
+                    .and_then(|t| t.f_mul_scalar(config.initializer_range))
+                    .map_err(alloc)?
             };
             sd.insert(name, t);
         }
@@ -375,34 +400,41 @@ impl Qwen3 {
                 extra.join(", ")
             )));
         }
-        let mut take = |n: &str| -> Tensor {
+        let mut take = |n: &str| -> Result<Tensor> {
             // Present: checked above.
             let t = sd
                 .remove(n)
-                .unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, device)));
-            t.to_device(device).to_kind(Kind::Float).detach()
+                .ok_or_else(|| MlError::StateDict(format!("missing tensor {n}")))?;
+            t.f_to_device(device)
+                .and_then(|t| t.f_to_kind(Kind::Float))
+                .map(|t| t.detach())
+                .map_err(|e| MlError::StateDict(format!("{n}: cannot place it on {device:?}: {e}")))
         };
-        let embed = take("model.embed_tokens.weight");
+        let embed = take("model.embed_tokens.weight")?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
-                Layer {
-                    ln1: take(&format!("{p}.input_layernorm.weight")),
-                    q: take(&format!("{p}.self_attn.q_proj.weight")),
-                    k: take(&format!("{p}.self_attn.k_proj.weight")),
-                    v: take(&format!("{p}.self_attn.v_proj.weight")),
-                    o: take(&format!("{p}.self_attn.o_proj.weight")),
-                    q_norm: take(&format!("{p}.self_attn.q_norm.weight")),
-                    k_norm: take(&format!("{p}.self_attn.k_norm.weight")),
-                    ln2: take(&format!("{p}.post_attention_layernorm.weight")),
-                    gate: take(&format!("{p}.mlp.gate_proj.weight")),
-                    up: take(&format!("{p}.mlp.up_proj.weight")),
-                    down: take(&format!("{p}.mlp.down_proj.weight")),
-                }
+                Ok(Layer {
+                    ln1: take(&format!("{p}.input_layernorm.weight"))?,
+                    q: take(&format!("{p}.self_attn.q_proj.weight"))?,
+                    k: take(&format!("{p}.self_attn.k_proj.weight"))?,
+                    v: take(&format!("{p}.self_attn.v_proj.weight"))?,
+                    o: take(&format!("{p}.self_attn.o_proj.weight"))?,
+                    q_norm: take(&format!("{p}.self_attn.q_norm.weight"))?,
+                    k_norm: take(&format!("{p}.self_attn.k_norm.weight"))?,
+                    ln2: take(&format!("{p}.post_attention_layernorm.weight"))?,
+                    gate: take(&format!("{p}.mlp.gate_proj.weight"))?,
+                    up: take(&format!("{p}.mlp.up_proj.weight"))?,
+                    down: take(&format!("{p}.mlp.down_proj.weight"))?,
+                })
             })
-            .collect();
-        let norm = take("model.norm.weight");
-        let lm_head = (!config.tie_word_embeddings).then(|| take("lm_head.weight"));
+            .collect::<Result<Vec<_>>>()?;
+        let norm = take("model.norm.weight")?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(take("lm_head.weight")?)
+        };
         Ok(Self {
             config: config.clone(),
             device,

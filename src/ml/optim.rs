@@ -56,16 +56,20 @@ const STATE_FORMAT: &str = "demix-adamw-v1";
 
 impl AdamW {
     /// `params` are the model's parameter handles (they are updated in place).
-    pub fn new(params: Vec<(String, Tensor)>, betas: (f64, f64), eps: f64, wd: f64) -> Self {
-        let m = params
-            .iter()
-            .map(|(_, p)| p.zeros_like().detach())
-            .collect();
-        let v = params
-            .iter()
-            .map(|(_, p)| p.zeros_like().detach())
-            .collect();
-        Self {
+    pub fn new(
+        params: Vec<(String, Tensor)>,
+        betas: (f64, f64),
+        eps: f64,
+        wd: f64,
+    ) -> Result<Self> {
+        let zeros = |(n, p): &(String, Tensor)| {
+            p.f_zeros_like()
+                .map(|t| t.detach())
+                .map_err(|e| MlError::Config(format!("cannot allocate AdamW state for {n}: {e}")))
+        };
+        let m = params.iter().map(zeros).collect::<Result<Vec<_>>>()?;
+        let v = params.iter().map(zeros).collect::<Result<Vec<_>>>()?;
+        Ok(Self {
             beta1: betas.0,
             beta2: betas.1,
             eps,
@@ -74,7 +78,7 @@ impl AdamW {
             params,
             m,
             v,
-        }
+        })
     }
 
     pub fn decays(p: &Tensor) -> bool {
@@ -236,7 +240,8 @@ mod tests {
             (0.9, 0.95),
             1e-8,
             0.1,
-        );
+        )
+        .unwrap();
         let (lr, b1, b2, eps, wd) = (0.01f64, 0.9f64, 0.95f64, 1e-8f64, 0.1f64);
         let mut pw: Vec<f64> = vec![1.0, -2.0, 3.0, 0.5];
         let mut pb: Vec<f64> = vec![0.1, 0.2];
@@ -283,7 +288,8 @@ mod tests {
             (0.9, 0.95),
             1e-8,
             0.1,
-        );
+        )
+        .unwrap();
         o2.load(&p).unwrap();
         assert_eq!(o2.step, 2);
         assert!(o2.m[0].equal(&opt.m[0]) && o2.v[1].equal(&opt.v[1]));
@@ -292,7 +298,8 @@ mod tests {
             (0.9, 0.95),
             1e-8,
             0.1,
-        );
+        )
+        .unwrap();
         assert!(
             o3.load(&p)
                 .unwrap_err()
@@ -309,7 +316,8 @@ mod tests {
             (0.9, 0.95),
             1e-8,
             0.0,
-        );
+        )
+        .unwrap();
         (w.sum(Kind::Float) * 5.0).backward(); // grad = [5, 5]
         let n = opt.clip_grad_norm(1.0);
         assert!((n - 50f64.sqrt()).abs() < 1e-5);

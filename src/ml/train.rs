@@ -251,6 +251,9 @@ impl TrainPaths {
     }
 }
 
+/// One line of `metrics.jsonl`. Only what the trajectory decides: a resumed
+/// run writes the same bytes as an uninterrupted one (speed and wall time go
+/// to the step's log and its result record instead).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsLine {
     pub step: u64,
@@ -258,8 +261,6 @@ pub struct MetricsLine {
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
-    pub tokens_per_s: f64,
-    pub elapsed: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -441,6 +442,28 @@ pub fn train(
         None
     };
 
+    // Before allocating anything: a configuration that cannot fit is an error
+    // that says so, not a failure deep inside libtorch.
+    if device == Device::Cpu {
+        let rows = spec.micro_batch_size.unwrap_or(spec.batch_size) as u64;
+        let need = config.shape().training_bytes(rows, spec.seq_len as u64);
+        if let Some(have) = crate::estimate::available_memory()
+            && need > have
+        {
+            return Err(MlError::Config(format!(
+                "training this model needs about {} of memory ({} parameters: hidden_size {}, intermediate_size {}, num_hidden_layers {}, vocab_size {}; {} rows of {} tokens at once), and this machine has {} available: make the model or `micro_batch_size` smaller",
+                crate::store::human_bytes(need),
+                config.num_params(),
+                config.hidden_size,
+                config.intermediate_size,
+                config.num_hidden_layers,
+                config.vocab_size,
+                rows,
+                spec.seq_len,
+                crate::store::human_bytes(have)
+            )));
+        }
+    }
     let model = match (&resume, &init_dir) {
         (Some(_), _) => {
             let (sd, _) =
@@ -461,7 +484,7 @@ pub fn train(
         (spec.betas[0], spec.betas[1]),
         spec.eps,
         spec.weight_decay,
-    );
+    )?;
     let mut checkpoints_done = vec![];
     let mut prior_elapsed = 0.0;
     let start_step = match &resume {
@@ -478,7 +501,17 @@ pub fn train(
             prior_elapsed = st.elapsed_s;
             st.step
         }
-        None => 0,
+        None => {
+            // A start from scratch: lines an attempt killed before its first
+            // saved state wrote are not this run's.
+            match std::fs::remove_file(&paths.metrics) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(MlError::io(&paths.metrics, e));
+                }
+                _ => {}
+            }
+            0
+        }
     };
 
     let sched = spec.schedule();
@@ -541,8 +574,6 @@ pub fn train(
                     loss: lv,
                     lr,
                     grad_norm: gn,
-                    tokens_per_s: rate,
-                    elapsed,
                 },
             )?;
             progress(&Progress {

@@ -27,9 +27,28 @@ pub struct TrainPoint {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Training {
     pub points: Vec<TrainPoint>,
+    /// Wall time of the step that trained it, from its result record (the
+    /// metrics file holds only what the trajectory decides).
+    pub duration_s: Option<f64>,
 }
 
 impl Training {
+    /// Tokens per second: from the metrics when they say, else the last
+    /// point's tokens over the step's wall time.
+    pub fn tokens_per_s(&self) -> Option<f64> {
+        let last = self.last()?;
+        last.tokens_per_s.or_else(|| {
+            self.duration_s
+                .filter(|d| *d > 0.0)
+                .map(|d| last.tokens / d)
+        })
+    }
+
+    /// Training time: from the metrics when they say, else the step's wall time.
+    pub fn elapsed(&self) -> Option<f64> {
+        self.last().and_then(|p| p.elapsed).or(self.duration_s)
+    }
+
     pub fn last(&self) -> Option<&TrainPoint> {
         self.points.last()
     }
@@ -114,7 +133,10 @@ pub fn read_training(path: &Path) -> Result<Training, String> {
             elapsed: field("elapsed"),
         });
     }
-    Ok(Training { points })
+    Ok(Training {
+        points,
+        duration_s: None,
+    })
 }
 
 fn metrics_map(path: &Path, v: Option<&Value>, what: &str) -> Result<Vec<Metrics>, String> {
@@ -184,6 +206,16 @@ pub fn read_mixture(path: &Path) -> Result<Mixture, String> {
         weights.push((k.clone(), w));
     }
     Ok(Mixture { weights })
+}
+
+/// Reads a tokenizer step's `tokenizer-sample.json`.
+pub fn read_tokenizer_sample(path: &Path) -> Result<crate::formats::TokenizerSample, String> {
+    serde_json::from_slice(&read(path)?).map_err(|e| {
+        format!(
+            "{}: not a tokenizer sample (expected a tokenizer step's tokenizer-sample.json): {e}",
+            path.display()
+        )
+    })
 }
 
 /// Reads a search step's `search.json` and checks its parts agree.

@@ -5,8 +5,8 @@ use std::fmt::Write;
 use super::data::Producer;
 use super::svg::{BarChart, LinePlot, ScatterPlot, Series, escape};
 use super::{
-    ANCESTOR_ROWS, MixtureView, PROXY_ROWS, Report, direction_word, fmt_num, fmt_secs, fmt_tokens,
-    objective_words, short,
+    ANCESTOR_ROWS, MixtureView, PROXY_ROWS, Report, TableView, direction_word, fmt_num, fmt_secs,
+    fmt_tokens, objective_words, objectives_table, seed_noise_table, short, verdict_table,
 };
 
 const CSS: &str = r#"
@@ -35,6 +35,7 @@ svg.plot { max-width: 100%; height: auto; border: 1px solid #eef0f3; border-radi
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 8px 0; }
 dl.facts dt { color: #5a6372; }
 dl.facts dd { margin: 0; }
+p.verdict { font-size: 16px; font-weight: 600; margin: 10px 0; }
 "#;
 
 struct Section {
@@ -58,6 +59,23 @@ fn table(out: &mut String, head: &[(String, &str)], rows: &[Vec<(String, &str)>]
         out.push_str("</tr>");
     }
     out.push_str("</tbody></table></div>");
+}
+
+/// A table view shared with the Markdown summary.
+fn view(out: &mut String, t: &TableView) {
+    let num = |right: bool| if right { "num" } else { "" };
+    let head: Vec<(String, &str)> = t.head.iter().map(|(h, r)| (h.clone(), num(*r))).collect();
+    let rows: Vec<Vec<(String, &str)>> = t
+        .rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .zip(&t.head)
+                .map(|(c, (_, right))| (c.clone(), num(*right)))
+                .collect()
+        })
+        .collect();
+    table(out, &head, &rows);
 }
 
 fn cell(out: &mut String, tag: &str, text: &str, class: &str) {
@@ -86,8 +104,32 @@ fn num(v: Option<f64>, decimals: usize) -> (String, &'static str) {
 
 pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
     let mut sections = Vec::new();
+    if !r.verdicts.is_empty() {
+        let mut b = String::new();
+        if let Some(t) = verdict_table(&r.verdicts) {
+            view(&mut b, &t);
+        }
+        sections.push(Section {
+            id: "verdict",
+            title: "Verdict",
+            body: b,
+        });
+    }
     if !r.training.is_empty() {
         sections.push(training(r));
+    }
+    if let Some(t) = r.tokenizer_table() {
+        let mut b = String::new();
+        note(
+            &mut b,
+            "Bytes of text the tokenizer learned from, per dataset: each dataset's share of the budget, its documents drawn from all over it.",
+        );
+        view(&mut b, &t);
+        sections.push(Section {
+            id: "tokenizer",
+            title: "Tokenizer sample",
+            body: b,
+        });
     }
     if let Some(m) = mixtures {
         sections.push(mixture(r, m));
@@ -124,6 +166,9 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
         escape(short(&r.key)),
         escape(crate::VERSION)
     );
+    for v in r.all_verdicts() {
+        let _ = writeln!(out, "<p class=\"verdict\">{}</p>", escape(&v.sentence));
+    }
     if sections.is_empty() {
         note(&mut out, "This report was given no inputs.");
     } else {
@@ -190,11 +235,8 @@ fn training(r: &Report) -> Section {
                 (last.map_or("–".into(), |p| fmt_tokens(p.tokens)), "num"),
                 num(last.map(|p| p.loss), 4),
                 num(t.data.min_loss(), 4),
-                num(last.and_then(|p| p.tokens_per_s), 0),
-                (
-                    last.and_then(|p| p.elapsed).map_or("–".into(), fmt_secs),
-                    "num",
-                ),
+                num(t.data.tokens_per_s(), 0),
+                (t.data.elapsed().map_or("–".into(), fmt_secs), "num"),
             ]
         })
         .collect();
@@ -300,6 +342,13 @@ fn predictions(r: &Report) -> Section {
         })
         .collect();
     table(&mut b, &head, &rows);
+    if let Some(t) = r.search_noise_table() {
+        note(
+            &mut b,
+            "How far apart the first round's proxies are on each target, against what scoring them on a finite sample alone could make (the standard error of the difference of two proxies scored on the same text). A ratio near or below 1 means that target's ranking is mostly sampling noise: score more tokens.",
+        );
+        view(&mut b, &t);
+    }
     Section {
         id: "predictions",
         title: "Predicted vs measured proxy scores",
@@ -730,6 +779,32 @@ fn validation(v: &crate::mix::validate::Validation) -> Section {
         })
         .collect();
     table(&mut b, &head, &rows);
+    if !v.objectives.is_empty() {
+        let _ = write!(b, "<h3>Every objective, with its noise ceiling</h3>");
+        if v.replicas >= 2 {
+            note(
+                &mut b,
+                &format!(
+                    "Each reference mixture was trained {} times with different seeds; the references are the mean. The ceiling is the ρ a noiseless predictor would reach against that mean: sqrt(R r / (1 + (R − 1) r)) for R replicas with replicate ρ r.",
+                    v.replicas
+                ),
+            );
+        }
+        view(&mut b, &objectives_table(v));
+    }
+    if let Some(t) = seed_noise_table(v) {
+        let _ = write!(b, "<h3>Signal against seed noise</h3>");
+        view(&mut b, &t);
+    }
+    if !v.verdicts.is_empty() {
+        let _ = write!(b, "<h3>Verdicts</h3>");
+        for x in &v.verdicts {
+            let _ = write!(b, "<p>{}</p>", escape(&x.sentence));
+        }
+        if let Some(t) = verdict_table(&v.verdicts) {
+            view(&mut b, &t);
+        }
+    }
     let mut head = vec![("predictor".to_string(), "")];
     head.extend(v.targets.iter().map(|t| (format!("ρ {}", t.name), "num")));
     let rows: Vec<Vec<(String, &str)>> = v

@@ -3,8 +3,10 @@
 
 use std::fmt::Write;
 
-use super::{MixtureView, Report, direction_word, fmt_num, fmt_secs, fmt_tokens, short};
-use crate::mix::search::Objective;
+use super::{
+    MixtureView, Report, TableView, direction_word, fmt_num, fmt_secs, fmt_tokens,
+    objectives_table, seed_noise_table, short, verdict_table,
+};
 use crate::mix::validate::Validation;
 
 /// Text safe inside a table cell.
@@ -39,6 +41,12 @@ fn table(out: &mut String, head: &[String], right: &[bool], rows: &[Vec<String>]
     out.push('\n');
 }
 
+fn view(out: &mut String, t: &TableView) {
+    let head: Vec<String> = t.head.iter().map(|h| h.0.clone()).collect();
+    let right: Vec<bool> = t.head.iter().map(|h| h.1).collect();
+    table(out, &head, &right, &t.rows);
+}
+
 fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or("–".into(), |v| fmt_num(v, decimals))
 }
@@ -53,6 +61,17 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
         r.step,
         short(&r.key)
     );
+    let verdicts = r.all_verdicts();
+    if !verdicts.is_empty() {
+        out.push_str("## Verdict\n\n");
+        for v in &verdicts {
+            let _ = writeln!(out, "- {}", v.sentence);
+        }
+        out.push('\n');
+        if let Some(t) = verdict_table(&r.verdicts) {
+            view(&mut out, &t);
+        }
+    }
     if let Some(m) = mixtures {
         out.push_str("## Chosen mixture\n\n");
         let mut head = vec!["candidate".to_string()];
@@ -119,6 +138,14 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             &[false, false, true, false, true, true, true, true],
             &rows,
         );
+        if let Some(t) = r.search_noise_table() {
+            out.push_str("How far apart the first round's proxies are on each target, against what scoring them on a finite sample alone could make:\n\n");
+            view(&mut out, &t);
+        }
+    }
+    if let Some(t) = r.tokenizer_table() {
+        out.push_str("## Tokenizer sample\n\n");
+        view(&mut out, &t);
     }
     if !r.evaluations.is_empty() {
         out.push_str("## Evaluations\n\n");
@@ -191,10 +218,7 @@ fn opt3(x: Option<f64>) -> String {
 /// A validation against trained references as Markdown (also `validation.md`).
 pub fn validation(v: &Validation) -> String {
     let mut s = String::new();
-    let obj = match &v.objective {
-        Objective::MeanPercentileRank => "mean percentile rank over the targets".to_string(),
-        Objective::WeightedSum { weights } => format!("weighted loss {weights:?}"),
-    };
+    let obj = super::objective_words(&v.objective);
     let _ = writeln!(
         s,
         "# Validation against {} trained references\n",
@@ -207,6 +231,31 @@ pub fn validation(v: &Validation) -> String {
         s,
         "Headline: Spearman rho between each predictor's objective ({obj}) and the references'. Per-target rho is flattered by each domain's own weight; compare with `weights`.\n"
     );
+    if v.replicas >= 2 {
+        let _ = writeln!(
+            s,
+            "Each reference mixture was trained {} times with different seeds; the references are the mean. The ceiling is the rho a noiseless predictor would reach against that mean, sqrt(R r / (1 + (R - 1) r)) for R replicas with replicate rho r.\n",
+            v.replicas
+        );
+    }
+    if !v.objectives.is_empty() {
+        let _ = writeln!(s, "Every objective side by side (the headline first):\n");
+        view(&mut s, &objectives_table(v));
+    }
+    if let Some(t) = seed_noise_table(v) {
+        let _ = writeln!(s, "Signal against seed noise per target:\n");
+        view(&mut s, &t);
+    }
+    if !v.verdicts.is_empty() {
+        let _ = writeln!(s, "Verdicts:\n");
+        for x in &v.verdicts {
+            let _ = writeln!(s, "- {}", x.sentence);
+        }
+        s.push('\n');
+        if let Some(t) = verdict_table(&v.verdicts) {
+            view(&mut s, &t);
+        }
+    }
     let _ = writeln!(
         s,
         "| predictor | kind | training tokens | objective rho | 90% CI | top-{:.0}% rho | Kendall tau | pick's rank | macro rho | recovery |",

@@ -13,8 +13,11 @@ mod html;
 pub mod markdown;
 pub mod svg;
 
+use crate::formats::TokenizerSample;
 use crate::mix::search::SearchResult;
 use crate::mix::stats::{Direction, spearman};
+use crate::mix::validate::Validation;
+use crate::mix::verdict::Verdict;
 
 pub use data::{Evaluation, LineageSummary, Mixture, Training};
 
@@ -24,6 +27,8 @@ pub struct Labeled<T> {
     pub label: String,
     /// The file it was read from, for messages.
     pub file: String,
+    /// The step that produced it, when a step did.
+    pub step: Option<String>,
     pub data: T,
 }
 
@@ -44,6 +49,223 @@ pub struct Report {
     /// A validate step's result: proxies against trained references.
     pub validation: Option<Labeled<crate::mix::validate::Validation>>,
     pub lineage: Option<LineageSummary>,
+    /// The chosen mixture's final models against the baselines', seed by seed.
+    pub verdicts: Vec<Verdict>,
+    /// What the tokenizer was trained on.
+    pub tokenizer: Option<Labeled<TokenizerSample>>,
+}
+
+/// A table both renderers draw: header cells (text, right-aligned) and rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableView {
+    pub head: Vec<(String, bool)>,
+    pub rows: Vec<Vec<String>>,
+}
+
+fn opt_num(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("–".into(), |v| fmt_num(v, decimals))
+}
+
+/// An interval as `[lo, hi]`.
+fn interval(lo: Option<f64>, hi: Option<f64>) -> String {
+    match (lo, hi) {
+        (Some(l), Some(h)) => format!("[{}, {}]", fmt_num(l, 4), fmt_num(h, 4)),
+        _ => "–".into(),
+    }
+}
+
+fn outcome_word(o: crate::mix::verdict::Outcome) -> &'static str {
+    use crate::mix::verdict::Outcome;
+    match o {
+        Outcome::Better => "better",
+        Outcome::Worse => "worse",
+        Outcome::NoDifference => "no difference",
+        Outcome::Undetermined => "one seed: no verdict",
+    }
+}
+
+/// Per target and on the objective: each verdict's paired difference.
+pub fn verdict_table(verdicts: &[Verdict]) -> Option<TableView> {
+    if verdicts.is_empty() {
+        return None;
+    }
+    let head = [
+        ("comparison", false),
+        ("target", false),
+        ("seeds", true),
+        ("difference (chosen − baseline)", true),
+        ("90% interval", true),
+        ("outcome", false),
+    ]
+    .map(|(h, r)| (h.to_string(), r))
+    .to_vec();
+    let mut rows = Vec::new();
+    for v in verdicts {
+        let name = format!("{} vs {}", v.chosen, v.baseline);
+        rows.push(vec![
+            name.clone(),
+            format!("objective ({})", v.objective),
+            v.seeds.to_string(),
+            fmt_num(v.difference.mean, 4),
+            interval(v.difference.lo, v.difference.hi),
+            outcome_word(v.outcome).into(),
+        ]);
+        for t in &v.targets {
+            rows.push(vec![
+                name.clone(),
+                format!("{} ({})", t.target, direction_word(t.direction)),
+                v.seeds.to_string(),
+                fmt_num(t.difference.mean, 4),
+                interval(t.difference.lo, t.difference.hi),
+                outcome_word(t.outcome).into(),
+            ]);
+        }
+    }
+    Some(TableView { head, rows })
+}
+
+/// Every objective side by side: its noise ceiling and each predictor's rho
+/// on it, also as a fraction of the ceiling.
+pub fn objectives_table(v: &Validation) -> TableView {
+    let mut head = vec![
+        ("objective".to_string(), false),
+        ("replicate ρ".into(), true),
+        ("ceiling".into(), true),
+        ("signal/noise".into(), true),
+    ];
+    if let Some(o) = v.objectives.first() {
+        for p in &o.predictors {
+            head.push((format!("{} ρ (of ceiling)", p.name), true));
+        }
+    }
+    let rows = v
+        .objectives
+        .iter()
+        .map(|o| {
+            let mut row = vec![
+                o.objective.name().to_string(),
+                opt_num(o.ceiling.as_ref().map(|c| c.replicate_rho), 3),
+                opt_num(o.ceiling.as_ref().map(|c| c.ceiling), 3),
+                opt_num(o.noise.as_ref().map(|n| n.signal_to_noise), 2),
+            ];
+            for p in &o.predictors {
+                row.push(match p.of_ceiling {
+                    Some(f) => format!("{} ({:.0}%)", opt_num(p.spearman, 3), f * 100.0),
+                    None => opt_num(p.spearman, 3),
+                });
+            }
+            row
+        })
+        .collect();
+    TableView { head, rows }
+}
+
+/// Per target, with replicas: signal across mixtures against seed noise.
+pub fn seed_noise_table(v: &Validation) -> Option<TableView> {
+    if v.noise.is_empty() {
+        return None;
+    }
+    let head = [
+        ("target", false),
+        ("spread across mixtures", true),
+        ("seed noise", true),
+        ("signal/noise", true),
+        ("replicate ρ", true),
+        ("ceiling", true),
+        ("", false),
+    ]
+    .map(|(h, r)| (h.to_string(), r))
+    .to_vec();
+    let rows = v
+        .noise
+        .iter()
+        .map(|n| {
+            vec![
+                n.target.clone(),
+                fmt_num(n.spread, 4),
+                fmt_num(n.noise, 4),
+                fmt_num(n.signal_to_noise, 2),
+                opt_num(n.ceiling.as_ref().map(|c| c.replicate_rho), 3),
+                opt_num(n.ceiling.as_ref().map(|c| c.ceiling), 3),
+                if n.flagged {
+                    "noise-dominated".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    Some(TableView { head, rows })
+}
+
+impl Report {
+    /// Every verdict this report holds: its own, then the validation's.
+    pub fn all_verdicts(&self) -> Vec<&Verdict> {
+        self.verdicts
+            .iter()
+            .chain(self.validation.iter().flat_map(|v| v.data.verdicts.iter()))
+            .collect()
+    }
+
+    /// Bytes the tokenizer read per dataset.
+    pub fn tokenizer_table(&self) -> Option<TableView> {
+        let t = &self.tokenizer.as_ref()?.data;
+        let head = [
+            ("dataset", false),
+            ("share", true),
+            ("bytes used", true),
+            ("of bytes", true),
+            ("documents used", true),
+            ("of documents", true),
+        ]
+        .map(|(h, r)| (h.to_string(), r))
+        .to_vec();
+        let rows = t
+            .datasets
+            .iter()
+            .map(|d| {
+                vec![
+                    d.name.clone(),
+                    fmt_num(d.share, 3),
+                    d.bytes_used.to_string(),
+                    d.bytes_available.to_string(),
+                    d.documents_used.to_string(),
+                    d.documents_available.to_string(),
+                ]
+            })
+            .collect();
+        Some(TableView { head, rows })
+    }
+
+    /// Per search target: the spread between proxies against the noise of
+    /// scoring them.
+    pub fn search_noise_table(&self) -> Option<TableView> {
+        let s = &self.search.as_ref()?.data;
+        if s.target_noise.is_empty() {
+            return None;
+        }
+        let head = [
+            ("target", false),
+            ("spread between proxies", true),
+            ("scoring noise (paired SE)", true),
+            ("spread/noise", true),
+        ]
+        .map(|(h, r)| (h.to_string(), r))
+        .to_vec();
+        let rows = s
+            .target_noise
+            .iter()
+            .map(|n| {
+                vec![
+                    n.target.clone(),
+                    fmt_num(n.spread, 4),
+                    fmt_num(n.noise, 4),
+                    fmt_num(n.ratio, 1),
+                ]
+            })
+            .collect();
+        Some(TableView { head, rows })
+    }
 }
 
 /// The rendered report.
@@ -398,18 +620,28 @@ pub fn direction_word(d: Direction) -> &'static str {
 
 /// The objective as words.
 pub fn objective_words(o: &crate::mix::search::Objective) -> String {
+    use crate::mix::search::Objective;
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|w| fmt_num(*w, 3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match o {
-        crate::mix::search::Objective::MeanPercentileRank => {
-            "mean percentile rank over targets".into()
+        Objective::MeanPercentileRank => "mean percentile rank over targets".into(),
+        Objective::MeanLoss => "mean score over targets".into(),
+        Objective::WeightedSum { weights } => {
+            format!("weighted sum of scores ({})", list(weights))
         }
-        crate::mix::search::Objective::WeightedSum { weights } => format!(
-            "weighted sum of scores ({})",
-            weights
-                .iter()
-                .map(|w| fmt_num(*w, 3))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Objective::Standardized { scales } if scales.is_empty() => {
+            "mean of scores, each divided by its spread".into()
+        }
+        Objective::Standardized { scales } => {
+            format!(
+                "mean of scores, each divided by its spread ({})",
+                list(scales)
+            )
+        }
     }
 }
 
@@ -448,6 +680,7 @@ mod tests {
         Labeled {
             label: label.into(),
             file: format!("{label}.json"),
+            step: None,
             data,
         }
     }

@@ -168,6 +168,53 @@ impl StepKind for Command {
             ),
             _ => {}
         }
+        // Names become environment variables: plain names, no two alike there.
+        let mut env_names: BTreeMap<String, String> = BTreeMap::new();
+        for (what, names) in [("input", f.inputs.keys()), ("output", f.outputs.keys())] {
+            let section = if what == "input" { "inputs" } else { "outputs" };
+            for name in names {
+                let at = map
+                    .get_mapping(section)
+                    .and_then(|m| m.keys().find(|k| k.as_str() == name).map(|k| *k.span()))
+                    .unwrap_or(*body.span());
+                if !is_plain_name(name) {
+                    d.error(
+                        &at,
+                        format!(
+                            "{what} name `{name}` is not a plain name (letters, digits, `_`, `-`)"
+                        ),
+                        section,
+                    );
+                    continue;
+                }
+                let var = format!("DEMIX_{}_{}", what.to_uppercase(), env_name(name));
+                if let Some(other) = env_names.insert(var.clone(), name.clone()) {
+                    d.error(
+                        &at,
+                        format!("{what}s `{other}` and `{name}` would both be ${var}"),
+                        section,
+                    );
+                }
+            }
+        }
+        for k in f.env.keys() {
+            let ok = k
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                let at = map
+                    .get_mapping("env")
+                    .and_then(|m| m.keys().find(|x| x.as_str() == k).map(|x| *x.span()))
+                    .unwrap_or(*body.span());
+                d.error(
+                    &at,
+                    format!("`{k}` is not an environment variable name (letters, digits and `_`, not starting with a digit)"),
+                    "env",
+                );
+            }
+        }
         let mut paths = Vec::new();
         for (name, v) in &f.inputs {
             let pieces = match template::parse(v.as_str()) {
@@ -279,6 +326,8 @@ impl StepKind for Command {
             outputs,
             runtime_refs: true,
             datasets: Vec::new(),
+            counts: Vec::new(),
+            memory: None,
         })
     }
 
@@ -355,6 +404,12 @@ impl StepKind for Command {
             }
             None => ctx.spec.workdir.clone(),
         };
+        if !workdir.is_dir() {
+            return Err(StepError::Failed(format!(
+                "workdir {} is not a folder that exists",
+                workdir.display()
+            )));
+        }
         let log = File::options()
             .create(true)
             .append(true)
@@ -409,6 +464,12 @@ impl StepKind for Command {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn env_name(name: &str) -> String {

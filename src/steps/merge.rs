@@ -167,15 +167,30 @@ impl StepKind for Merge {
                 "drop",
             );
         }
+        if f.method == "linear" && !f.weights.is_empty() && f.weights.iter().all(|w| *w == 0.0) {
+            d.error(
+                &field_span(&body, "weights"),
+                "a linear merge's weights are all 0: they cannot be normalised",
+                "weights",
+            );
+        }
         if d.problems.len() > before {
             return None;
         }
+        let counts = vec![super::CountCheck {
+            inputs: f.models.clone(),
+            expected: super::Expected::Number(f.weights.len(), "weights".into()),
+            what: "models".into(),
+            span: field_span(&body, "weights"),
+        }];
         Some(Plan {
             params: serde_json::to_value(&f).expect("serializes"),
             paths,
             outputs: BTreeMap::from([("checkpoint".to_string(), "checkpoint/".to_string())]),
             runtime_refs: false,
             datasets: Vec::new(),
+            counts,
+            memory: None,
         })
     }
     fn run(&self, ctx: &RunCtx) -> Result<(), StepError> {

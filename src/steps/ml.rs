@@ -101,9 +101,19 @@ pub struct TokenizerFields {
     pub vocab_size: u32,
     #[serde(default = "default_min_frequency")]
     pub min_frequency: u64,
-    /// Read at most this many bytes of text (0 = all).
+    /// Learn from at most this many bytes of text (0 = all of every dataset),
+    /// shared out over the datasets by `shares`: each dataset's documents are
+    /// sampled from all over it, and the one that crosses its share is cut.
     #[serde(default)]
     pub max_bytes: u64,
+    /// Each dataset's share of `max_bytes` (default: equal shares; a dataset
+    /// not named here has share 1). A dataset with fewer bytes than its share
+    /// gives the rest to the others.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shares: BTreeMap<String, f64>,
+    /// Seeds which documents are sampled.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seed: u64,
     /// Special tokens; the first separates documents.
     #[serde(default)]
     pub special_tokens: Option<Vec<String>>,
@@ -114,6 +124,9 @@ pub struct TokenizerFields {
 
 fn default_vocab() -> u32 {
     8192
+}
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 fn default_min_frequency() -> u64 {
     2
@@ -126,7 +139,8 @@ impl StepKind for Tokenizer {
         "tokenizer"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: every dataset is sampled by its share of `max_bytes`.
+        2
     }
     fn summary(&self) -> &'static str {
         "trains a byte-level BPE tokenizer (Hugging Face tokenizer.json) or takes an existing one"
@@ -168,16 +182,52 @@ impl StepKind for Tokenizer {
                 "vocab_size",
             );
         }
+        for (name, &share) in &f.shares {
+            let at = body
+                .as_mapping()
+                .and_then(|m| m.get_mapping("shares"))
+                .and_then(|m| m.get_node(name))
+                .map(|n| *n.span())
+                .unwrap_or(span_of(body, "shares"));
+            if !f.datasets.contains(name) {
+                d.push(
+                    &at,
+                    format!("`shares` names `{name}`, which is not in `datasets`"),
+                    "shares",
+                    crate::manifest::did_you_mean(name, f.datasets.iter().map(String::as_str)),
+                );
+            }
+            if !(share.is_finite() && share >= 0.0) {
+                d.error(
+                    &at,
+                    format!("a share must be a finite number >= 0, not {share}"),
+                    "shares",
+                );
+            }
+        }
+        if !f.shares.is_empty()
+            && f.datasets
+                .iter()
+                .all(|n| f.shares.get(n).copied().unwrap_or(1.0) == 0.0)
+        {
+            d.error(&span_of(body, "shares"), "every share is 0", "shares");
+        }
         if d.problems.len() > before {
             return None;
         }
         let datasets = dataset_names(body, "datasets", &f.datasets, Split::Train);
+        let mut outputs = BTreeMap::from([("tokenizer".to_string(), "tokenizer.json".to_string())]);
+        if f.file.is_none() {
+            outputs.insert("sample".into(), "tokenizer-sample.json".into());
+        }
         Some(Plan {
             params: serde_json::to_value(&f).expect("serializes"),
             paths,
-            outputs: BTreeMap::from([("tokenizer".to_string(), "tokenizer.json".to_string())]),
+            outputs,
             runtime_refs: false,
             datasets,
+            counts: Vec::new(),
+            memory: None,
         })
     }
     fn run(&self, ctx: &RunCtx) -> Result<(), StepError> {
@@ -411,7 +461,8 @@ impl StepKind for Train {
         "train"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: metrics.jsonl holds only what the trajectory decides.
+        2
     }
     fn summary(&self) -> &'static str {
         "trains a Qwen3-architecture model on a mixture of datasets (AdamW, warmup + cosine), resumable"
@@ -473,10 +524,20 @@ impl StepKind for Train {
         if let Some(t) = &f.tokenizer {
             check_ref_or_path(d, body, "tokenizer", t, &mut paths);
         }
+        let batch_tokens = u64::from(f.batch_size) * u64::from(f.seq_len);
         if f.tokens == 0 {
             d.error(
                 &span_of(body, "tokens"),
                 "`tokens` (the token budget) must be more than 0",
+                "tokens",
+            );
+        } else if f.tokens < batch_tokens {
+            d.error(
+                &span_of(body, "tokens"),
+                format!(
+                    "`tokens` ({}) is less than one batch (batch_size {} x seq_len {} = {batch_tokens} tokens): training would take a whole batch anyway",
+                    f.tokens, f.batch_size, f.seq_len
+                ),
                 "tokens",
             );
         }
@@ -672,6 +733,38 @@ impl StepKind for Train {
         if d.problems.len() > before {
             return None;
         }
+        // A fresh model's shape is known here; its vocabulary only when given,
+        // so this is a lower bound.
+        let memory = match &f.model {
+            Some(ModelField::Config(c)) => {
+                let heads = u64::from(c.num_attention_heads.max(1));
+                let shape = crate::estimate::ModelShape {
+                    vocab: c.vocab_size.map_or(0, u64::from),
+                    hidden: c.hidden_size.into(),
+                    intermediate: c.intermediate_size.into(),
+                    layers: c.num_hidden_layers.into(),
+                    heads,
+                    kv_heads: c.num_key_value_heads.into(),
+                    head_dim: c
+                        .head_dim
+                        .map_or(u64::from(c.hidden_size) / heads, u64::from),
+                    tied: c.tie_word_embeddings.unwrap_or(true),
+                };
+                let rows = f.micro_batch_size.unwrap_or(f.batch_size);
+                Some((
+                    shape.training_bytes(rows.into(), f.seq_len.into()),
+                    format!(
+                        "training this model ({} parameters or more: hidden_size {}, intermediate_size {}, num_hidden_layers {})",
+                        shape.params(),
+                        c.hidden_size,
+                        c.intermediate_size,
+                        c.num_hidden_layers
+                    ),
+                    span_of(body, "model"),
+                ))
+            }
+            _ => None,
+        };
         let mut outputs = BTreeMap::from([
             ("checkpoint".to_string(), "checkpoint/".to_string()),
             ("metrics".to_string(), "metrics.jsonl".to_string()),
@@ -685,6 +778,8 @@ impl StepKind for Train {
             outputs,
             runtime_refs: false,
             datasets,
+            counts: Vec::new(),
+            memory,
         })
     }
     fn run(&self, ctx: &RunCtx) -> Result<(), StepError> {
@@ -712,9 +807,14 @@ pub struct EvalFields {
     /// Benchmark tasks: name -> JSON Lines file (multiple choice or question/answer).
     #[serde(default)]
     pub tasks: BTreeMap<String, String>,
-    /// Tokens evaluated per dataset (whole documents from the start).
+    /// Tokens evaluated per dataset: a seeded sample of windows spread over the
+    /// whole validation split (all of it when the split is smaller).
     #[serde(default)]
     pub max_tokens: Option<u64>,
+    /// Seeds the sample (default 0). Models evaluated with the same seed,
+    /// `max_tokens` and `seq_len` are scored on the same text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     #[serde(default)]
     pub seq_len: Option<u32>,
     #[serde(default)]
@@ -737,7 +837,8 @@ impl StepKind for Evaluate {
         "evaluate"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: a seeded sample spread over the split, not its first documents.
+        2
     }
     fn summary(&self) -> &'static str {
         "evaluates a checkpoint: validation loss, perplexity, bits per byte, benchmark tasks"
@@ -799,6 +900,8 @@ impl StepKind for Evaluate {
             outputs: BTreeMap::from([("metrics".to_string(), "metrics.json".to_string())]),
             runtime_refs: false,
             datasets,
+            counts: Vec::new(),
+            memory: None,
         })
     }
     fn run(&self, ctx: &RunCtx) -> Result<(), StepError> {

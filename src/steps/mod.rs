@@ -37,6 +37,32 @@ pub struct Plan {
     /// Datasets the step reads by name (not through a `${datasets.*}` reference),
     /// such as the keys of a training mixture.
     pub datasets: Vec<(Spanned<String>, Split)>,
+    /// How many paths some inputs must resolve to, checked once the graph
+    /// knows how many nodes each `[*]` reference names.
+    pub counts: Vec<CountCheck>,
+    /// Memory the step will need at least, what for, and where that is set:
+    /// checked against the step's `resources.memory`.
+    pub memory: Option<(u64, String, marked_yaml::Span)>,
+}
+
+/// A rule on how many paths inputs resolve to: the total over `inputs` (their
+/// references as written) must equal `expected`, or, with `same_as`, the
+/// count of that other input.
+#[derive(Clone, Debug)]
+pub struct CountCheck {
+    pub inputs: Vec<String>,
+    pub expected: Expected,
+    /// What the counted paths are, for the message ("models", "components").
+    pub what: String,
+    pub span: marked_yaml::Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum Expected {
+    /// A number and what it counts ("weights").
+    Number(usize, String),
+    /// The count of another input, and what it is.
+    SameAs(String, String),
 }
 
 /// Progress a running step reports; the scheduler shows it.

@@ -37,9 +37,18 @@ pub struct ReportFields {
     /// Loss curves: label -> a train step's `${steps.ID.metrics}` (metrics.jsonl).
     #[serde(default)]
     pub training: BTreeMap<String, String>,
-    /// Evaluation table: label -> an evaluate step's `${steps.ID.metrics}` (metrics.json).
+    /// Evaluation table: label -> an evaluate step's `${steps.ID.metrics}`
+    /// (metrics.json), or `${steps.ID[*].metrics}` for one model per seed.
     #[serde(default)]
     pub evaluations: BTreeMap<String, String>,
+    /// Compare the model trained on the chosen mixture with baselines, seed by
+    /// seed, on the search's objective and targets: labels of `evaluations`
+    /// with as many seeds each, in the same order. Needs `search`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<super::validate::VerdictFields>,
+    /// The tokenizer's sample: `${steps.ID.sample}` (tokenizer-sample.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
     /// Mixtures to compare with the uniform one: label -> a JSON object of
     /// dataset name -> weight, e.g. `${steps.search.mixture}`.
     #[serde(default)]
@@ -66,10 +75,16 @@ pub struct ReportSpec {
     pub training: Vec<Entry>,
     pub evaluations: Vec<Entry>,
     pub mixtures: Vec<Entry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<super::validate::VerdictFields>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
 }
 
 pub const HTML: &str = "report.html";
 pub const MARKDOWN: &str = "report.md";
+/// What came out, for `demix run` and other tools: the verdicts and the chosen mixture.
+pub const SUMMARY: &str = "summary.json";
 
 fn span_of(body: &Node, key: &str) -> Span {
     body.as_mapping()
@@ -151,7 +166,8 @@ impl StepKind for ReportKind {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: verdicts, the tokenizer's sample, noise tables, summary.json.
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -226,6 +242,20 @@ impl StepKind for ReportKind {
         let training = entries(d, body, "training", &f.training, &mut paths);
         let evaluations = entries(d, body, "evaluations", &f.evaluations, &mut paths);
         let mixtures = entries(d, body, "mixtures", &f.mixtures, &mut paths);
+        let tokenizer = f
+            .tokenizer
+            .as_ref()
+            .and_then(|s| input_key(d, span_of(body, "tokenizer"), "tokenizer", s, &mut paths));
+        if let Some(v) = &f.verdict {
+            super::validate::check_verdict(d, body, v, &f.evaluations);
+            if f.search.is_none() {
+                d.error(
+                    &span_of(body, "verdict"),
+                    "a verdict compares on the search's objective and targets: give `search`",
+                    "verdict",
+                );
+            }
+        }
         if f.search.is_none()
             && f.validation.is_none()
             && f.training.is_empty()
@@ -250,6 +280,12 @@ impl StepKind for ReportKind {
             training,
             evaluations,
             mixtures,
+            verdict: f.verdict,
+            tokenizer,
+        };
+        let counts = match &spec.verdict {
+            Some(v) => super::validate::verdict_counts(body, v, &f.evaluations),
+            None => Vec::new(),
         };
         Some(Plan {
             params: serde_json::to_value(&spec).expect("report fields serialize"),
@@ -257,9 +293,12 @@ impl StepKind for ReportKind {
             outputs: BTreeMap::from([
                 ("html".to_string(), HTML.to_string()),
                 ("markdown".to_string(), MARKDOWN.to_string()),
+                ("summary".to_string(), SUMMARY.to_string()),
             ]),
             runtime_refs: false,
             datasets: Vec::new(),
+            counts,
+            memory: None,
         })
     }
 
@@ -309,15 +348,127 @@ impl StepKind for ReportKind {
                 fields.push((e.input.clone(), format!("{field}.{}", e.label)));
             }
         }
+        if let Some(key) = &spec.tokenizer {
+            fields.push((key.clone(), "tokenizer".into()));
+            let mut got = load(
+                ctx,
+                "tokenizer",
+                "tokenizer",
+                key,
+                data::read_tokenizer_sample,
+            )?;
+            if got.len() != 1 {
+                return Err(StepError::Failed(format!(
+                    "`tokenizer` takes one tokenizer sample, but `{key}` names {}",
+                    got.len()
+                )));
+            }
+            r.tokenizer = got.pop();
+        }
         r.training = load_all(ctx, "training", &spec.training, data::read_training)?;
+        // Wall time from the record of the step that trained each run.
+        let keys = training_keys(ctx, &spec.training);
+        for t in &mut r.training {
+            t.data.duration_s = t
+                .step
+                .as_ref()
+                .and_then(|s| keys.get(s))
+                .and_then(|k| ctx.store.read_result(k))
+                .map(|r| r.duration_s);
+        }
         r.evaluations = load_all(ctx, "evaluations", &spec.evaluations, data::read_evaluation)?;
         r.mixtures = load_all(ctx, "mixtures", &spec.mixtures, data::read_mixture)?;
+        if let (Some(v), Some(search)) = (&spec.verdict, &r.search) {
+            r.verdicts = verdicts(ctx, &spec, v, &search.data)?;
+        }
         r.lineage = Some(data::lineage_summary(ctx.store, &ctx.spec.record, &fields));
         let out = r.render().map_err(StepError::Failed)?;
         write(ctx, "html", &out.html)?;
         write(ctx, "markdown", &out.markdown)?;
-        Ok(())
+        let chosen = r.search.as_ref().map(|s| {
+            let names = r
+                .search_candidates()
+                .unwrap_or_else(|| (0..s.data.chosen.len()).map(|i| format!("c{i}")).collect());
+            names
+                .into_iter()
+                .zip(s.data.chosen.iter().copied())
+                .collect::<BTreeMap<String, f64>>()
+        });
+        let summary = serde_json::json!({
+            "verdicts": r.all_verdicts(),
+            "chosen": chosen,
+            "objective": r.search.as_ref().map(|s| s.data.objective.name()),
+        });
+        super::write_json(ctx, SUMMARY, &summary)
     }
+}
+
+/// The chosen model's evaluations against each baseline's, seed by seed, on the
+/// search's targets and objective (ranked among the search's proxies).
+fn verdicts(
+    ctx: &RunCtx,
+    spec: &ReportSpec,
+    v: &super::validate::VerdictFields,
+    search: &crate::mix::search::SearchResult,
+) -> Result<Vec<crate::mix::verdict::Verdict>, StepError> {
+    let rows = |label: &str| -> Result<Vec<Vec<f64>>, StepError> {
+        let e = spec
+            .evaluations
+            .iter()
+            .find(|e| e.label == label)
+            .ok_or_else(|| StepError::Failed(format!("verdict: no evaluation `{label}`")))?;
+        load(ctx, "evaluations", label, &e.input, data::read_evaluation)?
+            .iter()
+            .map(|l| {
+                search
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        l.data
+                            .datasets
+                            .iter()
+                            .find(|m| m.name == t.name)
+                            .and_then(|m| m.get("loss"))
+                            .ok_or_else(|| {
+                                StepError::Failed(format!(
+                                    "verdict: evaluation `{}` ({}) has no loss on search target `{}`; evaluate the finals on every target",
+                                    l.label, l.file, t.name
+                                ))
+                            })
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let population: Vec<Vec<f64>> = search.proxies.iter().map(|p| p.scores.clone()).collect();
+    v.pairs()
+        .iter()
+        .map(|(c, b)| {
+            crate::mix::verdict::verdict(
+                (c, &rows(c)?),
+                (b, &rows(b)?),
+                &search.targets,
+                &search.objective,
+                &population,
+            )
+            .map_err(StepError::Failed)
+        })
+        .collect()
+}
+
+/// The result key of each step that produced a training input, by step.
+fn training_keys(ctx: &RunCtx, entries: &[Entry]) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .filter_map(
+            |e| match ctx.spec.record.inputs.get(&e.input).map(|i| &i.origin) {
+                Some(Origin::Steps { outputs }) => Some(outputs),
+                _ => None,
+            },
+        )
+        .flatten()
+        .map(|u| (u.step.clone(), u.key.clone()))
+        .collect()
 }
 
 fn write(ctx: &RunCtx, output: &str, text: &str) -> Result<(), StepError> {
@@ -370,7 +521,12 @@ fn load<T>(
             (Some(s), _) => s.clone(),
             (None, _) => format!("{label}[{i}]"),
         };
-        out.push(Labeled { label, file, data });
+        out.push(Labeled {
+            label,
+            file,
+            step,
+            data,
+        });
     }
     Ok(out)
 }

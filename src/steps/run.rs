@@ -136,8 +136,24 @@ fn shard(
     };
     std::fs::create_dir_all(dir.parent().expect("has a parent"))
         .map_err(StepError::io("creating the shard folder"))?;
-    ml::data::tokenize_to_shard(&srcs, &spec, tok, &dir, &progress(ctx), ctx.cancel)
+    let meta = ml::data::tokenize_to_shard(&srcs, &spec, tok, &dir, &progress(ctx), ctx.cancel)
         .map_err(ml_err)?;
+    if meta.documents == 0 {
+        let _ = crate::store::remove_tree(&dir);
+        return Err(StepError::Failed(format!(
+            "dataset `{name}` has no {} documents ({} file(s), every one empty{})",
+            match split {
+                Split::Train => "training",
+                Split::Validation => "validation",
+            },
+            inp.paths.len(),
+            if d.split_fraction.is_some() {
+                ", or none held out by its validation_fraction"
+            } else {
+                ""
+            }
+        )));
+    }
     Ok(dir)
 }
 
@@ -166,34 +182,31 @@ pub fn tokenizer(ctx: &RunCtx) -> Result<(), StepError> {
         std::fs::copy(src, &out).map_err(StepError::io(format!("copying {}", src.display())))?;
         return Ok(());
     }
-    let mut srcs = Vec::new();
-    let mut split = SplitSpec {
-        part: SplitPart::All,
-        validation_fraction: 0.0,
-        seed: 0,
-    };
+    let mut datasets = Vec::new();
     for name in &f.datasets {
         let (inp, d) = dataset(ctx, name, Split::Train)?;
-        let (s, sp) = sources(inp, d);
-        srcs.extend(s);
-        // One split rule for all: a dataset without validation files keeps its held-out part out.
-        if sp.part != SplitPart::All {
-            split = sp;
-        }
+        let (sources, split) = sources(inp, d);
+        datasets.push(ml::tokenizer::TokenizerSource {
+            name: name.clone(),
+            sources,
+            split,
+            share: f.shares.get(name).copied().unwrap_or(1.0),
+        });
     }
     let mut spec = ml::tokenizer::TokenizerSpec {
         vocab_size: f.vocab_size as usize,
         min_frequency: f.min_frequency,
         max_bytes: f.max_bytes,
-        split,
+        seed: f.seed,
         ..Default::default()
     };
     if let Some(s) = f.special_tokens {
         spec.special_tokens = s;
     }
-    ml::tokenizer::train_tokenizer(&srcs, &spec, &out, &progress(ctx), ctx.cancel)
-        .map_err(ml_err)?;
-    Ok(())
+    let (_, sample) =
+        ml::tokenizer::train_tokenizer(&datasets, &spec, &out, &progress(ctx), ctx.cancel)
+            .map_err(ml_err)?;
+    super::write_json(ctx, "tokenizer-sample.json", &sample)
 }
 
 fn model_config(m: &ModelField, vocab: usize) -> Result<Value, StepError> {
@@ -248,6 +261,13 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
             if let Some(bad) = w.keys().find(|k| !f.datasets.contains(k)) {
                 return Err(StepError::Failed(format!(
                     "{}: the mixture weights `{bad}`, which is not in `datasets`",
+                    p.display()
+                )));
+            }
+            // The same rule as a mixture written in the manifest.
+            if let Some((name, x)) = w.iter().find(|(_, x)| !(x.is_finite() && **x >= 0.0)) {
+                return Err(StepError::Failed(format!(
+                    "{}: mixture weight of `{name}` must be a finite number >= 0, not {x}",
                     p.display()
                 )));
             }
@@ -349,7 +369,11 @@ pub fn train(ctx: &RunCtx) -> Result<(), StepError> {
         .map_err(StepError::io("copying metrics"))?;
     let _ = crate::store::remove_tree(&resume);
     let line = serde_json::to_string(&summary).unwrap_or_default();
-    let _ = std::fs::write(ctx.log, format!("summary {line}\n"));
+    use std::io::Write;
+    let _ = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ctx.log)
+        .and_then(|mut l| writeln!(l, "summary {line}"));
     Ok(())
 }
 
@@ -416,6 +440,7 @@ pub fn evaluate(ctx: &RunCtx) -> Result<(), StepError> {
     let mut spec = Map::new();
     let optional = [
         ("max_tokens", f.max_tokens.map(|x| json!(x))),
+        ("seed", f.seed.map(|x| json!(x))),
         ("seq_len", f.seq_len.map(|x| json!(x))),
         ("batch_size", f.batch_size.map(|x| json!(x))),
         ("max_examples", f.max_examples.map(|x| json!(x))),
@@ -527,8 +552,6 @@ struct ProxyWorker {
     spec: ml::evaluate::EvalSpec,
     paths: ml::evaluate::EvalPaths,
     targets: Vec<String>,
-    /// Tokens evaluated, shared by every worker of a step.
-    tokens: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ProxyWorker {
@@ -536,7 +559,7 @@ impl ProxyWorker {
         &self,
         w: &[f64],
         cancel: &std::sync::atomic::AtomicBool,
-    ) -> Result<Vec<f64>, StepError> {
+    ) -> Result<Proxied, StepError> {
         use crate::mix::merge::{MergeSpec, Values};
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StepError::Cancelled);
@@ -583,7 +606,7 @@ impl ProxyWorker {
             cancel,
         )
         .map_err(ml_err)?;
-        Ok(losses_of(&report, &self.targets, &self.tokens))
+        Ok(losses_of(&report, &self.targets))
     }
 }
 
@@ -622,7 +645,6 @@ fn proxy_workers(
     let n = workers.map_or(granted.unwrap_or(1).min(gpus.max(1)), |w| w.max(1) as usize);
     // On a GPU the components stay resident; on the CPU merges stream from the files.
     let resident = resident.unwrap_or(device.is_cuda());
-    let tokens = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let mut spec = spec.clone();
@@ -659,7 +681,6 @@ fn proxy_workers(
             spec,
             paths: paths.clone(),
             targets: targets.to_vec(),
-            tokens: tokens.clone(),
         });
     }
     Ok(out)
@@ -672,20 +693,21 @@ fn eval_parallel(
     workers: &mut [ProxyWorker],
     mixtures: &[Vec<f64>],
     cancel: &std::sync::atomic::AtomicBool,
-    done: &mut dyn FnMut(),
-) -> Result<Vec<Vec<f64>>, StepError> {
+    done: &mut dyn FnMut(usize, &Proxied) -> Result<(), StepError>,
+) -> Result<Vec<Proxied>, StepError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     if workers.len() <= 1 {
         let mut out = Vec::with_capacity(mixtures.len());
-        for w in mixtures {
-            out.push(workers[0].eval(w, cancel)?);
-            done();
+        for (i, w) in mixtures.iter().enumerate() {
+            let p = workers[0].eval(w, cancel)?;
+            done(i, &p)?;
+            out.push(p);
         }
         return Ok(out);
     }
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let mut out: Vec<Option<Vec<f64>>> = vec![None; mixtures.len()];
+    let mut out: Vec<Option<Proxied>> = vec![None; mixtures.len()];
     let mut first_err = None;
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -717,11 +739,8 @@ fn eval_parallel(
         }
         drop(tx);
         for (i, r) in rx {
-            match r {
-                Ok(v) => {
-                    out[i] = Some(v);
-                    done();
-                }
+            match r.and_then(|v| done(i, &v).map(|()| v)) {
+                Ok(v) => out[i] = Some(v),
                 Err(e) => {
                     stop.store(true, Ordering::Relaxed);
                     first_err.get_or_insert(e);
@@ -777,17 +796,142 @@ fn validation_shards(
     })
 }
 
-/// The targets' losses, counting the tokens evaluated into `tokens`.
-fn losses_of(
-    report: &ml::evaluate::EvalReport,
-    targets: &[String],
-    tokens: &std::sync::atomic::AtomicU64,
-) -> Vec<f64> {
-    let n: u64 = report.datasets.values().map(|m| m.tokens).sum();
-    tokens.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+/// A scored proxy: its loss per target, and per target the summed loss and
+/// token count of every window scored (for paired noise estimates).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Proxied {
+    scores: Vec<f64>,
+    #[serde(default)]
+    windows: Vec<Vec<(f64, u64)>>,
+}
+
+impl Proxied {
+    /// Validation tokens scored for this proxy.
+    fn tokens(&self) -> u64 {
+        self.windows.iter().flatten().map(|w| w.1).sum()
+    }
+}
+
+/// A search's scored proxies, one JSON line each under the step's resume
+/// folder: a killed or requeued search asks for the same mixtures again (it is
+/// deterministic) and takes their scores from here instead of scoring anew.
+struct Journal {
+    path: PathBuf,
+    scored: BTreeMap<String, Proxied>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JournalLine {
+    weights: Vec<f64>,
+    #[serde(flatten)]
+    proxied: Proxied,
+}
+
+impl Journal {
+    fn open(dir: &Path) -> Result<Journal, StepError> {
+        std::fs::create_dir_all(dir)
+            .map_err(StepError::io("creating the search's resume folder"))?;
+        let path = dir.join("scored.jsonl");
+        // A line cut short by a kill is simply not there.
+        let scored = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<JournalLine>(l).ok())
+            .map(|l| (weights_id(&l.weights), l.proxied))
+            .collect();
+        Ok(Journal { path, scored })
+    }
+
+    fn get(&self, w: &[f64]) -> Option<&Proxied> {
+        self.scored.get(&weights_id(w))
+    }
+
+    fn add(&mut self, w: &[f64], p: &Proxied) -> Result<(), StepError> {
+        use std::io::Write;
+        let line = JournalLine {
+            weights: w.to_vec(),
+            proxied: p.clone(),
+        };
+        let mut text = serde_json::to_string(&line).expect("serializes");
+        text.push('\n');
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(StepError::io("writing the search's journal"))?;
+        self.scored.insert(weights_id(w), p.clone());
+        Ok(())
+    }
+}
+
+/// The targets' losses.
+fn losses_of(report: &ml::evaluate::EvalReport, targets: &[String]) -> Proxied {
+    Proxied {
+        scores: targets
+            .iter()
+            .map(|t| report.datasets.get(t).map_or(f64::NAN, |m| m.loss))
+            .collect(),
+        windows: targets
+            .iter()
+            .map(|t| {
+                report
+                    .datasets
+                    .get(t)
+                    .map_or_else(Vec::new, |m| m.per_window.clone())
+            })
+            .collect(),
+    }
+}
+
+/// Standard error of the difference of two models' losses scored on the same
+/// windows (windows as the units of a ratio estimator).
+fn paired_se(a: &[(f64, u64)], b: &[(f64, u64)]) -> Option<f64> {
+    if a.len() != b.len() || a.len() < 2 {
+        return None;
+    }
+    let tokens: u64 = a.iter().map(|w| w.1).sum();
+    if tokens == 0 {
+        return None;
+    }
+    let d: Vec<(f64, u64)> = a.iter().zip(b).map(|(x, y)| (x.0 - y.0, x.1)).collect();
+    let mean = d.iter().map(|x| x.0).sum::<f64>() / tokens as f64;
+    let n = d.len() as f64;
+    let ss: f64 = d.iter().map(|(x, t)| (x - mean * *t as f64).powi(2)).sum();
+    Some((ss * n / (n - 1.0)).sqrt() / tokens as f64)
+}
+
+/// Per target: the spread of the first round's proxies against the noise of
+/// scoring them on a finite sample (paired SE over consecutive pairs).
+fn target_noise(targets: &[String], round1: &[Proxied]) -> Vec<crate::mix::search::TargetNoise> {
     targets
         .iter()
-        .map(|t| report.datasets.get(t).map_or(f64::NAN, |m| m.loss))
+        .enumerate()
+        .filter_map(|(t, name)| {
+            let scores: Vec<f64> = round1.iter().map(|p| p.scores[t]).collect();
+            let spread = crate::mix::search::spreads(
+                &scores.iter().map(|x| vec![*x]).collect::<Vec<_>>(),
+                1,
+            )[0];
+            let ses: Vec<f64> = round1
+                .chunks_exact(2)
+                .filter_map(|pair| paired_se(pair[0].windows.get(t)?, pair[1].windows.get(t)?))
+                .collect();
+            if ses.is_empty() {
+                return None;
+            }
+            let noise = ses.iter().sum::<f64>() / ses.len() as f64;
+            Some(crate::mix::search::TargetNoise {
+                target: name.clone(),
+                spread,
+                noise,
+                ratio: if noise > 0.0 {
+                    spread / noise
+                } else {
+                    f64::INFINITY
+                },
+            })
+        })
         .collect()
 }
 
@@ -808,17 +952,6 @@ struct TrainedEvaluator<'a> {
     paths: ml::evaluate::EvalPaths,
     targets: Vec<String>,
     scratch: PathBuf,
-    done: usize,
-    tokens: std::sync::atomic::AtomicU64,
-    scored: BTreeMap<String, Scored>,
-}
-
-/// A scored trained proxy, one JSON line in the search's journal.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Scored {
-    weights: Vec<f64>,
-    scores: Vec<f64>,
-    tokens: u64,
 }
 
 fn weights_id(w: &[f64]) -> String {
@@ -827,28 +960,8 @@ fn weights_id(w: &[f64]) -> String {
 }
 
 impl TrainedEvaluator<'_> {
-    /// Proxies scored by an earlier, interrupted run of this step (same key):
-    /// the search is deterministic, so it asks for them again in the same order.
-    fn journal(&self) -> PathBuf {
-        self.scratch.join("scored.jsonl")
-    }
-
-    fn load_journal(&self) -> BTreeMap<String, Scored> {
-        std::fs::read_to_string(self.journal())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Scored>(l).ok())
-            .map(|s| (weights_id(&s.weights), s))
-            .collect()
-    }
-
-    fn eval(&mut self, w: &[f64]) -> Result<Vec<f64>, StepError> {
+    fn eval(&mut self, w: &[f64]) -> Result<Proxied, StepError> {
         let id = weights_id(w);
-        if let Some(s) = self.scored.get(&id) {
-            self.tokens
-                .fetch_add(s.tokens, std::sync::atomic::Ordering::Relaxed);
-            return Ok(s.scores.clone());
-        }
         let mut data = Map::new();
         let total: f64 = w.iter().sum();
         for (c, x) in self.candidates.iter().zip(w) {
@@ -907,26 +1020,9 @@ impl TrainedEvaluator<'_> {
             self.ctx.cancel,
         )
         .map_err(ml_err)?;
-        let before = self.tokens.load(std::sync::atomic::Ordering::Relaxed);
-        let scores = losses_of(&report, &self.targets, &self.tokens);
-        let line = Scored {
-            weights: w.to_vec(),
-            scores: scores.clone(),
-            tokens: self.tokens.load(std::sync::atomic::Ordering::Relaxed) - before,
-        };
-        let mut text = serde_json::to_string(&line).expect("serializes");
-        text.push('\n');
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.journal())
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(StepError::io("writing the proxy journal"))?;
         // Proxies are scaffolding: only their scores are kept.
         let _ = crate::store::remove_tree(&dir);
-        self.done += 1;
-        Ok(scores)
+        Ok(losses_of(&report, &self.targets))
     }
 }
 
@@ -943,6 +1039,22 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
         Merged(Vec<ProxyWorker>),
         Trained(Box<TrainedEvaluator<'a>>),
     }
+    let scratch = ctx.store.root.join("resume").join(&ctx.spec.key);
+    let mut journal = Journal::open(&scratch)?;
+    if !journal.scored.is_empty() {
+        use std::io::Write;
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(ctx.log)
+            .and_then(|mut l| {
+                writeln!(
+                    l,
+                    "search: resuming with {} proxies scored by an interrupted run",
+                    journal.scored.len()
+                )
+            });
+    }
     let (mut proxy, counts) = if f.proxy == "trained" {
         let base = one_path(ctx, f.base.as_deref().unwrap_or_default())?.to_path_buf();
         let tok_path = base.join("tokenizer.json");
@@ -954,8 +1066,6 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
             shards.insert(n.clone(), shard(ctx, n, Split::Train, &tok, &tok_hash)?);
         }
         let paths = validation_shards(ctx, &f.targets, &tok, &tok_hash)?;
-        let scratch = ctx.store.root.join("resume").join(&ctx.spec.key);
-        std::fs::create_dir_all(&scratch).map_err(StepError::io("creating a scratch folder"))?;
         let e = TrainedEvaluator {
             ctx,
             base,
@@ -977,27 +1087,8 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
             spec,
             paths,
             targets: f.targets.clone(),
-            scratch,
-            done: 0,
-            tokens: Default::default(),
-            scored: BTreeMap::new(),
+            scratch: scratch.clone(),
         };
-        let mut e = e;
-        e.scored = e.load_journal();
-        if !e.scored.is_empty() {
-            use std::io::Write;
-            let _ = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(ctx.log)
-                .and_then(|mut l| {
-                    writeln!(
-                        l,
-                        "search: resuming with {} proxies scored by an interrupted run",
-                        e.scored.len()
-                    )
-                });
-        }
         (Proxy::Trained(Box::new(e)), counts)
     } else {
         let comps: Vec<PathBuf> = ctx
@@ -1037,6 +1128,8 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
     let mut search =
         Search::new(config, pool.to_weights()).map_err(|e| StepError::Failed(e.to_string()))?;
     let mut done = 0usize;
+    let mut tokens_evaluated = 0u64;
+    let mut round1: Vec<Proxied> = Vec::new();
     while let Some(batch) = search
         .next_batch()
         .map_err(|e| StepError::Failed(e.to_string()))?
@@ -1052,32 +1145,49 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
                 message: Some(format!("round {round}")),
             });
         };
-        let scores = match &mut proxy {
-            Proxy::Merged(workers) => eval_parallel(workers, &mixtures, ctx.cancel, &mut tick)?,
+        // What an interrupted run of this step scored already is not scored again.
+        let todo: Vec<Vec<f64>> = mixtures
+            .iter()
+            .filter(|w| journal.get(w).is_none())
+            .cloned()
+            .collect();
+        for _ in 0..mixtures.len() - todo.len() {
+            tick();
+        }
+        match &mut proxy {
+            Proxy::Merged(workers) => {
+                eval_parallel(workers, &todo, ctx.cancel, &mut |i, p| {
+                    journal.add(&todo[i], p)?;
+                    tick();
+                    Ok(())
+                })?;
+            }
             Proxy::Trained(e) => {
-                let mut scores = Vec::with_capacity(mixtures.len());
-                for w in &mixtures {
-                    scores.push(e.eval(w)?);
+                for w in &todo {
+                    let p = e.eval(w)?;
+                    journal.add(w, &p)?;
                     tick();
                 }
-                scores
             }
-        };
+        }
+        let scores: Vec<Proxied> = mixtures
+            .iter()
+            .map(|w| journal.get(w).cloned().expect("every mixture was scored"))
+            .collect();
+        tokens_evaluated += scores.iter().map(Proxied::tokens).sum::<u64>();
+        if round == 1 {
+            round1 = scores.clone();
+        }
         search
-            .record(scores)
+            .record(scores.into_iter().map(|p| p.scores).collect())
             .map_err(|e| StepError::Failed(e.to_string()))?;
-    }
-    if let Proxy::Trained(e) = &proxy {
-        let _ = crate::store::remove_tree(&e.scratch);
     }
     let mut result = search
         .finish()
         .map_err(|e| StepError::Failed(e.to_string()))?;
     result.candidates = f.candidates.clone();
-    result.cost.tokens_evaluated = match &proxy {
-        Proxy::Merged(w) => w[0].tokens.load(std::sync::atomic::Ordering::Relaxed),
-        Proxy::Trained(e) => e.tokens.load(std::sync::atomic::Ordering::Relaxed),
-    };
+    result.target_noise = target_noise(&f.targets, &round1);
+    result.cost.tokens_evaluated = tokens_evaluated;
     if let Proxy::Trained(_) = &proxy {
         result.cost.tokens_trained =
             (result.cost.proxies_evaluated as u64) * f.train.as_ref().map_or(0, |t| t.tokens);
@@ -1090,6 +1200,8 @@ pub fn search(ctx: &RunCtx) -> Result<(), StepError> {
         .collect();
     super::write_json(ctx, "search.json", &result)?;
     super::write_json(ctx, "mixture.json", &mixture)?;
+    // The journal has served; a failed search keeps it for its next attempt.
+    let _ = crate::store::remove_tree(&scratch);
     Ok(())
 }
 
@@ -1135,8 +1247,23 @@ pub fn merged_scores(
     let one_hot: Vec<Vec<f64>> = (0..k)
         .map(|i| (0..k).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
         .collect();
-    let components = eval_parallel(&mut workers, &one_hot, ctx.cancel, &mut tick)?;
-    let proxies = eval_parallel(&mut workers, mixtures, ctx.cancel, &mut tick)?;
+    let scores = |v: Vec<Proxied>| v.into_iter().map(|p| p.scores).collect();
+    let mut done = |_: usize, _: &Proxied| {
+        tick();
+        Ok(())
+    };
+    let components = scores(eval_parallel(
+        &mut workers,
+        &one_hot,
+        ctx.cancel,
+        &mut done,
+    )?);
+    let proxies = scores(eval_parallel(
+        &mut workers,
+        mixtures,
+        ctx.cancel,
+        &mut done,
+    )?);
     Ok(super::validate::Merged {
         proxies,
         components,

@@ -83,6 +83,8 @@ impl StepKind for Sample {
             outputs: BTreeMap::from([("mixtures".to_string(), "mixtures.json".to_string())]),
             runtime_refs: false,
             datasets,
+            counts: Vec::new(),
+            memory: None,
         })
     }
     fn run(&self, ctx: &RunCtx) -> Result<(), StepError> {

@@ -54,7 +54,9 @@ pub struct SearchFields {
     /// Draws from which the pool is kept (default: 2.5 x pool).
     #[serde(default)]
     pub draws: Option<usize>,
-    /// `mean_rank` (the paper's mean percentile rank over targets) or `weighted_loss`.
+    /// What the search minimises: `mean_rank` (the paper's mean percentile
+    /// rank over targets), `mean_loss`, `standardized` (each target's loss
+    /// divided by its spread over the first, random round) or `weighted_loss`.
     #[serde(default = "default_objective")]
     pub objective: String,
     /// Weights of `weighted_loss`, one per target (default: equal).
@@ -119,8 +121,11 @@ fn default_top_k() -> usize {
 fn default_pool() -> usize {
     20_000
 }
+/// The objective a search and a validation use unless told otherwise.
+pub const DEFAULT_OBJECTIVE: &str = "mean_loss";
+
 fn default_objective() -> String {
-    "mean_rank".into()
+    DEFAULT_OBJECTIVE.into()
 }
 fn default_eval_tokens() -> u64 {
     16_384
@@ -139,7 +144,8 @@ impl StepKind for Search {
         "search"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: sampled evaluation, predictors chosen by cross-validation, noise per target.
+        2
     }
     fn summary(&self) -> &'static str {
         "searches mixture weights on merged proxies (RegMix sampling, rounds, a predictor), chooses a mixture"
@@ -324,6 +330,16 @@ impl StepKind for Search {
         if let Some(g) = &f.general {
             datasets.push((Spanned::new(span(body, "general"), g.clone()), Split::Train));
         }
+        let counts = f
+            .components
+            .iter()
+            .map(|c| super::CountCheck {
+                inputs: vec![c.clone()],
+                expected: super::Expected::Number(f.candidates.len(), "candidates".into()),
+                what: "components".into(),
+                span: span(body, "components"),
+            })
+            .collect();
         Some(Plan {
             params: serde_json::to_value(&f).expect("serializes"),
             paths,
@@ -333,6 +349,8 @@ impl StepKind for Search {
             ]),
             runtime_refs: false,
             datasets,
+            counts,
+            memory: None,
         })
     }
     fn run(&self, ctx: &RunCtx) -> Result<(), StepError> {

@@ -23,8 +23,8 @@ use super::ml::{dataset_names, span_of as span};
 use super::{Plan, RunCtx, StepError, StepKind};
 use crate::manifest::template::{self, Piece, Ref, Select, Split};
 use crate::manifest::{Diags, serde_diag};
-use crate::mix::predict::{Predictor, PredictorConfig};
-use crate::mix::search::{Objective, Target};
+use crate::mix::predict::Predictor;
+use crate::mix::search::{OBJECTIVE_NAMES, Objective, Target};
 use crate::mix::validate::{
     PredictorKind, ScoreSet, ValidateConfig, Validation, linear_baseline, merge_warnings, validate,
     weights_baseline,
@@ -38,8 +38,14 @@ pub struct ValidateFields {
     /// The reference mixtures: a `sample` step's `${steps.ID.mixtures}`.
     pub mixtures: String,
     /// The references' evaluations, one per mixture in order:
-    /// `${steps.ID[*].metrics}` of an evaluate step.
+    /// `${steps.ID[*].metrics}` of an evaluate step. With `replicas: R`,
+    /// R per mixture, one after another (a `matrix` over mixtures, then seeds).
     pub references: String,
+    /// Models trained per reference mixture with different seeds (default 1).
+    /// With 2 or more, the references are their mean, and the validation
+    /// measures each target's seed noise and the noise ceiling of every rho.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
     /// The candidate datasets, in the components' (and the searches') order.
     pub candidates: Vec<String>,
     /// Datasets whose validation loss is compared.
@@ -55,14 +61,20 @@ pub struct ValidateFields {
     /// Search steps whose predictor is judged: label -> `${steps.ID.result}`.
     #[serde(default)]
     pub searches: BTreeMap<String, String>,
-    /// Final models to rank among the references: label -> `${steps.ID.metrics}`.
+    /// Final models to rank among the references: label -> `${steps.ID.metrics}`,
+    /// or `${steps.ID[*].metrics}` for one model per seed.
     #[serde(default)]
     pub finals: BTreeMap<String, String>,
+    /// Final models to compare seed by seed: the chosen one's label and its
+    /// baselines' (labels of `finals`, with as many seeds each, in the same order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<VerdictFields>,
     /// Total training tokens each predictor cost, for the table: label -> tokens
     /// (`merged`, `linear` and your labels).
     #[serde(default)]
     pub costs: BTreeMap<String, u64>,
-    /// `mean_rank` (the search's default) or `weighted_loss`: the headline.
+    /// The headline objective: `mean_rank`, `mean_loss`, `standardized` or
+    /// `weighted_loss` (every other one is reported beside it).
     #[serde(default = "default_objective")]
     pub objective: String,
     #[serde(default)]
@@ -96,8 +108,48 @@ pub struct ValidateFields {
     pub threads: Option<u32>,
 }
 
+/// Which final models a verdict compares.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictFields {
+    /// The label of the model trained on the chosen mixture, or a list of them
+    /// (e.g. one per search seed), each compared with every baseline.
+    #[serde(deserialize_with = "one_or_many")]
+    #[schemars(with = "crate::manifest::OneOrMany")]
+    pub chosen: Vec<String>,
+    /// The labels of the models it is compared with (uniform, RegMix's).
+    pub against: Vec<String>,
+}
+
+impl VerdictFields {
+    /// Every (chosen, baseline) pair, in order.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.chosen
+            .iter()
+            .flat_map(|c| self.against.iter().map(move |b| (c.clone(), b.clone())))
+            .collect()
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::One(s) => vec![s],
+        Either::Many(v) => v,
+    })
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
 fn default_objective() -> String {
-    "mean_rank".into()
+    super::search::DEFAULT_OBJECTIVE.into()
 }
 fn default_top() -> f64 {
     0.25
@@ -139,6 +191,106 @@ fn check_ref(d: &mut Diags, sp: marked_yaml::Span, key: &str, v: &str, all: bool
     }
 }
 
+/// Checks that `v` is one step reference, fanned out or not.
+fn check_ref_any(d: &mut Diags, sp: marked_yaml::Span, key: &str, v: &str) {
+    let ok = matches!(
+        template::parse(v).as_deref(),
+        Ok([Piece::Ref(Ref::Step { .. })])
+    );
+    if !ok {
+        d.error(
+            &sp,
+            format!(
+                "`{key}` takes one `${{steps.ID.OUTPUT}}` or `${{steps.ID[*].OUTPUT}}` reference"
+            ),
+            key,
+        );
+    }
+}
+
+/// A verdict's labels must name final models (or evaluations, for a report).
+pub(super) fn check_verdict(
+    d: &mut Diags,
+    body: &Node,
+    v: &VerdictFields,
+    labels: &BTreeMap<String, String>,
+) {
+    let at = |k: &str| {
+        body.as_mapping()
+            .and_then(|m| m.get_mapping("verdict"))
+            .and_then(|m| m.get_node(k))
+            .map(|n| *n.span())
+            .unwrap_or(span(body, "verdict"))
+    };
+    let field = if body
+        .as_mapping()
+        .is_some_and(|m| m.get_node("finals").is_some())
+    {
+        "finals"
+    } else {
+        "evaluations"
+    };
+    let named = v
+        .chosen
+        .iter()
+        .map(|l| ("chosen", l))
+        .chain(v.against.iter().map(|l| ("against", l)));
+    for (k, label) in named {
+        if !labels.contains_key(label) {
+            d.push(
+                &at(k),
+                format!("the verdict names `{label}`, which is not a label of `{field}`"),
+                "verdict",
+                crate::manifest::did_you_mean(label, labels.keys().map(String::as_str)).or_else(
+                    || {
+                        Some(format!(
+                            "labels: {}",
+                            labels.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ))
+                    },
+                ),
+            );
+        }
+    }
+    if v.against.is_empty() {
+        d.error(
+            &at("against"),
+            "a verdict needs at least one model to compare against",
+            "verdict",
+        );
+    }
+    if v.chosen.is_empty() {
+        d.error(&at("chosen"), "a verdict needs a chosen model", "verdict");
+    }
+    if let Some(c) = v.chosen.iter().find(|c| v.against.contains(c)) {
+        d.error(
+            &at("against"),
+            format!("`{c}` is compared with itself"),
+            "verdict",
+        );
+    }
+}
+
+/// A verdict compares seed by seed: every model it names needs as many seeds.
+pub(super) fn verdict_counts(
+    body: &Node,
+    v: &VerdictFields,
+    labels: &BTreeMap<String, String>,
+) -> Vec<super::CountCheck> {
+    let mut out = Vec::new();
+    for (c, b) in v.pairs() {
+        if let (Some(cr), Some(br)) = (labels.get(&c), labels.get(&b)) {
+            out.push(super::CountCheck {
+                inputs: vec![br.clone()],
+                expected: super::Expected::SameAs(cr.clone(), format!("of `{c}`")),
+                what: format!("models of `{b}`"),
+                span: span(body, "verdict"),
+            });
+        }
+    }
+    out
+}
+
 fn entry_span(body: &Node, field: &str, label: &str) -> marked_yaml::Span {
     body.as_mapping()
         .and_then(|m| m.get_mapping(field))
@@ -152,7 +304,8 @@ impl StepKind for Validate {
         "validate"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: replicas, noise ceilings, every objective, verdicts; sampled evaluation.
+        2
     }
     fn summary(&self) -> &'static str {
         "judges proxies against reference models trained on random mixtures (Spearman, recovery, ranks)"
@@ -187,7 +340,17 @@ impl StepKind for Validate {
             check_ref(d, entry_span(body, "searches", label), "searches", v, false);
         }
         for (label, v) in &f.finals {
-            check_ref(d, entry_span(body, "finals", label), "finals", v, false);
+            check_ref_any(d, entry_span(body, "finals", label), "finals", v);
+        }
+        if f.replicas == 0 {
+            d.error(
+                &span(body, "replicas"),
+                "`replicas` must be at least 1",
+                "replicas",
+            );
+        }
+        if let Some(v) = &f.verdict {
+            check_verdict(d, body, v, &f.finals);
         }
         if f.candidates.len() < 2 {
             d.error(
@@ -252,6 +415,19 @@ impl StepKind for Validate {
         } else {
             Vec::new()
         };
+        let mut counts: Vec<super::CountCheck> = f
+            .components
+            .iter()
+            .map(|c| super::CountCheck {
+                inputs: vec![c.clone()],
+                expected: super::Expected::Number(f.candidates.len(), "candidates".into()),
+                what: "components".into(),
+                span: span(body, "components"),
+            })
+            .collect();
+        if let Some(v) = &f.verdict {
+            counts.extend(verdict_counts(body, v, &f.finals));
+        }
         Some(Plan {
             params: serde_json::to_value(&f).expect("serializes"),
             paths: Vec::new(),
@@ -261,6 +437,8 @@ impl StepKind for Validate {
             ]),
             runtime_refs: false,
             datasets,
+            counts,
+            memory: None,
         })
     }
     fn run(&self, ctx: &RunCtx) -> Result<(), StepError> {
@@ -298,34 +476,35 @@ pub(super) fn check_objective(
     weights: &Option<Vec<f64>>,
     targets: usize,
 ) {
-    match objective {
-        "mean_rank" => {}
-        "weighted_loss" => {
-            if let Some(w) = weights
-                && (w.len() != targets || w.iter().any(|x| !x.is_finite() || *x < 0.0))
-            {
-                d.error(
-                    &span(body, "objective_weights"),
-                    "one finite weight >= 0 per target",
-                    "objective_weights",
-                );
-            }
-        }
-        other => d.error(
+    if Objective::named(objective, None, targets).is_none() {
+        d.push(
             &span(body, "objective"),
-            format!("unknown objective `{other}` (mean_rank or weighted_loss)"),
+            format!("unknown objective `{objective}`"),
             "objective",
-        ),
+            crate::manifest::did_you_mean(objective, OBJECTIVE_NAMES.iter().copied())
+                .or_else(|| Some(format!("objectives: {}", OBJECTIVE_NAMES.join(", ")))),
+        );
+        return;
+    }
+    if let Some(w) = weights {
+        if objective != "weighted_loss" {
+            d.error(
+                &span(body, "objective_weights"),
+                "`objective_weights` go with `objective: weighted_loss`",
+                "objective_weights",
+            );
+        } else if w.len() != targets || w.iter().any(|x| !x.is_finite() || *x < 0.0) {
+            d.error(
+                &span(body, "objective_weights"),
+                format!("one finite weight >= 0 per target ({targets})"),
+                "objective_weights",
+            );
+        }
     }
 }
 
 pub(super) fn objective(name: &str, weights: &Option<Vec<f64>>, targets: usize) -> Objective {
-    match name {
-        "weighted_loss" => Objective::WeightedSum {
-            weights: weights.clone().unwrap_or_else(|| vec![1.0; targets]),
-        },
-        _ => Objective::MeanPercentileRank,
-    }
+    Objective::named(name, weights.as_deref(), targets).unwrap_or_default()
 }
 
 fn one<'a>(ctx: &'a RunCtx, key: &str) -> Result<&'a Path, StepError> {
@@ -409,14 +588,19 @@ fn run_with(
 ) -> Result<Validation, StepError> {
     let mixtures = read_mixtures(one(ctx, &f.mixtures)?, &f.candidates)?;
     let refs_paths = ctx.input(&f.references)?;
-    if refs_paths.len() != mixtures.len() {
+    let r = f.replicas.max(1) as usize;
+    if refs_paths.len() != mixtures.len() * r {
         return Err(StepError::Failed(format!(
-            "{} reference evaluations for {} mixtures: `references` must evaluate one model per mixture, in order",
+            "{} reference evaluations for {} mixtures x {r} replicas: `references` must evaluate {r} model(s) per mixture, mixture by mixture",
             refs_paths.len(),
             mixtures.len()
         )));
     }
-    let references = losses(refs_paths, &f.targets)?;
+    let all = losses(refs_paths, &f.targets)?;
+    // Replica k of mixture i is evaluation i * r + k.
+    let replicas: Vec<Vec<Vec<f64>>> = (0..r)
+        .map(|k| all.iter().skip(k).step_by(r).cloned().collect())
+        .collect();
     let targets: Vec<Target> = f.targets.iter().map(|t| Target::loss(t)).collect();
     let cost = |label: &str| f.costs.get(label).copied();
     let mut sets = Vec::new();
@@ -466,7 +650,11 @@ fn run_with(
                 f.candidates
             )));
         }
-        if r.objective != objective(&f.objective, &f.objective_weights, f.targets.len()) {
+        if !r.objective.same_kind(&objective(
+            &f.objective,
+            &f.objective_weights,
+            f.targets.len(),
+        )) {
             warnings.push(format!(
                 "search `{label}` optimised a different objective than this validation's headline"
             ));
@@ -489,8 +677,13 @@ fn run_with(
                 )));
             };
             let ys: Vec<f64> = r.proxies.iter().map(|p| p.scores[k]).collect();
-            let p = Predictor::fit(&PredictorConfig::default(), &xs, &ys)
-                .map_err(|e| StepError::Failed(format!("refitting `{label}` on `{t}`: {e}")))?;
+            // The kind the search itself chose for this target, when it says.
+            let fit = match r.final_fits.iter().find(|x| x.target == *t) {
+                Some(x) => Predictor::fit_kind(x.model, &r.predictor, &xs, &ys),
+                None => Predictor::fit(&r.predictor, &xs, &ys),
+            };
+            let p =
+                fit.map_err(|e| StepError::Failed(format!("refitting `{label}` on `{t}`: {e}")))?;
             cols.push(p.predict_many(&mixtures));
         }
         let scores = (0..mixtures.len())
@@ -513,8 +706,7 @@ fn run_with(
     });
     let mut finals = Vec::new();
     for (label, key) in &f.finals {
-        let s = losses(&[one(ctx, key)?.to_path_buf()], &f.targets)?;
-        finals.push((label.clone(), s.into_iter().next().expect("one row")));
+        finals.push((label.clone(), losses(ctx.input(key)?, &f.targets)?));
     }
     let cfg = ValidateConfig {
         objective: objective(&f.objective, &f.objective_weights, targets.len()),
@@ -523,9 +715,23 @@ fn run_with(
         bootstrap: f.bootstrap,
         level: 0.9,
         seed: f.seed,
+        verdicts: f
+            .verdict
+            .as_ref()
+            .map(VerdictFields::pairs)
+            .unwrap_or_default(),
     };
-    let mut v = validate(&cfg, mixtures, references, sets, finals)
+    let mut v = validate(&cfg, mixtures, replicas, sets, finals)
         .map_err(|e| StepError::Failed(e.to_string()))?;
+    for n in v.noise.iter().filter(|n| n.flagged) {
+        warnings.push(format!(
+            "target `{}`: its spread across mixtures ({:.4}) is under {} times its seed noise ({:.4}), so its ranking is mostly noise",
+            n.target,
+            n.spread,
+            crate::mix::validate::FLAG_SNR,
+            n.noise
+        ));
+    }
     v.warnings = warnings;
     Ok(v)
 }

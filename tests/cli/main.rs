@@ -6,8 +6,10 @@ mod data;
 mod engine;
 mod invalid;
 mod mix;
+mod reliability;
 mod report;
 mod schema;
+mod science;
 mod slurm;
 mod watch;
 
@@ -17,6 +19,8 @@ mod ml_common;
 mod ml_hf_check;
 #[cfg(feature = "torch")]
 mod ml_link;
+#[cfg(feature = "torch")]
+mod ml_reliability;
 #[cfg(feature = "torch")]
 mod ml_train_eval;
 #[cfg(feature = "torch")]

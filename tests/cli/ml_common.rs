@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use demix::ml::data::{SourceSpec, SplitPart, SplitSpec, TokenizeSpec, tokenize_to_shard};
 use demix::ml::model::Qwen3Config;
 use demix::ml::progress::no_progress;
-use demix::ml::tokenizer::{Tok, TokenizerSpec, train_tokenizer};
+use demix::ml::tokenizer::{Tok, TokenizerSource, TokenizerSpec, train_tokenizer};
 use demix::ml::train::{DataMix, TrainPaths, TrainSpec};
 
 pub fn no_cancel() -> AtomicBool {
@@ -69,8 +69,11 @@ pub fn fixture() -> Fixture {
         sources.push((dom, p));
     }
     let tokenizer_json = d.join("tok/tokenizer.json");
-    let all: Vec<SourceSpec> = sources.iter().map(|(_, p)| SourceSpec::new(p)).collect();
-    let tok = train_tokenizer(
+    let all: Vec<TokenizerSource> = sources
+        .iter()
+        .map(|(n, p)| TokenizerSource::all(n, vec![SourceSpec::new(p)]))
+        .collect();
+    let (tok, _) = train_tokenizer(
         &all,
         &TokenizerSpec {
             vocab_size: 300,

@@ -4,7 +4,8 @@ use crate::ml_common::*;
 use demix::ml::MlError;
 use demix::ml::data::Shard;
 use demix::ml::evaluate::{
-    EvalPaths, EvalSpec, evaluate_checkpoint, evaluate_state_dict, validation_metrics,
+    EvalPaths, EvalSpec, evaluate_checkpoint, evaluate_state_dict, sample_windows,
+    validation_metrics,
 };
 use demix::ml::model::{Qwen3, load_checkpoint_tensors};
 use demix::ml::progress::{Progress, no_progress};
@@ -28,11 +29,7 @@ fn loss_falls_and_metrics_are_written() {
     let last: f64 = lines[55..].iter().map(|l| l.loss).sum::<f64>() / 5.0;
     assert!(first > (300f64).ln() - 0.5, "initial loss {first}");
     assert!(last < first * 0.6, "loss did not fall: {first} -> {last}");
-    assert!(
-        lines
-            .iter()
-            .all(|l| l.tokens_per_s > 0.0 && l.grad_norm > 0.0)
-    );
+    assert!(lines.iter().all(|l| l.grad_norm > 0.0));
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(p.output.join(f).exists(), "{f}");
     }
@@ -164,34 +161,58 @@ fn evaluation_matches_hand_computation_and_in_memory() {
     };
     let got =
         tch::no_grad(|| validation_metrics(&m, &sh, &es, &no_progress, &no_cancel())).unwrap();
-    let (end, bytes) = sh.prefix(300);
-    assert!(end <= 300 && end > 40);
-    let (nll, n) = tch::no_grad(|| hand_nll(&m, &sh.tokens()[..end as usize], 40));
+    // The scored windows: a seeded, stratified sample over the whole shard.
+    let n_tokens = sh.tokens().len() as u64;
+    let (windows, all) = sample_windows(n_tokens, 40, 300, 0);
+    assert_eq!(windows.len(), 7, "300 tokens in windows of 40");
+    assert!(all > 7);
+    assert_eq!(windows, sample_windows(n_tokens, 40, 300, 0).0, "seeded");
+    assert_ne!(windows, sample_windows(n_tokens, 40, 300, 1).0);
+    // Spread over the shard: one window in each seventh of it.
+    for (k, (a, _)) in windows.iter().enumerate() {
+        let (lo, hi) = (k as u64 * all / 7 * 40, (k as u64 + 1) * all / 7 * 40);
+        assert!(
+            (lo..hi).contains(a),
+            "window {k} starts at {a}, not in [{lo}, {hi})"
+        );
+    }
+    let (mut nll, mut n) = (0.0, 0u64);
+    for &(a, b) in &windows {
+        let (x, k) = tch::no_grad(|| hand_nll(&m, &sh.tokens()[a as usize..b as usize], 40));
+        nll += x;
+        n += k;
+    }
     assert_eq!(got.tokens, n);
-    assert_eq!(got.tokens, end - 1);
     assert!(
         (got.loss - nll / n as f64).abs() < 1e-5,
         "{} vs {}",
         got.loss,
         nll / n as f64
     );
-    assert!((got.bits_per_byte - nll / 2f64.ln() / bytes as f64).abs() < 1e-5);
-    // Bytes are those of the whole documents evaluated.
-    let texts: Vec<String> = f
-        .tok
-        .decode(&sh.tokens()[..end as usize])
-        .unwrap()
-        .split("<|endoftext|>")
-        .map(String::from)
-        .collect();
-    let _ = texts;
-    assert_eq!(
-        bytes,
-        sh.doc_ends()
-            .take(got.documents as usize)
-            .map(|(_, b)| b)
-            .sum::<u64>()
+    // Bytes of partly scored documents count pro rata, rounded in the file.
+    let bits = nll / 2f64.ln();
+    assert!((got.bits_per_byte * got.bytes as f64 - bits).abs() < 1e-3 * bits);
+    let sample = got.sample.as_ref().unwrap();
+    assert_eq!((sample.windows, sample.of_windows), (7, all));
+    assert!(sample.documents.len() as u64 == got.documents && got.documents >= 2);
+    assert!(got.loss_se.unwrap() > 0.0);
+    // Everything when the budget covers the shard: the whole text, once.
+    let whole = EvalSpec {
+        max_tokens: n_tokens,
+        ..es.clone()
+    };
+    let all_of_it =
+        tch::no_grad(|| validation_metrics(&m, &sh, &whole, &no_progress, &no_cancel())).unwrap();
+    assert_eq!(all_of_it.tokens, n_tokens - 1);
+    // Every document's bytes, whole, but for the first token of the shard,
+    // which nothing predicts.
+    let total: u64 = sh.doc_ends().map(|(_, b)| b).sum();
+    assert!(
+        all_of_it.bytes <= total && all_of_it.bytes as f64 > 0.99 * total as f64,
+        "{} of {total}",
+        all_of_it.bytes
     );
+    assert_eq!(all_of_it.documents, sh.meta.documents);
 
     // Tasks and the report; the in-memory path gives the same numbers.
     let mc = f.dir.path().join("mc.jsonl");

@@ -332,3 +332,55 @@ fn an_interrupted_regmix_search_resumes_its_scored_proxies() {
         "the scratch folder is removed once the search is done"
     );
 }
+
+/// A merged-proxy search killed mid-way (the whole process group, no chance to
+/// clean up) resumes from its journal of scored proxies, to the result of an
+/// uninterrupted search.
+#[test]
+fn a_killed_merge_search_resumes_its_scored_proxies() {
+    use std::os::unix::process::CommandExt;
+    let reference = Env::new();
+    reference.write("demix.yaml", &shared_base());
+    reference.demix(&["run", "--target", "search"]).ok();
+    let want = json(&reference, "search", "result");
+
+    let env = Env::new();
+    env.write("demix.yaml", &shared_base());
+    env.demix(&["run", "--target", "component"]).ok();
+    let mut child = env
+        .cmd(&["run", "--target", "search"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let scored = || {
+        std::fs::read_dir(env.path("cache/resume")).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_to_string(e.path().join("scored.jsonl"))
+                    .is_ok_and(|s| s.lines().count() >= 3)
+            })
+        })
+    };
+    while !scored() {
+        assert!(t0.elapsed().as_secs() < 120, "no proxy was scored");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: the process group we made.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    child.wait().unwrap();
+    let r = env.demix(&["run", "--target", "search"]).ok();
+    assert_eq!(r.ran(), ["search"]);
+    let log = std::fs::read_dir(env.path("cache/logs"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .find(|s| s.contains("resuming with"))
+        .expect("the rerun says it resumed");
+    assert!(!log.contains("resuming with 0 "), "{log}");
+    let got = json(&env, "search", "result");
+    for k in ["proxies", "chosen", "target_noise"] {
+        assert_eq!(got[k].to_string(), want[k].to_string(), "{k}");
+    }
+}

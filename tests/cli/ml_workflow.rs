@@ -93,8 +93,8 @@ fn an_ml_workflow_runs_caches_and_traces() {
     assert!(env.demix(&["run"]).ok().ran().is_empty());
     let l = env.demix(&["lineage", "eval"]).ok().stdout();
     assert!(
-        l.contains("step comp (train v1)")
-            && l.contains("step base (train v1)")
+        l.contains("step comp (train v2)")
+            && l.contains("step base (train v2)")
             && l.contains("sotu/train.jsonl"),
         "{l}"
     );
@@ -306,4 +306,105 @@ fn the_merge_search_chooses_a_mixture_that_trains() {
         ])
     );
     assert!(env.demix(&["run"]).ok().ran().is_empty());
+}
+
+/// The tokenizer reads every dataset, by its share of the budget; evaluation
+/// scores a sample spread over the whole split, the same for every model.
+#[test]
+fn the_tokenizer_samples_every_dataset_and_evaluation_spans_the_split() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let env = Env::new();
+    env.write(
+        "demix.yaml",
+        &format!(
+            r#"version: 1
+name: sampled
+datasets:
+  sotu: {{files: {d}/sotu/train.jsonl, validation: {d}/sotu/validation.jsonl}}
+  math: {{files: {d}/math/train.jsonl, validation: {d}/math/validation.jsonl}}
+  chat: {{files: {d}/chat/train.jsonl, validation: {d}/chat/validation.jsonl}}
+steps:
+  - id: tok
+    kind: tokenizer
+    datasets: [sotu, math, chat]
+    vocab_size: 400
+    max_bytes: 60000
+    shares: {{sotu: 2}}
+  - id: model
+    kind: train
+    foreach: [1, 2]
+    tokenizer: ${{steps.tok.tokenizer}}
+    model: {{hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1}}
+    data: {{math: 1}}
+    seed: ${{item}}
+    tokens: 512
+    batch_size: 2
+    seq_len: 16
+    device: cpu
+    threads: 1
+  - id: eval
+    kind: evaluate
+    foreach: [1, 2]
+    checkpoint: ${{steps.model[$item].checkpoint}}
+    datasets: [math]
+    max_tokens: 640
+    seq_len: 32
+    device: cpu
+    threads: 1
+"#,
+            d = data.display()
+        ),
+    );
+    env.demix(&["run"]).ok();
+    let sample: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(output_path(&env, "sampled", "tok", "sample")).unwrap(),
+    )
+    .unwrap();
+    // sotu has share 2 of 4: 30,000 bytes; math and chat 15,000 each, though
+    // math, listed second, could fill the whole budget alone.
+    let used: Vec<(String, f64)> = sample["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_string(),
+                d["bytes_used"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    for (name, want) in [("sotu", 30_000.0), ("math", 15_000.0), ("chat", 15_000.0)] {
+        let got = used.iter().find(|(n, _)| n == name).unwrap().1;
+        assert!(
+            (got - want).abs() <= 4.0,
+            "{name}: {got} bytes, want {want}: {used:?}"
+        );
+    }
+    // Both models are scored on the same documents, from all over the split.
+    let docs = |m: &str| -> Vec<u64> {
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(output_path(
+                &env,
+                "sampled",
+                &format!("eval[{m}]"),
+                "metrics",
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        v["datasets"]["math"]["sample"]["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let (a, b) = (docs("1"), docs("2"));
+    assert_eq!(a, b);
+    let n = 1342; // documents in data/math/validation.jsonl
+    assert!(a.len() >= 10, "{a:?}");
+    assert!(
+        *a.first().unwrap() < n / 10 && *a.last().unwrap() > n * 9 / 10,
+        "{a:?}"
+    );
 }
