@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use demix::exec::{self, Outcome, RunOptions};
-use demix::graph::Graph;
-use demix::manifest::{DEFAULT_MANIFESTS, LoadError, Manifest};
-use demix::plan::{Planner, State};
-use demix::progress::{Reporter, Verbosity};
-use demix::store::{Store, human_bytes};
+use demix_core::exec::{self, Outcome, Programs, RunOptions};
+use demix_core::graph::Graph;
+use demix_core::kind::Registry;
+use demix_core::manifest::{DEFAULT_MANIFESTS, LoadError, Manifest};
+use demix_core::plan::{Planner, State};
+use demix_core::progress::{Reporter, Verbosity};
+use demix_core::store::{Store, human_bytes};
 use miette::Diagnostic;
 use serde_json::json;
 
@@ -23,10 +24,10 @@ pub enum CliError {
     #[diagnostic(transparent)]
     Manifest(#[from] LoadError),
     #[error("{0}")]
-    #[diagnostic(code(demix::usage))]
+    #[diagnostic(code(demix_core::usage))]
     Usage(String),
     #[error("{0}")]
-    #[diagnostic(code(demix::failed))]
+    #[diagnostic(code(demix_core::failed))]
     Failed(String),
 }
 
@@ -80,7 +81,17 @@ fn manifest_path(arg: Option<PathBuf>) -> Result<PathBuf, CliError> {
 
 fn load_graph(arg: Option<PathBuf>) -> Result<Graph, CliError> {
     let path = manifest_path(arg)?;
-    Ok(demix::manifest::load_graph(&path)?)
+    Ok(demix_core::manifest::load_graph(&path, &registry())?)
+}
+
+/// Every step kind this demix knows.
+fn registry() -> Registry {
+    demix_kinds::registry()
+}
+
+fn programs() -> Result<Programs, CliError> {
+    Programs::locate()
+        .map_err(|e| CliError::Failed(format!("cannot find the demix executable: {e}")))
 }
 
 fn store(cli_cache: &Option<PathBuf>) -> Store {
@@ -93,7 +104,7 @@ fn select(g: &Graph, sels: &[String], what: &str) -> Result<Vec<usize>, CliError
         let hits = g.select(s);
         if hits.is_empty() {
             let ids: Vec<&str> = g.nodes.iter().map(|n| n.id.as_str()).collect();
-            let hint = demix::manifest::did_you_mean(s, ids.iter().copied())
+            let hint = demix_core::manifest::did_you_mean(s, ids.iter().copied())
                 .map(|h| format!(" ({h})"))
                 .unwrap_or_default();
             return Err(CliError::Usage(format!(
@@ -112,7 +123,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         Command::Run(a) => run(a, &cache, v),
         Command::Status(a) => status(a.manifest.manifest, a.json.json, &cache),
         Command::Watch(a) => {
-            let opts = demix::watch::WatchOptions {
+            let opts = demix_core::watch::WatchOptions {
                 manifest: manifest_path(a.manifest.manifest)?,
                 cache: cache.clone().unwrap_or_else(|| PathBuf::from("cache")),
                 debounce: std::time::Duration::from_millis(a.debounce),
@@ -120,10 +131,11 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
                 keep_going: a.keep_going,
                 gpus: a.gpus,
                 verbosity: v,
+                registry: registry(),
             };
-            let code = demix::watch::watch(opts).map_err(|e| match e {
-                demix::watch::WatchError::Manifest(e) => CliError::Manifest(e),
-                demix::watch::WatchError::Failed(e) => CliError::Failed(e),
+            let code = demix_core::watch::watch(opts).map_err(|e| match e {
+                demix_core::watch::WatchError::Manifest(e) => CliError::Manifest(e),
+                demix_core::watch::WatchError::Failed(e) => CliError::Failed(e),
             })?;
             Ok(ExitCode::from(code))
         }
@@ -150,7 +162,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         Command::Log(a) => log(a, &cache),
         Command::Gc(a) => {
             let s = store(&cache);
-            let r = demix::maintenance::gc(&s, a.keep_runs, a.dry_run).map_err(CliError::Failed)?;
+            let r = demix_core::maintenance::gc(&s, a.keep_runs, a.dry_run).map_err(CliError::Failed)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
             } else {
@@ -176,7 +188,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         }
         Command::Verify(a) => {
             let s = store(&cache);
-            let r = demix::maintenance::verify(&s, &|_, _| {}).map_err(CliError::Failed)?;
+            let r = demix_core::maintenance::verify(&s, &|_, _| {}).map_err(CliError::Failed)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
             } else {
@@ -218,17 +230,11 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
             })
         }
         Command::Doctor => {
-            println!("demix {}", demix::VERSION);
-            #[cfg(feature = "torch")]
-            print!("{}", demix::ml::device::doctor());
-            #[cfg(not(feature = "torch"))]
-            println!(
-                "built without libtorch (feature `torch`): ML steps cannot run here; build with `--features torch` (scripts/demix does)"
-            );
-            Ok(ExitCode::SUCCESS)
+            println!("demix {}", demix_core::VERSION);
+            doctor()
         }
         Command::Schema => {
-            print!("{}", demix::manifest::schema::manifest_schema_text());
+            print!("{}", demix_core::manifest::schema::manifest_schema_text(&registry()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Internal {
@@ -239,16 +245,42 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
                     die_with_parent,
                 },
         } => {
-            let code = demix::exec::child::exec_step(&spec, completion.as_deref(), die_with_parent);
+            let code = demix_core::exec::child::exec_step(
+                &registry(),
+                &spec,
+                completion.as_deref(),
+                die_with_parent,
+            );
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         Command::Internal {
             command: Internal::ExecBatch { dir, names },
         } => {
-            let code = demix::exec::slurm::exec_batch(&dir, &names);
+            let code = demix_core::exec::slurm::exec_batch(&registry(), &dir, &names);
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
     }
+}
+
+/// The worker's own report (libtorch, CUDA, devices), or why there is no worker.
+fn doctor() -> miette::Result<ExitCode> {
+    let p = programs()?;
+    if !p.worker.is_file() {
+        println!(
+            "{}",
+            demix_core::exec::programs::missing_worker("train", &p.worker)
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let status = std::process::Command::new(&p.worker)
+        .arg("doctor")
+        .status()
+        .map_err(|e| CliError::Failed(format!("cannot run {}: {e}", p.worker.display())))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette::Result<ExitCode> {
@@ -275,7 +307,7 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
                     let why: Vec<String> = a.reasons.iter().map(|r| r.to_string()).collect();
                     println!("run    {id} ({})", why.join("; "));
                 }
-                Err(e) if e.contains(demix::graph::NO_FILES) => {
+                Err(e) if e.contains(demix_core::graph::NO_FILES) => {
                     would += 1;
                     println!("run    {id} (once its data exists)");
                     missing.entry(e).or_default().push(id.clone());
@@ -316,7 +348,7 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
     let _usage = s
         .usage_lock(false)
         .map_err(|e| CliError::Failed(e.to_string()))?;
-    let gpus = demix::exec::local::detect_gpus(a.gpus.as_deref());
+    let gpus = demix_core::exec::local::detect_gpus(a.gpus.as_deref());
     let mut opts = RunOptions {
         jobs: a.jobs.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -326,15 +358,12 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         force,
         targets,
         gpus,
-        exe: std::env::var_os("DEMIX_EXE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::current_exe().ok())
-            .ok_or_else(|| CliError::Failed("cannot find the demix executable".into()))?,
+        programs: programs()?,
         argv: std::env::args().collect(),
         slurm: None,
     };
     if slurm.is_some() && a.jobs.is_none() {
-        opts.jobs = demix::exec::slurm::DEFAULT_JOBS;
+        opts.jobs = demix_core::exec::slurm::DEFAULT_JOBS;
     }
     opts.slurm = slurm;
     let rep = Arc::new(Reporter::new(v));
@@ -360,7 +389,7 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         },
         t0.elapsed().as_secs_f64()
     );
-    for v in demix::outcome::verdicts(&g, &s, &summary) {
+    for v in demix_core::outcome::verdicts(&g, &s, &summary) {
         rep.line(&format!("verdict {v}"));
     }
     if summary.ok {
@@ -389,7 +418,7 @@ fn slurm_config(
     c: &crate::cli::ClusterArgs,
     g: &Graph,
 ) -> Result<Option<exec::slurm::SlurmConfig>, CliError> {
-    use demix::manifest::ExecutorKind;
+    use demix_core::manifest::ExecutorKind;
     let decl = g.manifest.executor.as_ref();
     let on = match c.executor {
         Some(e) => e == crate::cli::Executor::Slurm,
@@ -569,12 +598,12 @@ fn lineage(a: crate::cli::LineageArgs, cache: &Option<PathBuf>) -> miette::Resul
             .and_then(|p| Manifest::load(&p).ok())
             .map(|m| m.name),
     };
-    let r = demix::lineage::resolve(&s, name.as_deref(), &a.what).map_err(CliError::Usage)?;
-    let l = demix::lineage::lineage(&s, &r);
+    let r = demix_core::lineage::resolve(&s, name.as_deref(), &a.what).map_err(CliError::Usage)?;
+    let l = demix_core::lineage::lineage(&s, &r);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&l).expect("serializes"));
     } else {
-        print!("{}", demix::lineage::render(&l));
+        print!("{}", demix_core::lineage::render(&l));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -602,7 +631,7 @@ fn report(a: crate::cli::ReportArgs, cache: &Option<PathBuf>) -> miette::Result<
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for id in steps {
-        match demix::steps::report::latest(&s, &g.manifest.name, id) {
+        match demix_kinds::report::latest(&s, &g.manifest.name, id) {
             Ok((r, html, md)) => found.push((r, show(&html), show(&md))),
             Err(e) => missing.push((id, e)),
         }
@@ -649,7 +678,7 @@ fn report(a: crate::cli::ReportArgs, cache: &Option<PathBuf>) -> miette::Result<
 
 fn log(a: crate::cli::LogArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
     let s = store(cache);
-    let (runs, damaged) = demix::maintenance::runs_and_damage(&s);
+    let (runs, damaged) = demix_core::maintenance::runs_and_damage(&s);
     for (p, why) in &damaged {
         eprintln!(
             "warning: run record {} is corrupt ({why}); `demix verify` removes it",

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use demix::manifest::Manifest;
-use demix::manifest::template::Split;
+use demix_core::manifest::Manifest;
+use demix_core::manifest::template::Split;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -143,10 +143,10 @@ fn workflows_point_at_every_shipped_domain() {
                 .collect()
         };
         let train = canon(
-            demix::graph::dataset_files(&m, d, Split::Train).unwrap_or_else(|e| panic!("{d}: {e}")),
+            demix_core::graph::dataset_files(&m, d, Split::Train).unwrap_or_else(|e| panic!("{d}: {e}")),
         );
         let val = canon(
-            demix::graph::dataset_files(&m, d, Split::Validation)
+            demix_core::graph::dataset_files(&m, d, Split::Validation)
                 .unwrap_or_else(|e| panic!("{d}: {e}")),
         );
         assert_eq!(

@@ -61,6 +61,30 @@ pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_demix"))
 }
 
+/// demix-worker, next to `demix` where `scripts/test` builds it.
+pub fn worker_exe() -> PathBuf {
+    exe().with_file_name("demix-worker")
+}
+
+/// Whether the worker (libtorch) is there for tests of ML steps. Without it they
+/// print a line and pass; under `CI=true` they fail.
+pub fn worker() -> bool {
+    let w = worker_exe();
+    if w.is_file() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {} is missing: scripts/test builds it",
+        w.display()
+    );
+    eprintln!(
+        "skipped: no {} (scripts/test builds it; or `cargo build -p demix-worker`)",
+        w.display()
+    );
+    false
+}
+
 impl Env {
     pub fn new() -> Env {
         Env {

@@ -5,7 +5,6 @@ mod harness;
 mod data;
 mod engine;
 mod invalid;
-mod mix;
 mod reliability;
 mod report;
 mod schema;
@@ -13,17 +12,7 @@ mod science;
 mod slurm;
 mod watch;
 
-#[cfg(feature = "torch")]
-mod ml_common;
-#[cfg(feature = "torch")]
-mod ml_hf_check;
-#[cfg(feature = "torch")]
-mod ml_link;
-#[cfg(feature = "torch")]
+mod link;
 mod ml_reliability;
-#[cfg(feature = "torch")]
-mod ml_train_eval;
-#[cfg(feature = "torch")]
 mod ml_validate;
-#[cfg(feature = "torch")]
 mod ml_workflow;

@@ -6,6 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Env, output_path};
+use demix_mix::checkpoint::TensorSpec;
 
 fn data() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
@@ -64,6 +65,9 @@ fn slow_corpus(env: &Env) {
 /// still ends within seconds of its parent's death or of a stop signal.
 #[test]
 fn a_step_stuck_in_a_library_call_stops_when_asked_or_orphaned() {
+    if !crate::harness::worker() {
+        return;
+    }
     for how in ["parent killed", "group terminated"] {
         let env = Env::new();
         slow_corpus(&env);
@@ -116,6 +120,9 @@ fn a_step_stuck_in_a_library_call_stops_when_asked_or_orphaned() {
 /// quadratic: it reaches the trainer in pieces, and the step finishes.
 #[test]
 fn an_oversized_document_is_cut_for_the_tokenizer() {
+    if !crate::harness::worker() {
+        return;
+    }
     let env = Env::new();
     let word = "ab".repeat(250_000);
     env.write(
@@ -167,6 +174,9 @@ steps:
 /// and what it commits equals an uninterrupted run's, metrics included.
 #[test]
 fn a_killed_training_reruns_to_the_bytes_of_an_uninterrupted_one() {
+    if !crate::harness::worker() {
+        return;
+    }
     let clean = Env::new();
     clean.write("demix.yaml", &train_manifest(""));
     clean.demix(&["run"]).ok();
@@ -214,6 +224,9 @@ fn a_killed_training_reruns_to_the_bytes_of_an_uninterrupted_one() {
 
 #[test]
 fn a_model_too_large_to_allocate_is_an_error_that_names_the_size() {
+    if !crate::harness::worker() {
+        return;
+    }
     let env = Env::new();
     let huge = train_manifest("").replace(
         "model: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,",
@@ -245,6 +258,9 @@ fn a_model_too_large_to_allocate_is_an_error_that_names_the_size() {
 
 #[test]
 fn mixture_files_and_weights_that_cannot_work_are_refused_with_their_names() {
+    if !crate::harness::worker() {
+        return;
+    }
     let env = Env::new();
     env.write("d/mix.json", r#"{"math": -1, "sotu": 2}"#);
     env.write(
@@ -282,18 +298,25 @@ fn mixture_files_and_weights_that_cannot_work_are_refused_with_their_names() {
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(base.join(f), env.path(&format!("nan-model/{f}"))).unwrap();
     }
-    let (mut sd, _) =
-        demix::ml::model::load_safetensors(&base.join("model.safetensors"), tch::Device::Cpu)
-            .unwrap();
-    let _ = sd.get_mut("model.norm.weight").unwrap().fill_(f64::NAN);
-    let named: Vec<(String, tch::Tensor)> = sd.into_iter().collect();
-    demix::ml::model::save_safetensors(
-        &env.path("nan-model/model.safetensors"),
-        &named,
-        None,
-        None,
-    )
-    .unwrap();
+    // The same tensors, read as f32 with demix's own safetensors reader.
+    let ck = demix_mix::checkpoint::Checkpoint::open(&base).unwrap();
+    let tensors: Vec<(TensorSpec, Vec<f32>)> = ck
+        .names()
+        .map(|name| {
+            let info = ck.info(name).unwrap();
+            let mut v = ck.read_f32(name).unwrap();
+            if name == "model.norm.weight" {
+                v.fill(f32::NAN);
+            }
+            let spec = TensorSpec {
+                name: name.to_string(),
+                dtype: demix_mix::checkpoint::Dtype::F32,
+                shape: info.shape.clone(),
+            };
+            (spec, v)
+        })
+        .collect();
+    demix_mix::checkpoint::save_f32(env.path("nan-model/model.safetensors"), &tensors).unwrap();
     let r = env.demix(&["run", "-k"]).fails(1);
     let e = r.stderr();
     assert!(
@@ -309,6 +332,9 @@ fn mixture_files_and_weights_that_cannot_work_are_refused_with_their_names() {
 /// refused with the file (and line, where there is one) and the reason.
 #[test]
 fn bad_data_is_refused_with_its_file_and_reason() {
+    if !crate::harness::worker() {
+        return;
+    }
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bad");
     let cases = [
         ("empty.jsonl", "has no training documents"),

@@ -162,6 +162,9 @@ fn json(env: &Env, step: &str, output: &str) -> serde_json::Value {
 
 #[test]
 fn references_proxies_and_the_regmix_baseline_are_validated() {
+    if !crate::harness::worker() {
+        return;
+    }
     let env = Env::new();
     env.write("demix.yaml", &shared_base());
     let r = env.demix(&["run"]).ok();
@@ -232,6 +235,9 @@ fn references_proxies_and_the_regmix_baseline_are_validated() {
 
 #[test]
 fn merging_models_without_a_shared_base_visibly_fails() {
+    if !crate::harness::worker() {
+        return;
+    }
     let env = Env::new();
     // Two models from different random inits, trained on the same recipe.
     let m = header()
@@ -281,6 +287,9 @@ fn merging_models_without_a_shared_base_visibly_fails() {
 
 #[test]
 fn a_pick_beyond_the_sampled_mixtures_is_an_error() {
+    if !crate::harness::worker() {
+        return;
+    }
     let env = Env::new();
     let m = header().replace(
         "foreach: {range: 5}\n    init:",
@@ -298,6 +307,9 @@ fn a_pick_beyond_the_sampled_mixtures_is_an_error() {
 
 #[test]
 fn an_interrupted_regmix_search_resumes_its_scored_proxies() {
+    if !crate::harness::worker() {
+        return;
+    }
     let reference = Env::new();
     reference.write("demix.yaml", &shared_base());
     reference.demix(&["run", "--target", "regmix"]).ok();
@@ -338,6 +350,9 @@ fn an_interrupted_regmix_search_resumes_its_scored_proxies() {
 /// uninterrupted search.
 #[test]
 fn a_killed_merge_search_resumes_its_scored_proxies() {
+    if !crate::harness::worker() {
+        return;
+    }
     use std::os::unix::process::CommandExt;
     let reference = Env::new();
     reference.write("demix.yaml", &shared_base());

@@ -57,6 +57,9 @@ steps:
 
 #[test]
 fn an_ml_workflow_runs_caches_and_traces() {
+    if !crate::harness::worker() {
+        return;
+    }
     let env = Env::new();
     env.write("demix.yaml", &manifest(4096));
     let r = env.demix(&["run"]).ok();
@@ -109,6 +112,9 @@ fn an_ml_workflow_runs_caches_and_traces() {
 
 #[test]
 fn an_interrupted_training_resumes_to_the_same_bytes() {
+    if !crate::harness::worker() {
+        return;
+    }
     let reference = Env::new();
     reference.write("demix.yaml", &manifest(16384));
     reference.demix(&["run", "--target", "base"]).ok();
@@ -155,6 +161,9 @@ fn an_interrupted_training_resumes_to_the_same_bytes() {
 
 #[test]
 fn doctor_reports_libtorch() {
+    if !crate::harness::worker() {
+        return;
+    }
     let out = Env::new().demix(&["doctor"]).ok().stdout();
     assert!(out.contains("libtorch:     2.11.0"), "{out}");
     assert!(out.contains("cuda:"), "{out}");
@@ -229,6 +238,9 @@ steps:
 
 #[test]
 fn the_merge_search_chooses_a_mixture_that_trains() {
+    if !crate::harness::worker() {
+        return;
+    }
     let env = Env::new();
     env.write("demix.yaml", &search_manifest());
     let r = env.demix(&["run"]).ok();
@@ -312,6 +324,9 @@ fn the_merge_search_chooses_a_mixture_that_trains() {
 /// scores a sample spread over the whole split, the same for every model.
 #[test]
 fn the_tokenizer_samples_every_dataset_and_evaluation_spans_the_split() {
+    if !crate::harness::worker() {
+        return;
+    }
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
     let env = Env::new();
     env.write(

@@ -1,10 +1,10 @@
 //! The `report` step kind and `demix report`: command steps stand in for the
 //! train, evaluate and search steps and write realistic outputs (the search
-//! result is a real `demix::mix::Search` run); report steps consume them.
+//! result is a real `demix_mix::Search` run); report steps consume them.
 
-use demix::mix::sampler::sample;
-use demix::mix::search::{BoxError, SearchResult, Target};
-use demix::mix::{SamplerConfig, Search, SearchConfig};
+use demix_mix::sampler::sample;
+use demix_mix::search::{BoxError, SearchResult, Target};
+use demix_mix::{SamplerConfig, Search, SearchConfig};
 
 use crate::harness::{Env, output_path};
 

@@ -1,6 +1,7 @@
 //! The Slurm executor on a real one-node cluster (`.ci/slurm.sh`, started by
 //! `scripts/test`, which sets `DEMIX_TEST_SLURM=1`). Without it these tests print a
-//! line and pass; with it set, a cluster that does not answer fails them.
+//! line and pass (under `CI=true` they fail); with it set, a cluster that does not
+//! answer fails them.
 //!
 //! They take the cluster one at a time (a lock), and bound every wait.
 
@@ -17,6 +18,10 @@ static CLUSTER: Mutex<()> = Mutex::new(());
 /// The cluster, or `None` (and a line on stderr) when this run has none.
 fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
     if std::env::var("DEMIX_TEST_SLURM").as_deref() != Ok("1") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but there is no Slurm cluster: scripts/test starts one (as root, with apt-get)"
+        );
         let _ = std::io::stderr().write_all(b"skipped: no Slurm cluster (run scripts/test)\n");
         return None;
     }

@@ -1,0 +1,314 @@
+//! Planning: content hashes of inputs, cache keys, and whether each step is fresh.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::graph::{self, Graph, Source};
+use crate::key::{InputRecord, KeyRecord, Origin, Reason, UpstreamOutput, diff};
+use crate::store::{self, Health, ResultRecord, Store};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Fresh,
+    Stale,
+    New,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Fresh => "fresh",
+            State::Stale => "stale",
+            State::New => "new",
+        })
+    }
+}
+
+/// The verdict on one step.
+#[derive(Clone, Debug)]
+pub struct Assessment {
+    pub state: State,
+    pub reasons: Vec<Reason>,
+    pub record: Option<KeyRecord>,
+    pub key: Option<String>,
+    /// The cached result, when fresh.
+    pub result: Option<ResultRecord>,
+}
+
+pub struct Planner<'a> {
+    pub graph: &'a Graph,
+    pub store: &'a Store,
+    sources: Mutex<HashMap<String, InputRecord>>,
+    on_hash: &'a (dyn Fn(&Path, u64, u64) + Sync),
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(
+        graph: &'a Graph,
+        store: &'a Store,
+        on_hash: &'a (dyn Fn(&Path, u64, u64) + Sync),
+    ) -> Self {
+        Planner {
+            graph,
+            store,
+            sources: Mutex::new(HashMap::new()),
+            on_hash,
+        }
+    }
+
+    fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(&self.graph.manifest.dir)
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    }
+
+    fn hash_files(&self, files: &[PathBuf]) -> Result<Vec<(String, String)>, String> {
+        files
+            .iter()
+            .map(|f| {
+                let h = self
+                    .store
+                    .stat
+                    .hash(f, &|done, total| (self.on_hash)(f, done, total))
+                    .map_err(|e| format!("cannot hash {}: {e}", f.display()))?;
+                Ok((self.rel(f), h))
+            })
+            .collect()
+    }
+
+    /// The content record of a dataset or workspace path, hashed once per plan.
+    fn source_record(&self, input: &graph::Input) -> Result<InputRecord, String> {
+        let cache_key = match &input.source {
+            Source::Path { written, .. } => format!("path:{written}"),
+            Source::Dataset { name, split } => format!("dataset:{name}:{split:?}"),
+            Source::Steps { .. } => unreachable!("step outputs are not sources"),
+        };
+        if let Some(r) = self.sources.lock().expect("plan lock").get(&cache_key) {
+            return Ok(r.clone());
+        }
+        let rec = match &input.source {
+            Source::Path { abs, written } => {
+                let md = std::fs::metadata(abs).map_err(|e| {
+                    let loc = self.graph.manifest.src.location(&input.span);
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        format!("{loc}: input `{written}` {}", graph::NO_FILES)
+                    } else {
+                        format!("{loc}: input `{written}`: {e}")
+                    }
+                })?;
+                let files = if md.is_dir() {
+                    let mut rels = Vec::new();
+                    store::walk_files(abs, abs, &mut rels).map_err(|e| e.to_string())?;
+                    let paths: Vec<PathBuf> = rels.iter().map(|r| abs.join(r)).collect();
+                    self.hash_files(&paths)?
+                } else {
+                    self.hash_files(std::slice::from_ref(abs))?
+                };
+                let hash = if md.is_dir() {
+                    crate::hash::tree_hash(files.iter().map(|(p, h)| {
+                        (
+                            p.strip_prefix(&format!("{written}/")).unwrap_or(p),
+                            h.as_str(),
+                        )
+                    }))
+                } else {
+                    files[0].1.clone()
+                };
+                InputRecord {
+                    hash,
+                    origin: Origin::Path {
+                        path: written.clone(),
+                        files,
+                    },
+                }
+            }
+            Source::Dataset { name, split } => {
+                let paths = graph::dataset_files(&self.graph.manifest, name, *split)?;
+                let files = self.hash_files(&paths)?;
+                // How the files are read is part of the dataset's identity.
+                let how = serde_json::to_string(&crate::protocol::DatasetInput::of(
+                    &self.graph.manifest,
+                    name,
+                    *split,
+                ))
+                .expect("serializes");
+                let how_hash = crate::hash::hex(&blake3::hash(how.as_bytes()));
+                InputRecord {
+                    hash: crate::hash::tree_hash(
+                        files
+                            .iter()
+                            .map(|(p, h)| (p.as_str(), h.as_str()))
+                            .chain([("#read", how_hash.as_str())]),
+                    ),
+                    origin: Origin::Dataset {
+                        name: name.clone(),
+                        split: *split,
+                        files,
+                    },
+                }
+            }
+            Source::Steps { .. } => unreachable!(),
+        };
+        self.sources
+            .lock()
+            .expect("plan lock")
+            .insert(cache_key, rec.clone());
+        Ok(rec)
+    }
+
+    /// The key record of node `n`, given the results of the nodes it depends on.
+    /// `Ok(Err(step))` means upstream `step` has no result yet.
+    pub fn key_record(
+        &self,
+        n: usize,
+        results: &HashMap<usize, ResultRecord>,
+    ) -> Result<Result<KeyRecord, String>, String> {
+        let node = &self.graph.nodes[n];
+        let mut inputs = std::collections::BTreeMap::new();
+        for inp in &node.inputs {
+            let rec = match &inp.source {
+                Source::Steps { nodes, output } => {
+                    let mut outs = Vec::new();
+                    for &u in nodes {
+                        let Some(r) = results.get(&u) else {
+                            return Ok(Err(self.graph.nodes[u].id.clone()));
+                        };
+                        let o = r.outputs.get(output).ok_or_else(|| {
+                            format!("step `{}` has no output `{output}` in its result", r.step)
+                        })?;
+                        outs.push(UpstreamOutput {
+                            step: r.step.clone(),
+                            output: output.clone(),
+                            key: r.key.clone(),
+                            hash: o.hash.clone(),
+                        });
+                    }
+                    let hash = if outs.len() == 1 {
+                        outs[0].hash.clone()
+                    } else {
+                        crate::hash::tree_hash(
+                            outs.iter().map(|o| (o.step.as_str(), o.hash.as_str())),
+                        )
+                    };
+                    InputRecord {
+                        hash,
+                        origin: Origin::Steps { outputs: outs },
+                    }
+                }
+                _ => self.source_record(inp)?,
+            };
+            inputs.insert(inp.key.clone(), rec);
+        }
+        Ok(Ok(KeyRecord {
+            kind: node.kind.name().to_string(),
+            kind_version: node.kind.version(),
+            params: node.plan.params.clone(),
+            params_used: node.params_used.clone(),
+            inputs,
+        }))
+    }
+
+    /// Whether node `n` with key record `rec` can be taken from the store.
+    pub fn assess(&self, n: usize, rec: KeyRecord, force: bool) -> Assessment {
+        let node = &self.graph.nodes[n];
+        let key = rec.key();
+        let result = self.store.read_result(&key);
+        let health = result.as_ref().map(|r| self.store.health(r));
+        if !force && health == Some(Health::Ok) {
+            return Assessment {
+                state: State::Fresh,
+                reasons: vec![],
+                record: Some(rec),
+                key: Some(key),
+                result,
+            };
+        }
+        let prev = self.store.read_state(&self.graph.manifest.name, &node.id);
+        let mut reasons = Vec::new();
+        let state = match &prev {
+            None => {
+                reasons.push(Reason::New);
+                State::New
+            }
+            Some(p) => {
+                if p.key != key {
+                    reasons.extend(diff(&p.record, &rec));
+                }
+                match health {
+                    Some(Health::Missing(path)) => reasons.push(Reason::OutputMissing { path }),
+                    Some(Health::Corrupt(path)) => reasons.push(Reason::OutputCorrupt { path }),
+                    None => match self.store.result_damage(&key) {
+                        Some(error) => reasons.push(Reason::ResultCorrupt {
+                            path: self.store.result_path(&key).display().to_string(),
+                            error,
+                        }),
+                        None if p.key == key => reasons.push(Reason::ResultMissing),
+                        None => {}
+                    },
+                    _ => {}
+                }
+                State::Stale
+            }
+        };
+        if force {
+            reasons.push(Reason::Forced);
+        }
+        Assessment {
+            state,
+            reasons,
+            record: Some(rec),
+            key: Some(key),
+            result: None,
+        }
+    }
+
+    /// The state of a node whose upstream `step` must run first.
+    pub fn pending(&self, n: usize, step: String) -> Assessment {
+        let node = &self.graph.nodes[n];
+        let prev = self.store.read_state(&self.graph.manifest.name, &node.id);
+        let (state, reasons) = match prev {
+            None => (State::New, vec![Reason::New]),
+            Some(_) => (State::Stale, vec![Reason::UpstreamPending { step }]),
+        };
+        Assessment {
+            state,
+            reasons,
+            record: None,
+            key: None,
+            result: None,
+        }
+    }
+
+    /// Assesses every node in order, as `status` and `run --dry-run` show them.
+    pub fn assess_all(
+        &self,
+        force: &[usize],
+        only: Option<&std::collections::BTreeSet<usize>>,
+    ) -> Vec<(usize, Result<Assessment, String>)> {
+        let mut results: HashMap<usize, ResultRecord> = HashMap::new();
+        let mut out = Vec::new();
+        for &n in &self.graph.order {
+            if only.is_some_and(|o| !o.contains(&n)) {
+                continue;
+            }
+            let a = match self.key_record(n, &results) {
+                Err(e) => Err(e),
+                Ok(Err(up)) => Ok(self.pending(n, up)),
+                Ok(Ok(rec)) => Ok(self.assess(n, rec, force.contains(&n))),
+            };
+            if let Ok(Assessment {
+                result: Some(r), ..
+            }) = &a
+            {
+                results.insert(n, r.clone());
+            }
+            out.push((n, a));
+        }
+        out
+    }
+}

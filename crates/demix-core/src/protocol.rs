@@ -1,0 +1,105 @@
+//! The serialized form of one step run, and the completion record it leaves.
+//!
+//! A spec holds everything a step needs, with every input resolved to paths, so any
+//! process on any machine that sees the store can run it: that is how the local
+//! executor runs steps in child processes and how a cluster executor submits them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::key::KeyRecord;
+use crate::manifest::Resources;
+use crate::store::OutputRecord;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub paths: Vec<PathBuf>,
+    /// For a dataset: how to read its documents.
+    #[serde(default)]
+    pub dataset: Option<DatasetInput>,
+}
+
+/// A dataset split as a step reads it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DatasetInput {
+    pub name: String,
+    pub split: crate::manifest::template::Split,
+    pub format: crate::manifest::Format,
+    pub field: String,
+    /// The split is done by document at this fraction, because the dataset has no
+    /// validation files; `paths` are then all its files.
+    pub split_fraction: Option<f64>,
+}
+
+impl DatasetInput {
+    pub fn of(
+        m: &crate::manifest::Manifest,
+        name: &str,
+        split: crate::manifest::template::Split,
+    ) -> Option<DatasetInput> {
+        let d = m.datasets.get(name)?;
+        Some(DatasetInput {
+            name: name.to_string(),
+            split,
+            format: d.format,
+            field: d.field.clone(),
+            split_fraction: d
+                .validation
+                .is_empty()
+                .then(|| d.validation_fraction.unwrap_or(0.1)),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepSpec {
+    pub engine_version: String,
+    pub manifest: String,
+    pub manifest_path: PathBuf,
+    pub step: String,
+    pub kind: String,
+    /// Which binary runs it (the Slurm executor writes it into the job).
+    #[serde(default)]
+    pub runner: crate::kind::Runner,
+    pub key: String,
+    pub record: KeyRecord,
+    pub params: Value,
+    pub inputs: BTreeMap<String, InputSpec>,
+    pub outputs: BTreeMap<String, String>,
+    /// The manifest's folder: relative paths in the step resolve against it.
+    pub workdir: PathBuf,
+    pub store: PathBuf,
+    pub resources: Resources,
+    /// `--force`: run even when the store already holds this key's result.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What a step run left behind: written by the process that ran it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Completion {
+    pub step: String,
+    pub key: String,
+    pub ok: bool,
+    /// Another process had already produced the result.
+    pub cached: bool,
+    pub cancelled: bool,
+    pub exit_code: i32,
+    pub error: Option<String>,
+    pub outputs: BTreeMap<String, OutputRecord>,
+    pub duration_s: f64,
+    pub host: String,
+    pub log: PathBuf,
+}
+
+impl Completion {
+    pub fn read(path: &Path) -> Option<Completion> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_CANCELLED: i32 = 130;

@@ -1,0 +1,849 @@
+//! The HTML report: one file, inline CSS and SVG, no scripts, no links out.
+
+use std::fmt::Write;
+
+use super::data::Producer;
+use super::svg::{BarChart, LinePlot, ScatterPlot, Series, escape};
+use super::{
+    ANCESTOR_ROWS, MixtureView, PROXY_ROWS, Report, TableView, direction_word, fmt_num, fmt_secs,
+    fmt_tokens, objective_words, objectives_table, seed_noise_table, short, verdict_table,
+};
+
+const CSS: &str = r#"
+:root { color-scheme: light; }
+body { margin: 0; background: #f6f7f9; color: #1d2330;
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 64px; }
+h1 { font-size: 26px; margin: 8px 0 4px; }
+h2 { font-size: 20px; margin: 0 0 10px; }
+h3 { font-size: 16px; margin: 18px 0 6px; }
+section { background: #ffffff; border: 1px solid #dde1e7; border-radius: 8px;
+  padding: 18px 22px; margin: 18px 0; }
+.meta, .note { color: #5a6372; font-size: 13px; }
+nav ul { list-style: none; padding: 0; margin: 8px 0 0; display: flex; flex-wrap: wrap; gap: 6px 16px; }
+nav a { color: #0b5cad; text-decoration: none; }
+code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f0f2f5;
+  padding: 1px 4px; border-radius: 3px; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+th, td { border-bottom: 1px solid #e4e7ec; padding: 4px 10px; text-align: left; white-space: nowrap; }
+th { background: #f3f5f8; font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.best { font-weight: 700; color: #0a6b3d; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px; }
+svg.plot { max-width: 100%; height: auto; border: 1px solid #eef0f3; border-radius: 4px; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 8px 0; }
+dl.facts dt { color: #5a6372; }
+dl.facts dd { margin: 0; }
+p.verdict { font-size: 16px; font-weight: 600; margin: 10px 0; }
+"#;
+
+struct Section {
+    id: &'static str,
+    title: &'static str,
+    body: String,
+}
+
+/// A table: header cells and rows of (text, class) cells, all escaped.
+fn table(out: &mut String, head: &[(String, &str)], rows: &[Vec<(String, &str)>]) {
+    out.push_str("<div class=\"scroll\"><table><thead><tr>");
+    for (h, class) in head {
+        cell(out, "th", h, class);
+    }
+    out.push_str("</tr></thead><tbody>");
+    for r in rows {
+        out.push_str("<tr>");
+        for (c, class) in r {
+            cell(out, "td", c, class);
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></div>");
+}
+
+/// A table view shared with the Markdown summary.
+fn view(out: &mut String, t: &TableView) {
+    let num = |right: bool| if right { "num" } else { "" };
+    let head: Vec<(String, &str)> = t.head.iter().map(|(h, r)| (h.clone(), num(*r))).collect();
+    let rows: Vec<Vec<(String, &str)>> = t
+        .rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .zip(&t.head)
+                .map(|(c, (_, right))| (c.clone(), num(*right)))
+                .collect()
+        })
+        .collect();
+    table(out, &head, &rows);
+}
+
+fn cell(out: &mut String, tag: &str, text: &str, class: &str) {
+    if class.is_empty() {
+        let _ = write!(out, "<{tag}>{}</{tag}>", escape(text));
+    } else {
+        let _ = write!(out, "<{tag} class=\"{class}\">{}</{tag}>", escape(text));
+    }
+}
+
+fn facts(out: &mut String, items: &[(&str, String)]) {
+    out.push_str("<dl class=\"facts\">");
+    for (k, v) in items {
+        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(k), escape(v));
+    }
+    out.push_str("</dl>");
+}
+
+fn note(out: &mut String, text: &str) {
+    let _ = write!(out, "<p class=\"note\">{}</p>", escape(text));
+}
+
+fn num(v: Option<f64>, decimals: usize) -> (String, &'static str) {
+    (v.map_or("–".into(), |v| fmt_num(v, decimals)), "num")
+}
+
+pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
+    let mut sections = Vec::new();
+    if !r.verdicts.is_empty() {
+        let mut b = String::new();
+        if let Some(t) = verdict_table(&r.verdicts) {
+            view(&mut b, &t);
+        }
+        sections.push(Section {
+            id: "verdict",
+            title: "Verdict",
+            body: b,
+        });
+    }
+    if !r.training.is_empty() {
+        sections.push(training(r));
+    }
+    if let Some(t) = r.tokenizer_table() {
+        let mut b = String::new();
+        note(
+            &mut b,
+            "Bytes of text the tokenizer learned from, per dataset: each dataset's share of the budget, its documents drawn from all over it.",
+        );
+        view(&mut b, &t);
+        sections.push(Section {
+            id: "tokenizer",
+            title: "Tokenizer sample",
+            body: b,
+        });
+    }
+    if let Some(m) = mixtures {
+        sections.push(mixture(r, m));
+    }
+    if r.search.is_some() {
+        sections.push(predictions(r));
+    }
+    if !r.evaluations.is_empty() {
+        sections.push(evaluations(r));
+    }
+    if r.search.is_some() {
+        sections.push(proxies(r));
+        sections.push(cost(r));
+    }
+    if let Some(v) = &r.validation {
+        sections.push(validation(&v.data));
+    }
+    if let Some(l) = &r.lineage
+        && !(l.inputs.is_empty() && l.ancestors.is_empty())
+    {
+        sections.push(lineage(l));
+    }
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{t}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n<header>\n<h1>{t}</h1>\n",
+        t = escape(&r.title)
+    );
+    let _ = writeln!(
+        out,
+        "<p class=\"meta\">Workflow <code>{}</code>, step <code>{}</code>, key <code>{}</code>; made by demix {}.</p>",
+        escape(&r.workflow),
+        escape(&r.step),
+        escape(short(&r.key)),
+        escape(demix_core::VERSION)
+    );
+    for v in r.all_verdicts() {
+        let _ = writeln!(out, "<p class=\"verdict\">{}</p>", escape(&v.sentence));
+    }
+    if sections.is_empty() {
+        note(&mut out, "This report was given no inputs.");
+    } else {
+        out.push_str("<nav><ul>");
+        for s in &sections {
+            let _ = write!(
+                out,
+                "<li><a href=\"#{}\">{}</a></li>",
+                s.id,
+                escape(s.title)
+            );
+        }
+        out.push_str("</ul></nav>\n");
+    }
+    out.push_str("</header>\n");
+    for s in sections {
+        let _ = write!(
+            out,
+            "<section id=\"{}\">\n<h2>{}</h2>\n{}\n</section>\n",
+            s.id,
+            escape(s.title),
+            s.body
+        );
+    }
+    out.push_str("</main>\n</body>\n</html>\n");
+    out
+}
+
+fn training(r: &Report) -> Section {
+    let mut b = String::new();
+    let plot = LinePlot {
+        title: "Training loss".into(),
+        x_label: "tokens".into(),
+        y_label: "loss (nats per token)".into(),
+        series: r
+            .training
+            .iter()
+            .map(|t| {
+                Series::new(
+                    t.label.clone(),
+                    t.data.points.iter().map(|p| (p.tokens, p.loss)).collect(),
+                )
+            })
+            .collect(),
+    };
+    b.push_str(&plot.svg());
+    let head = [
+        ("run".to_string(), ""),
+        ("steps".into(), "num"),
+        ("tokens".into(), "num"),
+        ("final loss".into(), "num"),
+        ("lowest loss".into(), "num"),
+        ("tokens/s".into(), "num"),
+        ("time".into(), "num"),
+    ];
+    let rows: Vec<Vec<(String, &str)>> = r
+        .training
+        .iter()
+        .map(|t| {
+            let last = t.data.last();
+            vec![
+                (t.label.clone(), ""),
+                num(last.and_then(|p| p.step).map(|s| s as f64), 0),
+                (last.map_or("–".into(), |p| fmt_tokens(p.tokens)), "num"),
+                num(last.map(|p| p.loss), 4),
+                num(t.data.min_loss(), 4),
+                num(t.data.tokens_per_s(), 0),
+                (t.data.elapsed().map_or("–".into(), fmt_secs), "num"),
+            ]
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    Section {
+        id: "training",
+        title: "Training loss",
+        body: b,
+    }
+}
+
+fn mixture(r: &Report, m: &MixtureView) -> Section {
+    let mut b = String::new();
+    let chart = BarChart {
+        title: "Mixture weights".into(),
+        y_label: "weight".into(),
+        categories: m.candidates.clone(),
+        series: m.columns.clone(),
+    };
+    b.push_str(&chart.svg());
+    let mut head = vec![("candidate".to_string(), "")];
+    head.extend(m.columns.iter().map(|c| (c.0.clone(), "num")));
+    let rows: Vec<Vec<(String, &str)>> = m
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut row = vec![(name.clone(), "")];
+            row.extend(m.columns.iter().map(|c| num(c.1[i], 4)));
+            row
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    let k = m.candidates.len();
+    let mut text = format!("Weights sum to 1; uniform gives each of the {k} candidates 1/{k}.");
+    if let Some(s) = &r.search {
+        let _ = write!(
+            text,
+            " The search chose the mean of its {} best-predicted pool mixtures.",
+            s.data.top.len()
+        );
+    }
+    note(&mut b, &text);
+    Section {
+        id: "mixture",
+        title: "Chosen mixture",
+        body: b,
+    }
+}
+
+fn predictions(r: &Report) -> Section {
+    let mut b = String::new();
+    let views = r.target_views();
+    note(
+        &mut b,
+        "Each point is a proxy of a round after the first: the score its round's predictor predicted before the proxy was evaluated (x) against the score measured on the merged proxy (y). The final predictors, fitted on every proxy, are judged by k-fold cross-validation.",
+    );
+    b.push_str("<div class=\"plots\">");
+    for v in &views {
+        let annotation = match v.rho {
+            Some(rho) => format!("Spearman ρ = {rho:.3} (n = {})", v.points.len()),
+            None if v.points.is_empty() => "no proxy was predicted before evaluation".into(),
+            None => format!("Spearman ρ undefined (n = {})", v.points.len()),
+        };
+        let plot = ScatterPlot {
+            title: format!("{} ({})", v.name, direction_word(v.direction)),
+            x_label: "predicted".into(),
+            y_label: "measured".into(),
+            series: vec![Series::new("proxies", v.points.clone())],
+            identity: true,
+            annotation: Some(annotation),
+        };
+        b.push_str(&plot.svg());
+    }
+    b.push_str("</div>");
+    let head = [
+        ("target".to_string(), ""),
+        ("direction".into(), ""),
+        ("ρ predicted vs measured".into(), "num"),
+        ("n".into(), "num"),
+        ("final predictor".into(), ""),
+        ("CV folds".into(), "num"),
+        ("CV RMSE".into(), "num"),
+        ("CV ρ".into(), "num"),
+        ("predicted for chosen".into(), "num"),
+        ("best proxy measured".into(), "num"),
+    ];
+    let rows: Vec<Vec<(String, &str)>> = views
+        .iter()
+        .map(|v| {
+            vec![
+                (v.name.clone(), ""),
+                (direction_word(v.direction).into(), ""),
+                num(v.rho, 3),
+                num(Some(v.points.len() as f64), 0),
+                (v.model.clone().unwrap_or("–".into()), ""),
+                num(v.cv_folds.map(|f| f as f64), 0),
+                num(v.cv_rmse, 4),
+                num(v.cv_rho, 3),
+                num(v.chosen_predicted, 4),
+                num(v.best_measured, 4),
+            ]
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    if let Some(t) = r.search_noise_table() {
+        note(
+            &mut b,
+            "How far apart the first round's proxies are on each target, against what scoring them on a finite sample alone could make (the standard error of the difference of two proxies scored on the same text). A ratio near or below 1 means that target's ranking is mostly sampling noise: score more tokens.",
+        );
+        view(&mut b, &t);
+    }
+    Section {
+        id: "predictions",
+        title: "Predicted vs measured proxy scores",
+        body: b,
+    }
+}
+
+fn evaluations(r: &Report) -> Section {
+    let mut b = String::new();
+    let rows = r.eval_rows();
+    let losses: Vec<&super::EvalRow> = rows
+        .iter()
+        .filter(|x| x.group == "dataset" && x.metric == "loss")
+        .collect();
+    if !losses.is_empty() {
+        let chart = BarChart {
+            title: "Validation loss by dataset".into(),
+            y_label: "loss (nats per token)".into(),
+            categories: losses.iter().map(|x| x.name.clone()).collect(),
+            series: r
+                .evaluations
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    (
+                        e.label.clone(),
+                        losses.iter().map(|x| x.values[i]).collect(),
+                    )
+                })
+                .collect(),
+        };
+        b.push_str(&chart.svg());
+    }
+    let mut head = vec![("dataset or task".to_string(), ""), ("metric".into(), "")];
+    head.extend(r.evaluations.iter().map(|e| (e.label.clone(), "num")));
+    let body: Vec<Vec<(String, &str)>> = rows
+        .iter()
+        .map(|x| {
+            let best = x.best();
+            let mut row = vec![
+                (format!("{} ({})", x.name, x.group), ""),
+                (x.metric.replace('_', " "), ""),
+            ];
+            row.extend(x.values.iter().enumerate().map(|(i, v)| {
+                let (t, _) = num(*v, 4);
+                (t, if best == Some(i) { "num best" } else { "num" })
+            }));
+            row
+        })
+        .collect();
+    table(&mut b, &head, &body);
+    note(
+        &mut b,
+        "Validation loss in nats per token, bits per byte across tokenizers; the best value of each row is in bold.",
+    );
+    Section {
+        id: "evaluations",
+        title: "Evaluations",
+        body: b,
+    }
+}
+
+fn proxies(r: &Report) -> Section {
+    let mut b = String::new();
+    let s = r.search.as_ref().expect("search given");
+    let names = r.search_candidates().unwrap_or_default();
+    let best = r.best_proxies(PROXY_ROWS);
+    let mut head = vec![
+        ("rank".to_string(), "num"),
+        ("round".into(), "num"),
+        ("pool #".into(), "num"),
+    ];
+    head.extend(names.iter().map(|n| (n.clone(), "num")));
+    head.extend(s.data.targets.iter().map(|t| (t.name.clone(), "num")));
+    head.push(("objective".into(), "num"));
+    let rows: Vec<Vec<(String, &str)>> = best
+        .iter()
+        .enumerate()
+        .map(|(rank, (_, p))| {
+            let mut row = vec![
+                ((rank + 1).to_string(), "num"),
+                (p.round.to_string(), "num"),
+                (p.pool_index.to_string(), "num"),
+            ];
+            row.extend(p.weights.iter().map(|w| num(Some(*w), 4)));
+            row.extend(p.scores.iter().map(|x| num(Some(*x), 4)));
+            row.push(num(Some(p.objective), 4));
+            row
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    let n = s.data.proxies.len();
+    note(
+        &mut b,
+        &if best.len() < n {
+            format!(
+                "The {} best of {n} evaluated proxies by objective (lower is better): weights, then measured scores. All are in {}.",
+                best.len(),
+                s.file
+            )
+        } else {
+            format!(
+                "All {n} evaluated proxies by objective (lower is better): weights, then measured scores."
+            )
+        },
+    );
+    Section {
+        id: "proxies",
+        title: "Proxies",
+        body: b,
+    }
+}
+
+fn cost(r: &Report) -> Section {
+    let mut b = String::new();
+    let s = &r.search.as_ref().expect("search given").data;
+    let rounds: Vec<String> = s.rounds.iter().map(|x| x.proxies.to_string()).collect();
+    facts(
+        &mut b,
+        &[
+            ("proxies evaluated", s.cost.proxies_evaluated.to_string()),
+            (
+                "rounds",
+                format!("{} ({})", s.rounds.len(), rounds.join(" + ")),
+            ),
+            ("pool", format!("{} sampled mixtures", s.pool_size)),
+            (
+                "chosen",
+                format!("mean of the top {} predicted mixtures", s.top.len()),
+            ),
+            ("objective", objective_words(&s.objective)),
+            (
+                "targets",
+                s.targets
+                    .iter()
+                    .map(|t| format!("{} ({})", t.name, direction_word(t.direction)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            ("seed", s.seed.to_string()),
+            ("evaluating proxies", fmt_secs(s.cost.evaluate_seconds)),
+            ("fitting predictors", fmt_secs(s.cost.fit_seconds)),
+            ("search in all", fmt_secs(s.cost.total_seconds)),
+            (
+                "proxies per minute",
+                if s.cost.evaluate_seconds > 0.0 {
+                    format!(
+                        "{:.1}",
+                        s.cost.proxies_evaluated as f64 * 60.0 / s.cost.evaluate_seconds
+                    )
+                } else {
+                    "–".into()
+                },
+            ),
+            (
+                "validation tokens scored",
+                fmt_tokens(s.cost.tokens_evaluated as f64),
+            ),
+            (
+                "training tokens spent on proxies",
+                fmt_tokens(s.cost.tokens_trained as f64),
+            ),
+        ],
+    );
+    let head = [
+        ("round".to_string(), "num"),
+        ("proxies".into(), "num"),
+        ("chosen by".into(), ""),
+    ];
+    let rows: Vec<Vec<(String, &str)>> = s
+        .rounds
+        .iter()
+        .map(|x| {
+            let by = if x.fits.is_empty() {
+                "random draw from the pool".to_string()
+            } else {
+                x.fits
+                    .iter()
+                    .map(|f| {
+                        let model = serde_json::to_value(f.model)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        match f.cv.as_ref().and_then(|c| c.spearman) {
+                            Some(rho) => format!("{}: {model} (CV ρ {rho:.2})", f.target),
+                            None => format!("{}: {model}", f.target),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            vec![
+                (x.round.to_string(), "num"),
+                (x.proxies.to_string(), "num"),
+                (by, ""),
+            ]
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    note(
+        &mut b,
+        "Times are the search step's own; the merges and evaluations of the proxies, when run as their own steps, are listed under Lineage.",
+    );
+    Section {
+        id: "cost",
+        title: "Search cost",
+        body: b,
+    }
+}
+
+fn lineage(l: &super::LineageSummary) -> Section {
+    let mut b = String::new();
+    b.push_str("<h3>Inputs of this report</h3>");
+    let head = [
+        ("field".to_string(), ""),
+        ("input".into(), ""),
+        ("made by".into(), ""),
+        ("kind".into(), ""),
+        ("key".into(), ""),
+        ("host".into(), ""),
+        ("started".into(), ""),
+        ("took".into(), "num"),
+    ];
+    let mut rows: Vec<Vec<(String, &str)>> = Vec::new();
+    for i in &l.inputs {
+        for p in &i.producers {
+            let row = match p {
+                Producer::Step {
+                    step,
+                    output,
+                    workflow,
+                    kind,
+                    key,
+                    host,
+                    started,
+                    duration_s,
+                } => vec![
+                    (i.field.clone(), ""),
+                    (i.reference.clone(), ""),
+                    (format!("{step}.{output} ({workflow})"), ""),
+                    (kind.clone(), ""),
+                    (short(key).to_string(), ""),
+                    (host.clone(), ""),
+                    (started.clone(), ""),
+                    (fmt_secs(*duration_s), "num"),
+                ],
+                Producer::Missing { step, output, key } => vec![
+                    (i.field.clone(), ""),
+                    (i.reference.clone(), ""),
+                    (format!("{step}.{output}"), ""),
+                    ("record no longer in the store".into(), ""),
+                    (short(key).to_string(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), "num"),
+                ],
+                Producer::File { path, hash } => vec![
+                    (i.field.clone(), ""),
+                    (i.reference.clone(), ""),
+                    (format!("workspace file {path}"), ""),
+                    ("file".into(), ""),
+                    (format!("blake3 {}", short(hash)), ""),
+                    ("–".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), "num"),
+                ],
+                Producer::Dataset { name, files } => vec![
+                    (i.field.clone(), ""),
+                    (i.reference.clone(), ""),
+                    (format!("dataset {name} ({files} files)"), ""),
+                    ("dataset".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), ""),
+                    ("–".into(), "num"),
+                ],
+            };
+            rows.push(row);
+        }
+    }
+    table(&mut b, &head, &rows);
+    if !l.ancestors.is_empty() {
+        let total: f64 = l.ancestors.iter().map(|a| a.duration_s).sum();
+        b.push_str("<h3>Every step upstream</h3>");
+        let head = [
+            ("step".to_string(), ""),
+            ("kind".into(), ""),
+            ("key".into(), ""),
+            ("host".into(), ""),
+            ("started".into(), ""),
+            ("took".into(), "num"),
+        ];
+        let rows: Vec<Vec<(String, &str)>> = l
+            .ancestors
+            .iter()
+            .take(ANCESTOR_ROWS)
+            .map(|a| {
+                vec![
+                    (a.step.clone(), ""),
+                    (a.kind.clone(), ""),
+                    (short(&a.key).to_string(), ""),
+                    (a.host.clone(), ""),
+                    (a.started.clone(), ""),
+                    (fmt_secs(a.duration_s), "num"),
+                ]
+            })
+            .collect();
+        table(&mut b, &head, &rows);
+        let mut text = format!(
+            "{} step results upstream, {} of step time in all.",
+            l.ancestors.len(),
+            fmt_secs(total)
+        );
+        if l.ancestors.len() > ANCESTOR_ROWS {
+            let _ = write!(
+                text,
+                " The first {ANCESTOR_ROWS} by start time are listed; `demix lineage` shows them all."
+            );
+        }
+        note(&mut b, &text);
+    }
+    Section {
+        id: "lineage",
+        title: "Lineage",
+        body: b,
+    }
+}
+
+fn validation(v: &demix_mix::validate::Validation) -> Section {
+    use demix_mix::validate::PredictorKind;
+    let mut b = String::new();
+    for w in &v.warnings {
+        let _ = write!(b, "<p><strong>Warning:</strong> {}</p>", escape(w));
+    }
+    note(
+        &mut b,
+        &format!(
+            "{} reference models, each trained on a random mixture with the components' recipe and budget. Each predictor's scores at those mixtures are ranked against the references'. The headline is the objective the search optimises (x: the predictor's, y: the references'; lower is better); per-target rho is flattered by each domain's own weight, which the `weights` baseline shows.",
+            v.references
+        ),
+    );
+    b.push_str("<div class=\"plots\">");
+    for (p, scores) in v.predictors.iter().zip(&v.predicted) {
+        if p.kind == PredictorKind::Baseline && p.name == "weights" {
+            continue;
+        }
+        let obj = v.objective.values(&v.targets, scores);
+        let points: Vec<(f64, f64)> = obj
+            .iter()
+            .copied()
+            .zip(v.reference_objective.iter().copied())
+            .collect();
+        let plot = ScatterPlot {
+            title: format!("{}: objective", p.name),
+            x_label: format!("{} objective", p.name),
+            y_label: "reference objective".into(),
+            series: vec![Series::new("references", points)],
+            identity: false,
+            annotation: Some(match p.objective.spearman {
+                Some(rho) => format!("Spearman ρ = {rho:.3} (n = {})", v.references),
+                None => "Spearman ρ undefined".into(),
+            }),
+        };
+        b.push_str(&plot.svg());
+    }
+    b.push_str("</div>");
+    if let Some(k) = v.predictors.iter().position(|p| p.name == "merged") {
+        let _ = write!(b, "<h3>Merged proxies against references, per target</h3>");
+        b.push_str("<div class=\"plots\">");
+        for (t, target) in v.targets.iter().enumerate() {
+            let points: Vec<(f64, f64)> = v.predicted[k]
+                .iter()
+                .zip(&v.reference_scores)
+                .map(|(p, r)| (p[t], r[t]))
+                .collect();
+            let plot = ScatterPlot {
+                title: format!("{} ({})", target.name, direction_word(target.direction)),
+                x_label: "merged proxy".into(),
+                y_label: "reference".into(),
+                series: vec![Series::new("references", points)],
+                identity: true,
+                annotation: v.predictors[k].targets[t]
+                    .spearman
+                    .map(|rho| format!("Spearman ρ = {rho:.3}")),
+            };
+            b.push_str(&plot.svg());
+        }
+        b.push_str("</div>");
+    }
+    let head = [
+        ("predictor".to_string(), ""),
+        ("kind".into(), ""),
+        ("training tokens".into(), "num"),
+        ("objective ρ".into(), "num"),
+        ("90% CI".into(), ""),
+        (format!("top-{:.0}% ρ", v.top_fraction * 100.0), "num"),
+        ("Kendall τ".into(), "num"),
+        ("pick's rank".into(), "num"),
+        ("macro ρ".into(), "num"),
+        ("recovery".into(), "num"),
+    ];
+    let rows: Vec<Vec<(String, &str)>> = v
+        .predictors
+        .iter()
+        .map(|p| {
+            let o = &p.objective;
+            vec![
+                (p.name.clone(), ""),
+                (format!("{:?}", p.kind).to_lowercase(), ""),
+                (
+                    p.training_tokens
+                        .map_or("–".into(), |t| fmt_tokens(t as f64)),
+                    "num",
+                ),
+                num(o.spearman, 3),
+                (
+                    o.interval
+                        .as_ref()
+                        .map_or("–".into(), |i| format!("[{:.2}, {:.2}]", i.lo, i.hi)),
+                    "",
+                ),
+                num(o.top_spearman, 3),
+                num(o.kendall, 3),
+                num(o.regret.as_ref().map(|r| r.pick_rank), 1),
+                num(p.macro_spearman, 3),
+                num(p.macro_recovery, 3),
+            ]
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    if !v.objectives.is_empty() {
+        let _ = write!(b, "<h3>Every objective, with its noise ceiling</h3>");
+        if v.replicas >= 2 {
+            note(
+                &mut b,
+                &format!(
+                    "Each reference mixture was trained {} times with different seeds; the references are the mean. The ceiling is the ρ a noiseless predictor would reach against that mean: sqrt(R r / (1 + (R − 1) r)) for R replicas with replicate ρ r.",
+                    v.replicas
+                ),
+            );
+        }
+        view(&mut b, &objectives_table(v));
+    }
+    if let Some(t) = seed_noise_table(v) {
+        let _ = write!(b, "<h3>Signal against seed noise</h3>");
+        view(&mut b, &t);
+    }
+    if !v.verdicts.is_empty() {
+        let _ = write!(b, "<h3>Verdicts</h3>");
+        for x in &v.verdicts {
+            let _ = write!(b, "<p>{}</p>", escape(&x.sentence));
+        }
+        if let Some(t) = verdict_table(&v.verdicts) {
+            view(&mut b, &t);
+        }
+    }
+    let mut head = vec![("predictor".to_string(), "")];
+    head.extend(v.targets.iter().map(|t| (format!("ρ {}", t.name), "num")));
+    let rows: Vec<Vec<(String, &str)>> = v
+        .predictors
+        .iter()
+        .map(|p| {
+            let mut row = vec![(p.name.clone(), "")];
+            row.extend(p.targets.iter().map(|m| num(m.spearman, 3)));
+            row
+        })
+        .collect();
+    table(&mut b, &head, &rows);
+    if !v.finals.is_empty() {
+        let _ = write!(b, "<h3>Final models among the references</h3>");
+        note(&mut b, "Rank 1 is best; ties count half.");
+        let mut head = vec![
+            ("model".to_string(), ""),
+            ("macro rank".into(), "num"),
+            ("objective rank".into(), "num"),
+        ];
+        head.extend(v.targets.iter().map(|t| (t.name.clone(), "num")));
+        let rows: Vec<Vec<(String, &str)>> = v
+            .finals
+            .iter()
+            .map(|f| {
+                let mut row = vec![
+                    (f.name.clone(), ""),
+                    num(Some(f.macro_rank), 2),
+                    num(Some(f.objective_rank), 1),
+                ];
+                row.extend(f.ranks.iter().map(|r| num(Some(*r), 1)));
+                row
+            })
+            .collect();
+        table(&mut b, &head, &rows);
+    }
+    Section {
+        id: "validation",
+        title: "Validation",
+        body: b,
+    }
+}

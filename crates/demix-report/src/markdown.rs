@@ -1,0 +1,325 @@
+//! The short Markdown summary: the chosen mixture, the search, the evaluations
+//! and the training runs as tables; the HTML report has the plots and the rest.
+
+use std::fmt::Write;
+
+use super::{
+    MixtureView, Report, TableView, direction_word, fmt_num, fmt_secs, fmt_tokens,
+    objectives_table, seed_noise_table, short, verdict_table,
+};
+use demix_mix::validate::Validation;
+
+/// Text safe inside a table cell.
+fn cell(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
+}
+
+fn table(out: &mut String, head: &[String], right: &[bool], rows: &[Vec<String>]) {
+    let _ = writeln!(
+        out,
+        "| {} |",
+        head.iter().map(|h| cell(h)).collect::<Vec<_>>().join(" | ")
+    );
+    let _ = writeln!(
+        out,
+        "|{}|",
+        right
+            .iter()
+            .map(|r| if *r { "---:" } else { "---" })
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} |",
+            r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    out.push('\n');
+}
+
+fn view(out: &mut String, t: &TableView) {
+    let head: Vec<String> = t.head.iter().map(|h| h.0.clone()).collect();
+    let right: Vec<bool> = t.head.iter().map(|h| h.1).collect();
+    table(out, &head, &right, &t.rows);
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("–".into(), |v| fmt_num(v, decimals))
+}
+
+pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# {}\n", r.title.replace('\n', " "));
+    let _ = writeln!(
+        out,
+        "Workflow `{}`, step `{}` (key `{}`); plots and details in report.html.\n",
+        r.workflow,
+        r.step,
+        short(&r.key)
+    );
+    let verdicts = r.all_verdicts();
+    if !verdicts.is_empty() {
+        out.push_str("## Verdict\n\n");
+        for v in &verdicts {
+            let _ = writeln!(out, "- {}", v.sentence);
+        }
+        out.push('\n');
+        if let Some(t) = verdict_table(&r.verdicts) {
+            view(&mut out, &t);
+        }
+    }
+    if let Some(m) = mixtures {
+        out.push_str("## Chosen mixture\n\n");
+        let mut head = vec!["candidate".to_string()];
+        head.extend(m.columns.iter().map(|c| c.0.clone()));
+        let mut right = vec![false];
+        right.extend(m.columns.iter().map(|_| true));
+        let rows: Vec<Vec<String>> = m
+            .candidates
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut row = vec![n.clone()];
+                row.extend(m.columns.iter().map(|c| opt(c.1[i], 4)));
+                row
+            })
+            .collect();
+        table(&mut out, &head, &right, &rows);
+    }
+    if let Some(s) = &r.search {
+        let d = &s.data;
+        out.push_str("## Search\n\n");
+        let rounds: Vec<String> = d.rounds.iter().map(|x| x.proxies.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "{} proxies in {} rounds ({}) from a pool of {}; the chosen mixture is the mean of the top {} predicted; the search took {}.\n",
+            d.cost.proxies_evaluated,
+            d.rounds.len(),
+            rounds.join(" + "),
+            d.pool_size,
+            d.top.len(),
+            fmt_secs(d.cost.total_seconds)
+        );
+        let head: Vec<String> = [
+            "target",
+            "direction",
+            "ρ predicted vs measured (n)",
+            "final predictor",
+            "CV ρ",
+            "CV RMSE",
+            "predicted for chosen",
+            "best proxy measured",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows: Vec<Vec<String>> = r
+            .target_views()
+            .iter()
+            .map(|v| {
+                vec![
+                    v.name.clone(),
+                    direction_word(v.direction).into(),
+                    format!("{} ({})", opt(v.rho, 3), v.points.len()),
+                    v.model.clone().unwrap_or("–".into()),
+                    opt(v.cv_rho, 3),
+                    opt(v.cv_rmse, 4),
+                    opt(v.chosen_predicted, 4),
+                    opt(v.best_measured, 4),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &head,
+            &[false, false, true, false, true, true, true, true],
+            &rows,
+        );
+        if let Some(t) = r.search_noise_table() {
+            out.push_str("How far apart the first round's proxies are on each target, against what scoring them on a finite sample alone could make:\n\n");
+            view(&mut out, &t);
+        }
+    }
+    if let Some(t) = r.tokenizer_table() {
+        out.push_str("## Tokenizer sample\n\n");
+        view(&mut out, &t);
+    }
+    if !r.evaluations.is_empty() {
+        out.push_str("## Evaluations\n\n");
+        let mut head = vec!["dataset or task".to_string(), "metric".into()];
+        head.extend(r.evaluations.iter().map(|e| e.label.clone()));
+        let mut right = vec![false, false];
+        right.extend(r.evaluations.iter().map(|_| true));
+        let rows: Vec<Vec<String>> = r
+            .eval_rows()
+            .iter()
+            .map(|x| {
+                let best = x.best();
+                let mut row = vec![x.name.clone(), x.metric.replace('_', " ")];
+                row.extend(x.values.iter().enumerate().map(|(i, v)| {
+                    let t = opt(*v, 4);
+                    if best == Some(i) {
+                        format!("**{t}**")
+                    } else {
+                        t
+                    }
+                }));
+                row
+            })
+            .collect();
+        table(&mut out, &head, &right, &rows);
+    }
+    if !r.training.is_empty() {
+        out.push_str("## Training\n\n");
+        let head: Vec<String> = ["run", "tokens", "final loss", "lowest loss"]
+            .map(String::from)
+            .to_vec();
+        let rows: Vec<Vec<String>> = r
+            .training
+            .iter()
+            .map(|t| {
+                let last = t.data.last();
+                vec![
+                    t.label.clone(),
+                    last.map_or("–".into(), |p| fmt_tokens(p.tokens)),
+                    opt(last.map(|p| p.loss), 4),
+                    opt(t.data.min_loss(), 4),
+                ]
+            })
+            .collect();
+        table(&mut out, &head, &[false, true, true, true], &rows);
+    }
+    if let Some(v) = &r.validation {
+        out.push_str(&validation(&v.data));
+        out.push('\n');
+    }
+    if let Some(l) = &r.lineage
+        && !l.ancestors.is_empty()
+    {
+        let total: f64 = l.ancestors.iter().map(|a| a.duration_s).sum();
+        let _ = writeln!(
+            out,
+            "## Lineage\n\n{} step results upstream, {} of step time in all; `demix lineage {}` traces each.\n",
+            l.ancestors.len(),
+            fmt_secs(total),
+            r.step
+        );
+    }
+    out
+}
+
+fn opt3(x: Option<f64>) -> String {
+    x.map_or("n/a".into(), |v| format!("{v:.3}"))
+}
+
+/// A validation against trained references as Markdown (also `validation.md`).
+pub fn validation(v: &Validation) -> String {
+    let mut s = String::new();
+    let obj = super::objective_words(&v.objective);
+    let _ = writeln!(
+        s,
+        "# Validation against {} trained references\n",
+        v.references
+    );
+    for w in &v.warnings {
+        let _ = writeln!(s, "> **Warning:** {w}\n");
+    }
+    let _ = writeln!(
+        s,
+        "Headline: Spearman rho between each predictor's objective ({obj}) and the references'. Per-target rho is flattered by each domain's own weight; compare with `weights`.\n"
+    );
+    if v.replicas >= 2 {
+        let _ = writeln!(
+            s,
+            "Each reference mixture was trained {} times with different seeds; the references are the mean. The ceiling is the rho a noiseless predictor would reach against that mean, sqrt(R r / (1 + (R - 1) r)) for R replicas with replicate rho r.\n",
+            v.replicas
+        );
+    }
+    if !v.objectives.is_empty() {
+        let _ = writeln!(s, "Every objective side by side (the headline first):\n");
+        view(&mut s, &objectives_table(v));
+    }
+    if let Some(t) = seed_noise_table(v) {
+        let _ = writeln!(s, "Signal against seed noise per target:\n");
+        view(&mut s, &t);
+    }
+    if !v.verdicts.is_empty() {
+        let _ = writeln!(s, "Verdicts:\n");
+        for x in &v.verdicts {
+            let _ = writeln!(s, "- {}", x.sentence);
+        }
+        s.push('\n');
+        if let Some(t) = verdict_table(&v.verdicts) {
+            view(&mut s, &t);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "| predictor | kind | training tokens | objective rho | 90% CI | top-{:.0}% rho | Kendall tau | pick's rank | macro rho | recovery |",
+        v.top_fraction * 100.0
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    for p in &v.predictors {
+        let o = &p.objective;
+        let ci = o
+            .interval
+            .as_ref()
+            .map_or("n/a".into(), |i| format!("[{:.2}, {:.2}]", i.lo, i.hi));
+        let _ = writeln!(
+            s,
+            "| {} | {:?} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            p.name,
+            p.kind,
+            p.training_tokens.map_or("n/a".into(), |t| t.to_string()),
+            opt3(o.spearman),
+            ci,
+            opt3(o.top_spearman),
+            opt3(o.kendall),
+            o.regret
+                .as_ref()
+                .map_or("n/a".into(), |r| format!("{:.1}", r.pick_rank)),
+            opt3(p.macro_spearman),
+            opt3(p.macro_recovery),
+        );
+    }
+    let _ = writeln!(s, "\nPer-target Spearman rho:\n");
+    let _ = write!(s, "| predictor |");
+    for t in &v.targets {
+        let _ = write!(s, " {} |", t.name);
+    }
+    let _ = writeln!(s, "\n|---|{}", "---|".repeat(v.targets.len()));
+    for p in &v.predictors {
+        let _ = write!(s, "| {} |", p.name);
+        for m in &p.targets {
+            let _ = write!(s, " {} |", opt3(m.spearman));
+        }
+        let _ = writeln!(s);
+    }
+    if !v.finals.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nFinal models among the {} references (rank 1 = best; lower is better):\n",
+            v.references
+        );
+        let _ = write!(s, "| model | macro rank | objective rank |");
+        for t in &v.targets {
+            let _ = write!(s, " {} |", t.name);
+        }
+        let _ = writeln!(s, "\n|---|---|---|{}", "---|".repeat(v.targets.len()));
+        for f in &v.finals {
+            let _ = write!(
+                s,
+                "| {} | {:.2} | {:.1} |",
+                f.name, f.macro_rank, f.objective_rank
+            );
+            for r in &f.ranks {
+                let _ = write!(s, " {r:.1} |");
+            }
+            let _ = writeln!(s);
+        }
+    }
+    s
+}

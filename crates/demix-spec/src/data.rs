@@ -1,0 +1,143 @@
+//! Documents: where they are, how they are stored, which of them a split keeps,
+//! and DeMix's component recipe of candidate and general data.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::rng::fnv1a64;
+
+/// How a dataset's documents are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// From the extension (after stripping .gz/.zst): .jsonl/.json/.ndjson,
+    /// .parquet, anything else is plain text.
+    #[default]
+    Auto,
+    Text,
+    Jsonl,
+    Parquet,
+}
+
+/// One source of documents: a file, or a directory read recursively in
+/// sorted order (hidden files skipped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: Format,
+    /// JSON field / Parquet column with the text.
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+    /// JSON field / Parquet column with the document id (optional in data).
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
+fn default_id_field() -> String {
+    "id".into()
+}
+
+impl SourceSpec {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            format: Format::Auto,
+            text_field: default_text_field(),
+            id_field: default_id_field(),
+        }
+    }
+}
+
+/// Which documents of a source to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Keep only this part; `all` keeps everything.
+    #[serde(default)]
+    pub part: SplitPart,
+    /// Fraction of documents that go to validation.
+    #[serde(default = "default_val_fraction")]
+    pub validation_fraction: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_val_fraction() -> f64 {
+    0.01
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitPart {
+    #[default]
+    All,
+    Train,
+    Validation,
+}
+
+/// Deterministic by-document split: hash of (seed, id) against the fraction.
+/// Independent of document order and of the other documents.
+pub fn is_validation(id: &str, fraction: f64, seed: u64) -> bool {
+    let mut buf = seed.to_le_bytes().to_vec();
+    buf.extend_from_slice(id.as_bytes());
+    let h = fnv1a64(&buf);
+    // Mix so the top bits depend on every input byte.
+    let h = crate::rng::SplitMix64::new(h).next_u64();
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < fraction
+}
+
+impl SplitSpec {
+    pub fn keeps(&self, id: &str) -> bool {
+        match self.part {
+            SplitPart::All => true,
+            SplitPart::Validation => is_validation(id, self.validation_fraction, self.seed),
+            SplitPart::Train => !is_validation(id, self.validation_fraction, self.seed),
+        }
+    }
+}
+
+/// DeMix's component recipe: candidate data mixed with general data at share
+/// `beta` of the general data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentMix {
+    pub candidate: String,
+    pub general: String,
+    /// Share of general data (paper: 0.5).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+}
+
+fn default_beta() -> f64 {
+    0.5
+}
+
+impl ComponentMix {
+    /// `{candidate: math, general: sotu, beta: 0.25}` -> {math: 0.75, sotu: 0.25}.
+    pub fn weights(&self) -> Result<BTreeMap<String, f64>, String> {
+        if !(0.0..=1.0).contains(&self.beta) {
+            return Err(format!("beta {} not in [0, 1]", self.beta));
+        }
+        let mut m = BTreeMap::new();
+        if self.candidate == self.general {
+            m.insert(self.candidate.clone(), 1.0);
+            return Ok(m);
+        }
+        if self.beta < 1.0 {
+            m.insert(self.candidate.clone(), 1.0 - self.beta);
+        }
+        if self.beta > 0.0 {
+            m.insert(self.general.clone(), self.beta);
+        }
+        Ok(m)
+    }
+}
+

@@ -1,0 +1,3 @@
+fn main() {
+    demix_build::link_libtorch();
+}

@@ -1,0 +1,71 @@
+//! demix-worker: the process that runs the steps that need libtorch (training,
+//! evaluation, searches over merged proxies). `demix` starts it with a step's
+//! serialized spec; nothing else in demix maps libtorch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "demix-worker", version, about = "Runs demix steps that need libtorch.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// What the engine runs; the same shape as `demix internal`.
+    #[command(hide = true)]
+    Internal {
+        #[command(subcommand)]
+        command: Internal,
+    },
+    /// Print the libtorch version, whether CUDA is usable, the devices and threads.
+    Doctor,
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// Run one step from a serialized spec.
+    ExecStep {
+        spec: PathBuf,
+        #[arg(long)]
+        completion: Option<PathBuf>,
+        /// Stop when the process with this pid (the one that started this) is gone.
+        #[arg(long, value_name = "PID")]
+        die_with_parent: Option<u32>,
+    },
+    /// Run several specs of a batch folder one after another (a Slurm job).
+    ExecBatch { dir: PathBuf, names: Vec<String> },
+}
+
+fn main() -> ExitCode {
+    let registry = demix_kinds::registry();
+    let code = match Cli::parse().command {
+        Command::Internal {
+            command:
+                Internal::ExecStep {
+                    spec,
+                    completion,
+                    die_with_parent,
+                },
+        } => demix_core::exec::child::exec_step(
+            &registry,
+            &spec,
+            completion.as_deref(),
+            die_with_parent,
+        ),
+        Command::Internal {
+            command: Internal::ExecBatch { dir, names },
+        } => {
+            demix_core::exec::slurm::exec_batch(&registry, &dir, &names)
+        }
+        Command::Doctor => {
+            print!("{}", demix_ml::device::doctor());
+            0
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
