@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use demix_core::exec::{self, Outcome, Programs, RunOptions};
-use demix_core::graph::Graph;
+use demix_core::graph::{Graph, NodeId};
 use demix_core::kind::Registry;
 use demix_core::manifest::{DEFAULT_MANIFESTS, LoadError, Manifest};
 use demix_core::plan::{Planner, State};
@@ -98,12 +98,12 @@ fn store(cli_cache: &Option<PathBuf>) -> Store {
     Store::open(cli_cache.as_deref().unwrap_or(Path::new("cache")))
 }
 
-fn select(g: &Graph, sels: &[String], what: &str) -> Result<Vec<usize>, CliError> {
+fn select(g: &Graph, sels: &[String], what: &str) -> Result<Vec<NodeId>, CliError> {
     let mut out = Vec::new();
     for s in sels {
         let hits = g.select(s);
         if hits.is_empty() {
-            let ids: Vec<&str> = g.nodes.iter().map(|n| n.id.as_str()).collect();
+            let ids: Vec<&str> = g.nodes().map(|n| n.id.as_str()).collect();
             let hint = demix_core::manifest::did_you_mean(s, ids.iter().copied())
                 .map(|h| format!(" ({h})"))
                 .unwrap_or_default();
@@ -146,7 +146,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
                     "{}: ok ({} steps, {} nodes, {} datasets)",
                     g.manifest.path.display(),
                     g.manifest.steps.len(),
-                    g.nodes.len(),
+                    g.len(),
                     g.manifest.datasets.len()
                 );
             }
@@ -289,7 +289,7 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
     let force = select(&g, &a.force, "--force")?;
     let s = store(cache);
     if a.dry_run {
-        let only: Option<BTreeSet<usize>> =
+        let only: Option<BTreeSet<NodeId>> =
             (!targets.is_empty()).then(|| g.with_ancestors(&targets));
         let no_progress = |_: &Path, _: u64, _: u64| {};
         let planner = Planner::new(&g, &s, &no_progress);
@@ -299,7 +299,7 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         // plan: each missing glob is listed once with the steps waiting for it.
         let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (n, a) in planner.assess_all(&force, only.as_ref()) {
-            let id = &g.nodes[n].id;
+            let id = &g[n].id;
             match a {
                 Ok(a) if a.state == State::Fresh => println!("fresh  {id}"),
                 Ok(a) => {
@@ -466,7 +466,7 @@ fn status(
     let mut steps = Vec::new();
     let mut counts = [0usize; 4];
     for (n, a) in &all {
-        let node = &g.nodes[*n];
+        let node = &g[*n];
         let (state, reasons, key, error) = match a {
             Ok(a) => (Some(a.state), a.reasons.clone(), a.key.clone(), None),
             Err(e) => (None, vec![], None, Some(e.clone())),
@@ -540,11 +540,11 @@ fn status(
 
 fn dag(g: &Graph, format: DagFormat) -> String {
     let mut out = String::new();
-    let label = |i: usize| format!("{} ({})", g.nodes[i].id, g.nodes[i].kind.name());
+    let label = |i: NodeId| format!("{} ({})", g[i].id, g[i].kind.name());
     match format {
         DagFormat::Text => {
-            for &i in &g.order {
-                let deps: Vec<&str> = g.deps[i].iter().map(|&d| g.nodes[d].id.as_str()).collect();
+            for &i in g.order() {
+                let deps: Vec<&str> = g.deps(i).into_iter().map(|d| g[d].id.as_str()).collect();
                 if deps.is_empty() {
                     out.push_str(&format!("{}\n", label(i)));
                 } else {
@@ -557,14 +557,14 @@ fn dag(g: &Graph, format: DagFormat) -> String {
                 "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
                 g.manifest.name
             ));
-            for &i in &g.order {
+            for &i in g.order() {
                 out.push_str(&format!(
                     "  n{i} [label=\"{}\"];\n",
                     label(i).replace('"', "\\\"")
                 ));
             }
-            for &i in &g.order {
-                for &d in &g.deps[i] {
+            for &i in g.order() {
+                for d in g.deps(i) {
                     out.push_str(&format!("  n{d} -> n{i};\n"));
                 }
             }
@@ -572,14 +572,14 @@ fn dag(g: &Graph, format: DagFormat) -> String {
         }
         DagFormat::Mermaid => {
             out.push_str("flowchart LR\n");
-            for &i in &g.order {
+            for &i in g.order() {
                 out.push_str(&format!(
                     "  n{i}[\"{}\"]\n",
                     label(i).replace('"', "#quot;")
                 ));
             }
-            for &i in &g.order {
-                for &d in &g.deps[i] {
+            for &i in g.order() {
+                for d in g.deps(i) {
                     out.push_str(&format!("  n{d} --> n{i}\n"));
                 }
             }
@@ -613,9 +613,9 @@ fn report(a: crate::cli::ReportArgs, cache: &Option<PathBuf>) -> miette::Result<
     let g = load_graph(a.manifest.manifest)?;
     let s = store(cache);
     let steps: Vec<&str> = g
-        .order
+        .order()
         .iter()
-        .map(|&i| &g.nodes[i])
+        .map(|&i| &g[i])
         .filter(|n| n.kind.name() == "report")
         .map(|n| n.id.as_str())
         .collect();

@@ -1,19 +1,61 @@
 //! Expands a manifest's fan-outs, resolves references and builds the step DAG.
+//!
+//! The DAG is a petgraph [`DiGraph`]: its nodes are the expanded steps, in
+//! manifest order (a fan-out's items in theirs), and each edge goes from an
+//! upstream node to a node that uses it, weighted with the reference (or the
+//! `after:` entry) that makes it. Nodes are named by [`NodeId`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::fmt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use marked_yaml::types::MarkedScalarNode;
 use marked_yaml::{Node, Span};
+use petgraph::Direction::{Incoming, Outgoing};
+use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::{Control, Dfs, DfsEvent, Reversed, Walker, depth_first_search};
 use serde_json::Value;
 
+use crate::kind::{self, Plan, Registry, StepKind};
 use crate::manifest::template::{self, Piece, Ref, Select, Split};
 use crate::manifest::{
-    Diags, Manifest, ManifestError, Resources, did_you_mean, json_to_node, lookup_param,
+    Diags, Manifest, ManifestDiag, ManifestError, Resources, StepDecl, did_you_mean, json_to_node,
+    lookup_param,
 };
-use crate::kind::{self, Plan, Registry, StepKind};
+
+/// A node of the step graph. Nodes are numbered in manifest order, so ids
+/// compare as the steps' places in the manifest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(NodeIndex);
+
+impl NodeId {
+    /// The node's place in manifest order (0 for the first).
+    pub fn index(self) -> usize {
+        self.0.index()
+    }
+
+    /// The node at this place in manifest order.
+    pub(crate) fn new(index: usize) -> NodeId {
+        NodeId(NodeIndex::new(index))
+    }
+}
+
+/// The bare number, as a node index was written before it had a type: plans
+/// hash the `Debug` form of their inputs' sources.
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.index())
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.index())
+    }
+}
 
 /// Where an input's content comes from.
 #[derive(Clone, Debug)]
@@ -29,7 +71,7 @@ pub enum Source {
     },
     /// Outputs of one or more (with `[*]`) upstream nodes.
     Steps {
-        nodes: Vec<usize>,
+        nodes: Vec<NodeId>,
         output: String,
     },
 }
@@ -59,11 +101,10 @@ pub struct StepNode {
 
 pub struct Graph {
     pub manifest: Manifest,
-    pub nodes: Vec<StepNode>,
-    /// Upstream nodes of each node, sorted and unique.
-    pub deps: Vec<Vec<usize>>,
+    /// The steps, and an edge from each upstream node to each node that uses it.
+    dag: DiGraph<StepNode, Span>,
     /// A topological order (manifest order where the edges allow).
-    pub order: Vec<usize>,
+    order: Vec<NodeId>,
 }
 
 fn expanded_id(base: &str, item: Option<&str>) -> String {
@@ -81,19 +122,164 @@ impl Graph {
     /// Builds the graph, adding its problems to those already found in the manifest.
     pub fn build_checked(
         manifest: Manifest,
-        earlier: Vec<crate::manifest::ManifestDiag>,
+        earlier: Vec<ManifestDiag>,
         registry: &Registry,
     ) -> Result<Graph, ManifestError> {
-        let src = manifest.src.clone();
-        let mut d = Diags::new(&src);
+        let (nodes, edges) = {
+            let mut b = Builder::new(&manifest, earlier);
+            b.expand(registry);
+            b.resolve();
+            b.after();
+            if !b.d.is_empty() {
+                return Err(b.d.finish().unwrap_err());
+            }
+            (b.nodes, b.edges)
+        };
+        let mut dag: DiGraph<StepNode, Span> = DiGraph::with_capacity(nodes.len(), edges.len());
+        for node in nodes {
+            dag.add_node(node);
+        }
+        // An edge written more than once is one edge, located where it is
+        // written last.
+        for (a, b, span) in edges {
+            dag.update_edge(a.0, b.0, span);
+        }
+        if let Some(cycle) = find_cycle(&dag) {
+            let mut d = Diags::new(&manifest.src);
+            cycle_error(&dag, &cycle, &mut d);
+            return Err(d.finish().unwrap_err());
+        }
+        let order = manifest_topo_order(&dag);
+        Ok(Graph {
+            manifest,
+            dag,
+            order,
+        })
+    }
+
+    /// The graph itself, for petgraph's algorithms.
+    pub fn dag(&self) -> &DiGraph<StepNode, Span> {
+        &self.dag
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.dag.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dag.node_count() == 0
+    }
+
+    /// Every node, in manifest order.
+    pub fn ids(&self) -> impl ExactSizeIterator<Item = NodeId> + use<> {
+        self.dag.node_indices().map(NodeId)
+    }
+
+    /// Every node's step, in manifest order.
+    pub fn nodes(&self) -> impl Iterator<Item = &StepNode> {
+        self.dag.node_weights()
+    }
+
+    /// A topological order: manifest order where the edges allow.
+    pub fn order(&self) -> &[NodeId] {
+        &self.order
+    }
+
+    /// The nodes `n` uses (its upstream nodes), in manifest order.
+    pub fn deps(&self, n: NodeId) -> Vec<NodeId> {
+        self.neighbors(n, Incoming)
+    }
+
+    /// The nodes that use `n`, in manifest order.
+    pub fn dependents(&self, n: NodeId) -> Vec<NodeId> {
+        self.neighbors(n, Outgoing)
+    }
+
+    fn neighbors(&self, n: NodeId, dir: petgraph::Direction) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.dag.neighbors_directed(n.0, dir).map(NodeId).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The node with this expanded id.
+    pub fn find(&self, id: &str) -> Option<NodeId> {
+        self.ids().find(|&n| self[n].id == id)
+    }
+
+    /// Nodes named by `sel`: an expanded id (`train[math]`) or a base id (all items).
+    pub fn select(&self, sel: &str) -> Vec<NodeId> {
+        if let Some(i) = self.find(sel) {
+            return vec![i];
+        }
+        self.ids().filter(|&n| self[n].base == sel).collect()
+    }
+
+    /// `targets` and everything upstream of them.
+    pub fn with_ancestors(&self, targets: &[NodeId]) -> BTreeSet<NodeId> {
+        let up = Reversed(&self.dag);
+        let mut dfs = Dfs::empty(up);
+        dfs.stack.extend(targets.iter().map(|n| n.0));
+        dfs.iter(up).map(NodeId).collect()
+    }
+
+    /// Everything downstream of `n`, not `n` itself.
+    pub fn descendants(&self, n: NodeId) -> BTreeSet<NodeId> {
+        Dfs::new(&self.dag, n.0)
+            .iter(&self.dag)
+            .map(NodeId)
+            .filter(|&d| d != n)
+            .collect()
+    }
+}
+
+impl std::ops::Index<NodeId> for Graph {
+    type Output = StepNode;
+
+    fn index(&self, n: NodeId) -> &StepNode {
+        &self.dag[n.0]
+    }
+}
+
+/// The nodes of one base id: one, or a fan-out's items with their item names.
+type Family = Vec<(Option<String>, NodeId)>;
+
+/// The graph while it is built: expanded nodes, their references, the edges
+/// found so far, and the problems.
+struct Builder<'m> {
+    manifest: &'m Manifest,
+    d: Diags<'m>,
+    /// The nodes, in manifest order: a node's [`NodeId`] is its place here.
+    nodes: Vec<StepNode>,
+    by_base: HashMap<String, Family>,
+    /// Each node's references, as its fields write them.
+    refs: Vec<Vec<(Ref, Span)>>,
+    /// Upstream node, node that uses it, and where that is written.
+    edges: Vec<(NodeId, NodeId, Span)>,
+    step_ids: Vec<&'m str>,
+}
+
+impl<'m> Builder<'m> {
+    fn new(manifest: &'m Manifest, earlier: Vec<ManifestDiag>) -> Self {
+        let mut d = Diags::new(&manifest.src);
         d.problems = earlier;
-        let mut nodes = Vec::new();
-        // base id -> [(item, node index)]
-        let mut by_base: HashMap<String, Vec<(Option<String>, usize)>> = HashMap::new();
-        let mut raw_refs: Vec<Vec<(Ref, Span)>> = Vec::new();
+        Builder {
+            manifest,
+            d,
+            nodes: Vec::new(),
+            by_base: HashMap::new(),
+            refs: Vec::new(),
+            edges: Vec::new(),
+            step_ids: manifest.steps.iter().map(|s| s.id.as_str()).collect(),
+        }
+    }
+
+    /// One node per step, or per item of a fan-out step, with its plan.
+    fn expand(&mut self, registry: &Registry) {
+        let manifest = self.manifest;
         for decl in manifest.steps.iter().filter(|s| !s.broken) {
             let Some(kind) = registry.get(&decl.kind) else {
-                d.push(
+                self.d.push(
                     &decl.kind_span,
                     format!("unknown step kind `{}`", decl.kind),
                     "unknown kind",
@@ -103,427 +289,424 @@ impl Graph {
                 continue;
             };
             let no_fields = BTreeMap::new();
-            let items: Vec<(Option<String>, &BTreeMap<String, Value>)> = match &decl.foreach {
-                Some(f) => f
-                    .items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| (Some(x.clone()), f.fields.get(i).unwrap_or(&no_fields)))
-                    .collect(),
-                None => vec![(None, &no_fields)],
-            };
-            for (item, fields) in items {
-                let mut body = Node::Mapping(decl.body.clone());
-                let mut used = BTreeMap::new();
-                let before = d.problems.len();
-                let it = item.as_deref().map(|i| (i, fields));
-                substitute(&mut body, &manifest, it, &mut used, &mut d);
-                if d.problems.len() > before {
-                    continue;
-                }
-                let Some(plan) = kind.plan(&body, &mut d) else {
-                    continue;
-                };
-                let mut refs = Vec::new();
-                collect_refs(&body, &mut refs);
-                if !plan.runtime_refs {
-                    for (r, span) in &refs {
-                        if matches!(r, Ref::Input(_) | Ref::Output(_) | Ref::OutDir) {
-                            d.error(
-                                span,
-                                format!("`{r}` is not available in a `{}` step", kind.name()),
-                                "reference",
-                            );
-                        }
+            match &decl.foreach {
+                Some(f) => {
+                    for (i, item) in f.items.iter().enumerate() {
+                        let fields = f.fields.get(i).unwrap_or(&no_fields);
+                        self.expand_item(decl, kind, Some((item, fields)));
                     }
                 }
-                let idx = nodes.len();
-                by_base
-                    .entry(decl.id.clone())
-                    .or_default()
-                    .push((item.clone(), idx));
-                raw_refs.push(refs);
-                nodes.push(StepNode {
-                    id: expanded_id(&decl.id, item.as_deref()),
-                    base: decl.id.clone(),
-                    item,
-                    kind,
-                    runner: kind.runner(&plan.params),
-                    plan,
-                    inputs: Vec::new(),
-                    params_used: used,
-                    resources: decl.resources.clone(),
-                    span: decl.id_span,
-                });
+                None => self.expand_item(decl, kind, None),
             }
         }
-        // Resolve references into inputs and edges.
-        let mut edges: Vec<(usize, usize, Span)> = Vec::new();
-        let step_ids: Vec<&str> = manifest.steps.iter().map(|s| s.id.as_str()).collect();
-        for (idx, refs) in raw_refs.iter().enumerate() {
-            let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
-            for (r, span) in refs {
-                let source = match r {
-                    Ref::Dataset { name, split } => {
-                        if !manifest.datasets.contains_key(name) {
-                            d.push(
-                                span,
-                                format!("unknown dataset `{name}`"),
-                                "no such dataset",
-                                did_you_mean(name, manifest.datasets.keys().map(String::as_str)),
-                            );
-                            continue;
-                        }
-                        Source::Dataset {
-                            name: name.clone(),
-                            split: *split,
-                        }
-                    }
-                    Ref::Step { id, select, output } => {
-                        let Some(targets) = by_base.get(id) else {
-                            if step_ids.contains(&id.as_str()) {
-                                continue; // the target had its own errors
-                            }
-                            d.push(
-                                span,
-                                format!("unknown step `{id}`"),
-                                "no such step",
-                                did_you_mean(id, step_ids.iter().copied()),
-                            );
-                            continue;
-                        };
-                        let fans_out = targets[0].0.is_some();
-                        let chosen: Vec<usize> = match select {
-                            Select::One if fans_out => {
-                                d.push(
-                                    span,
-                                    format!("step `{id}` fans out with `foreach`; pick one node or all of them"),
-                                    "ambiguous",
-                                    Some(format!(
-                                        "use `${{steps.{id}[KEY].{output}}}` or `${{steps.{id}[*].{output}}}`"
-                                    )),
-                                );
-                                continue;
-                            }
-                            Select::One => vec![targets[0].1],
-                            Select::Key(_) | Select::All | Select::Glob(_) if !fans_out => {
-                                d.error(span, format!("step `{id}` has no `foreach`; write `${{steps.{id}.{output}}}`"), "not a fan-out");
-                                continue;
-                            }
-                            Select::Key(k) => match targets
-                                .iter()
-                                .find(|(i, _)| i.as_deref() == Some(k))
-                            {
-                                Some((_, n)) => vec![*n],
-                                None => {
-                                    let keys: Vec<&str> =
-                                        targets.iter().filter_map(|(i, _)| i.as_deref()).collect();
-                                    d.push(
-                                        span,
-                                        format!("step `{id}` has no item `{k}`"),
-                                        "no such item",
-                                        did_you_mean(k, keys.iter().copied()).or_else(|| {
-                                            Some(format!("items: {}", keys.join(", ")))
-                                        }),
-                                    );
-                                    continue;
-                                }
-                            },
-                            Select::All => targets.iter().map(|(_, n)| *n).collect(),
-                            Select::Glob(g) => {
-                                let pat = match glob::Pattern::new(g) {
-                                    Ok(p) => p,
-                                    Err(e) => {
-                                        d.error(span, format!("bad item glob `{g}`: {e}"), "glob");
-                                        continue;
-                                    }
-                                };
-                                let hits: Vec<usize> = targets
-                                    .iter()
-                                    .filter(|(i, _)| i.as_deref().is_some_and(|i| pat.matches(i)))
-                                    .map(|(_, n)| *n)
-                                    .collect();
-                                if hits.is_empty() {
-                                    let keys: Vec<&str> =
-                                        targets.iter().filter_map(|(i, _)| i.as_deref()).collect();
-                                    d.push(
-                                        span,
-                                        format!("no item of step `{id}` matches `{g}`"),
-                                        "no such item",
-                                        Some(format!("items: {}", keys.join(", "))),
-                                    );
-                                    continue;
-                                }
-                                hits
-                            }
-                        };
-                        let outs = &nodes[chosen[0]].plan.outputs;
-                        if !outs.contains_key(output) {
-                            d.push(
-                                span,
-                                format!("step `{id}` has no output `{output}`"),
-                                "no such output",
-                                did_you_mean(output, outs.keys().map(String::as_str)).or_else(
-                                    || {
-                                        Some(format!(
-                                            "outputs: {}",
-                                            outs.keys().cloned().collect::<Vec<_>>().join(", ")
-                                        ))
-                                    },
-                                ),
-                            );
-                            continue;
-                        }
-                        for &c in &chosen {
-                            edges.push((c, idx, *span));
-                        }
-                        Source::Steps {
-                            nodes: chosen,
-                            output: output.clone(),
-                        }
-                    }
-                    _ => continue,
-                };
-                let key = r.to_string();
-                inputs.insert(
-                    key.clone(),
-                    Input {
-                        key,
-                        source,
-                        span: *span,
-                    },
-                );
-            }
-            for (name, split) in &nodes[idx].plan.datasets {
-                if !manifest.datasets.contains_key(name.as_str()) {
-                    d.push(
-                        name.span(),
-                        format!("unknown dataset `{}`", name.as_str()),
-                        "no such dataset",
-                        did_you_mean(name.as_str(), manifest.datasets.keys().map(String::as_str)),
+    }
+
+    fn expand_item(
+        &mut self,
+        decl: &StepDecl,
+        kind: &'static dyn StepKind,
+        item: Option<(&String, &BTreeMap<String, Value>)>,
+    ) {
+        let d = &mut self.d;
+        let mut body = Node::Mapping(decl.body.clone());
+        let mut used = BTreeMap::new();
+        let before = d.problems.len();
+        let it = item.map(|(i, fields)| (i.as_str(), fields));
+        substitute(&mut body, self.manifest, it, &mut used, d);
+        if d.problems.len() > before {
+            return;
+        }
+        let Some(plan) = kind.plan(&body, d) else {
+            return;
+        };
+        let mut refs = Vec::new();
+        collect_refs(&body, &mut refs);
+        if !plan.runtime_refs {
+            for (r, span) in &refs {
+                if matches!(r, Ref::Input(_) | Ref::Output(_) | Ref::OutDir) {
+                    d.error(
+                        span,
+                        format!("`{r}` is not available in a `{}` step", kind.name()),
+                        "reference",
                     );
-                    continue;
                 }
-                let r = Ref::Dataset {
-                    name: name.as_str().to_string(),
-                    split: *split,
-                };
-                let key = r.to_string();
-                inputs.insert(
-                    key.clone(),
-                    Input {
-                        key,
-                        source: Source::Dataset {
-                            name: name.as_str().to_string(),
-                            split: *split,
-                        },
-                        span: *name.span(),
-                    },
-                );
-            }
-            for p in &nodes[idx].plan.paths {
-                let written = p.as_str().to_string();
-                let abs = manifest.dir.join(&written);
-                inputs.insert(
-                    written.clone(),
-                    Input {
-                        key: written.clone(),
-                        source: Source::Path { abs, written },
-                        span: *p.span(),
-                    },
-                );
-            }
-            nodes[idx].inputs = inputs.into_values().collect();
-            check_counts(&nodes[idx], &mut d);
-            if let Some((need, what, span)) = &nodes[idx].plan.memory
-                && let Some(limit) = nodes[idx].resources.memory.as_deref()
-                && let Ok(have) = crate::manifest::parse_bytes(limit)
-                && *need > have
-            {
-                d.error(
-                    span,
-                    format!(
-                        "{what} needs about {} of memory, more than `resources.memory` ({limit})",
-                        crate::store::human_bytes(*need)
-                    ),
-                    "model",
-                );
             }
         }
-        // Explicit ordering with `after:`.
+        let item = item.map(|(i, _)| i.clone());
+        let id = NodeId::new(self.nodes.len());
+        self.by_base
+            .entry(decl.id.clone())
+            .or_default()
+            .push((item.clone(), id));
+        self.refs.push(refs);
+        self.nodes.push(StepNode {
+            id: expanded_id(&decl.id, item.as_deref()),
+            base: decl.id.clone(),
+            item,
+            kind,
+            runner: kind.runner(&plan.params),
+            plan,
+            inputs: Vec::new(),
+            params_used: used,
+            resources: decl.resources.clone(),
+            span: decl.id_span,
+        });
+    }
+
+    /// Resolves each node's references into inputs, and into edges.
+    fn resolve(&mut self) {
+        for (i, refs) in std::mem::take(&mut self.refs).into_iter().enumerate() {
+            let n = NodeId::new(i);
+            let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
+            for (r, span) in &refs {
+                let source = match r {
+                    Ref::Dataset { name, split } => self.dataset(name, *split, span),
+                    Ref::Step { id, select, output } => self.step_ref(n, id, select, output, span),
+                    _ => None,
+                };
+                if let Some(source) = source {
+                    let key = r.to_string();
+                    let span = *span;
+                    inputs.insert(key.clone(), Input { key, source, span });
+                }
+            }
+            self.plan_inputs(i, &mut inputs);
+            self.nodes[i].inputs = inputs.into_values().collect();
+            check_counts(&self.nodes[i], &mut self.d);
+            self.check_memory(i);
+        }
+    }
+
+    fn dataset(&mut self, name: &str, split: Split, span: &Span) -> Option<Source> {
+        let datasets = &self.manifest.datasets;
+        if !datasets.contains_key(name) {
+            self.d.push(
+                span,
+                format!("unknown dataset `{name}`"),
+                "no such dataset",
+                did_you_mean(name, datasets.keys().map(String::as_str)),
+            );
+            return None;
+        }
+        Some(Source::Dataset {
+            name: name.to_string(),
+            split,
+        })
+    }
+
+    /// `${steps.ID[SELECT].OUTPUT}` in node `n`: the nodes it names, each an edge to `n`.
+    fn step_ref(
+        &mut self,
+        n: NodeId,
+        id: &str,
+        select: &Select,
+        output: &str,
+        span: &Span,
+    ) -> Option<Source> {
+        let Some(targets) = self.by_base.get(id) else {
+            if !self.step_ids.contains(&id) {
+                self.d.push(
+                    span,
+                    format!("unknown step `{id}`"),
+                    "no such step",
+                    did_you_mean(id, self.step_ids.iter().copied()),
+                );
+            } // else the target had its own errors
+            return None;
+        };
+        let chosen = choose(targets, id, select, output, span, &mut self.d)?;
+        let outs = &self.nodes[chosen[0].index()].plan.outputs;
+        if !outs.contains_key(output) {
+            self.d.push(
+                span,
+                format!("step `{id}` has no output `{output}`"),
+                "no such output",
+                did_you_mean(output, outs.keys().map(String::as_str)).or_else(|| {
+                    Some(format!(
+                        "outputs: {}",
+                        outs.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                }),
+            );
+            return None;
+        }
+        for &c in &chosen {
+            self.edges.push((c, n, *span));
+        }
+        Some(Source::Steps {
+            nodes: chosen,
+            output: output.to_string(),
+        })
+    }
+
+    /// The inputs a node's plan names itself: datasets by name, and workspace paths.
+    fn plan_inputs(&mut self, i: usize, inputs: &mut BTreeMap<String, Input>) {
+        let manifest = self.manifest;
+        let plan = &self.nodes[i].plan;
+        for (name, split) in &plan.datasets {
+            if !manifest.datasets.contains_key(name.as_str()) {
+                self.d.push(
+                    name.span(),
+                    format!("unknown dataset `{}`", name.as_str()),
+                    "no such dataset",
+                    did_you_mean(name.as_str(), manifest.datasets.keys().map(String::as_str)),
+                );
+                continue;
+            }
+            let r = Ref::Dataset {
+                name: name.as_str().to_string(),
+                split: *split,
+            };
+            let key = r.to_string();
+            inputs.insert(
+                key.clone(),
+                Input {
+                    key,
+                    source: Source::Dataset {
+                        name: name.as_str().to_string(),
+                        split: *split,
+                    },
+                    span: *name.span(),
+                },
+            );
+        }
+        for p in &plan.paths {
+            let written = p.as_str().to_string();
+            let abs = manifest.dir.join(&written);
+            inputs.insert(
+                written.clone(),
+                Input {
+                    key: written.clone(),
+                    source: Source::Path { abs, written },
+                    span: *p.span(),
+                },
+            );
+        }
+    }
+
+    /// A step's `resources.memory` below what its plan says it needs.
+    fn check_memory(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        if let Some((need, what, span)) = &node.plan.memory
+            && let Some(limit) = node.resources.memory.as_deref()
+            && let Ok(have) = crate::manifest::parse_bytes(limit)
+            && *need > have
+        {
+            self.d.error(
+                span,
+                format!(
+                    "{what} needs about {} of memory, more than `resources.memory` ({limit})",
+                    crate::store::human_bytes(*need)
+                ),
+                "model",
+            );
+        }
+    }
+
+    /// Explicit ordering with `after:`.
+    fn after(&mut self) {
+        let manifest = self.manifest;
         for decl in &manifest.steps {
             for a in &decl.after {
                 let (base, item) = match a.as_str().split_once('[') {
                     Some((b, rest)) => (b, rest.strip_suffix(']')),
                     None => (a.as_str(), None),
                 };
-                let Some(targets) = by_base.get(base) else {
-                    d.push(
+                let Some(targets) = self.by_base.get(base) else {
+                    self.d.push(
                         a.span(),
                         format!("unknown step `{}` in `after`", a.as_str()),
                         "no such step",
-                        did_you_mean(base, step_ids.iter().copied()),
+                        did_you_mean(base, self.step_ids.iter().copied()),
                     );
                     continue;
                 };
-                let sources: Vec<usize> = targets
+                let sources: Vec<NodeId> = targets
                     .iter()
                     .filter(|(i, _)| item.is_none() || i.as_deref() == item)
                     .map(|(_, n)| *n)
                     .collect();
                 if sources.is_empty() {
-                    d.error(
+                    self.d.error(
                         a.span(),
                         format!("`{}` names no step node", a.as_str()),
                         "no such step",
                     );
                 }
-                for (_, to) in by_base.get(&decl.id).cloned().unwrap_or_default() {
+                for (_, to) in self.by_base.get(&decl.id).cloned().unwrap_or_default() {
                     for &s in &sources {
-                        edges.push((s, to, *a.span()));
+                        self.edges.push((s, to, *a.span()));
                     }
                 }
             }
         }
-        if !d.is_empty() {
-            return Err(d.finish().unwrap_err());
-        }
-        let mut g: DiGraph<usize, Span> = DiGraph::new();
-        let ix: Vec<NodeIndex> = (0..nodes.len()).map(|i| g.add_node(i)).collect();
-        let mut deps = vec![BTreeSet::new(); nodes.len()];
-        for (a, b, span) in &edges {
-            g.update_edge(ix[*a], ix[*b], *span);
-            deps[*b].insert(*a);
-        }
-        if let Some(cycle) = find_cycle(&g) {
-            let names: Vec<&str> = cycle.iter().map(|&n| nodes[g[n]].id.as_str()).collect();
-            let closing = g
-                .find_edge(cycle[cycle.len() - 1], cycle[0])
-                .map(|e| g[e])
-                .unwrap_or_else(|| nodes[g[cycle[0]]].span);
-            let mut path = names.join(" -> ");
-            path.push_str(&format!(" -> {}", names[0]));
-            d.push(
-                &closing,
-                format!("dependency cycle: {path}"),
-                "this reference closes the cycle",
-                Some(format!("steps on the cycle: {}", names.join(", "))),
-            );
-            return Err(d.finish().unwrap_err());
-        }
-        let order = topo_order(&deps);
-        Ok(Graph {
-            manifest,
-            nodes,
-            deps: deps.into_iter().map(|s| s.into_iter().collect()).collect(),
-            order,
-        })
-    }
-
-    /// The node with this expanded id.
-    pub fn find(&self, id: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.id == id)
-    }
-
-    /// Nodes named by `sel`: an expanded id (`train[math]`) or a base id (all items).
-    pub fn select(&self, sel: &str) -> Vec<usize> {
-        if let Some(i) = self.find(sel) {
-            return vec![i];
-        }
-        (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].base == sel)
-            .collect()
-    }
-
-    /// `targets` and everything upstream of them.
-    pub fn with_ancestors(&self, targets: &[usize]) -> BTreeSet<usize> {
-        let mut seen = BTreeSet::new();
-        let mut stack: Vec<usize> = targets.to_vec();
-        while let Some(n) = stack.pop() {
-            if seen.insert(n) {
-                stack.extend(&self.deps[n]);
-            }
-        }
-        seen
-    }
-
-    /// Nodes downstream of `n`.
-    pub fn dependents(&self, n: usize) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|&i| self.deps[i].contains(&n))
-            .collect()
     }
 }
 
-/// Kahn's algorithm, taking the lowest index (manifest order) first.
-fn topo_order(deps: &[BTreeSet<usize>]) -> Vec<usize> {
-    let n = deps.len();
-    let mut indeg: Vec<usize> = deps.iter().map(|d| d.len()).collect();
-    let mut users = vec![Vec::new(); n];
-    for (i, ds) in deps.iter().enumerate() {
-        for &d in ds {
-            users[d].push(i);
+/// The nodes of step `id` (its `targets`) that `select` picks.
+fn choose(
+    targets: &Family,
+    id: &str,
+    select: &Select,
+    output: &str,
+    span: &Span,
+    d: &mut Diags,
+) -> Option<Vec<NodeId>> {
+    let fans_out = targets[0].0.is_some();
+    let keys = || -> Vec<&str> { targets.iter().filter_map(|(i, _)| i.as_deref()).collect() };
+    match select {
+        Select::One if fans_out => {
+            d.push(
+                span,
+                format!("step `{id}` fans out with `foreach`; pick one node or all of them"),
+                "ambiguous",
+                Some(format!(
+                    "use `${{steps.{id}[KEY].{output}}}` or `${{steps.{id}[*].{output}}}`"
+                )),
+            );
+            None
+        }
+        Select::One => Some(vec![targets[0].1]),
+        Select::Key(_) | Select::All | Select::Glob(_) if !fans_out => {
+            d.error(
+                span,
+                format!("step `{id}` has no `foreach`; write `${{steps.{id}.{output}}}`"),
+                "not a fan-out",
+            );
+            None
+        }
+        Select::Key(k) => match targets.iter().find(|(i, _)| i.as_deref() == Some(k)) {
+            Some((_, n)) => Some(vec![*n]),
+            None => {
+                let keys = keys();
+                d.push(
+                    span,
+                    format!("step `{id}` has no item `{k}`"),
+                    "no such item",
+                    did_you_mean(k, keys.iter().copied())
+                        .or_else(|| Some(format!("items: {}", keys.join(", ")))),
+                );
+                None
+            }
+        },
+        Select::All => Some(targets.iter().map(|(_, n)| *n).collect()),
+        Select::Glob(g) => {
+            let pat = match glob::Pattern::new(g) {
+                Ok(p) => p,
+                Err(e) => {
+                    d.error(span, format!("bad item glob `{g}`: {e}"), "glob");
+                    return None;
+                }
+            };
+            let hits: Vec<NodeId> = targets
+                .iter()
+                .filter(|(i, _)| i.as_deref().is_some_and(|i| pat.matches(i)))
+                .map(|(_, n)| *n)
+                .collect();
+            if hits.is_empty() {
+                d.push(
+                    span,
+                    format!("no item of step `{id}` matches `{g}`"),
+                    "no such item",
+                    Some(format!("items: {}", keys().join(", "))),
+                );
+                return None;
+            }
+            Some(hits)
         }
     }
-    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
-    let mut order = Vec::with_capacity(n);
-    while let Some(i) = ready.pop_first() {
-        order.push(i);
-        for &u in &users[i] {
-            indeg[u] -= 1;
-            if indeg[u] == 0 {
-                ready.insert(u);
+}
+
+/// A topological order that takes, of the nodes ready, the earliest in
+/// manifest order (Kahn's algorithm with a min-heap). petgraph's `Topo` and
+/// `toposort` promise some topological order, not this one, and this one is
+/// the order `run`, `status` and `dag` list steps in.
+fn manifest_topo_order<N, E>(g: &DiGraph<N, E>) -> Vec<NodeId> {
+    let mut waiting: Vec<usize> = g
+        .node_indices()
+        .map(|n| g.neighbors_directed(n, Incoming).count())
+        .collect();
+    let mut ready: BinaryHeap<Reverse<NodeIndex>> = g
+        .node_indices()
+        .filter(|n| waiting[n.index()] == 0)
+        .map(Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(g.node_count());
+    while let Some(Reverse(n)) = ready.pop() {
+        order.push(NodeId(n));
+        for u in g.neighbors_directed(n, Outgoing) {
+            waiting[u.index()] -= 1;
+            if waiting[u.index()] == 0 {
+                ready.push(Reverse(u));
             }
         }
     }
     order
 }
 
-/// A cycle as a list of nodes, each with an edge to the next and the last to the first.
-fn find_cycle(g: &DiGraph<usize, Span>) -> Option<Vec<NodeIndex>> {
-    for scc in petgraph::algo::tarjan_scc(g) {
-        let first = scc[0];
-        if scc.len() == 1 && g.find_edge(first, first).is_none() {
-            continue;
-        }
-        if scc.len() == 1 {
-            return Some(vec![first]);
-        }
-        let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
-        // Depth-first from `first` within the component until an edge leads back.
-        let start = *members.iter().next().expect("non-empty");
-        let mut path = vec![start];
-        let mut visited = BTreeSet::from([start]);
-        fn dfs(
-            g: &DiGraph<usize, Span>,
-            members: &BTreeSet<NodeIndex>,
-            start: NodeIndex,
-            path: &mut Vec<NodeIndex>,
-            visited: &mut BTreeSet<NodeIndex>,
-        ) -> bool {
-            let cur = *path.last().expect("non-empty");
-            let mut next: Vec<NodeIndex> =
-                g.neighbors(cur).filter(|n| members.contains(n)).collect();
-            next.sort();
-            for n in next {
-                if n == start {
-                    return true;
-                }
-                if visited.insert(n) {
-                    path.push(n);
-                    if dfs(g, members, start, path, visited) {
-                        return true;
-                    }
-                    path.pop();
-                }
-            }
-            false
-        }
-        if dfs(g, &members, start, &mut path, &mut visited) {
-            return Some(path);
-        }
+/// A cycle as a list of nodes, each with an edge to the next and the last to
+/// the first: in the first strongly connected component (by petgraph's
+/// Tarjan) that has one, the first path depth-first from its earliest node
+/// (earlier nodes first) that leads back to it.
+fn find_cycle<N, E>(g: &DiGraph<N, E>) -> Option<Vec<NodeIndex>> {
+    let mut scc = tarjan_scc(g)
+        .into_iter()
+        .find(|c| c.len() > 1 || g.contains_edge(c[0], c[0]))?;
+    if scc.len() == 1 {
+        return Some(scc);
     }
-    None
+    // The component alone, its nodes and each node's edges in index order:
+    // petgraph lists a node's edges newest first, so they are added last first.
+    scc.sort_unstable();
+    let mut edges: Vec<(usize, usize)> = Vec::new();
+    for (a, &m) in scc.iter().enumerate() {
+        edges.extend(
+            g.neighbors(m)
+                .filter_map(|u| scc.binary_search(&u).ok())
+                .map(|b| (a, b)),
+        );
+    }
+    edges.sort_unstable();
+    edges.dedup();
+    let mut sub: DiGraph<NodeIndex, ()> = DiGraph::with_capacity(scc.len(), edges.len());
+    for &m in &scc {
+        sub.add_node(m);
+    }
+    for &(a, b) in edges.iter().rev() {
+        sub.add_edge(NodeIndex::new(a), NodeIndex::new(b), ());
+    }
+    let start = NodeIndex::new(0);
+    let mut path = Vec::new();
+    depth_first_search(&sub, Some(start), |e| match e {
+        DfsEvent::Discover(n, _) => {
+            path.push(n);
+            Control::Continue
+        }
+        DfsEvent::Finish(..) => {
+            path.pop();
+            Control::Continue
+        }
+        DfsEvent::BackEdge(_, to) if to == start => Control::Break(()),
+        _ => Control::Continue,
+    });
+    Some(path.into_iter().map(|n| sub[n]).collect())
+}
+
+/// Reports `cycle`, located at the reference that closes it.
+fn cycle_error(g: &DiGraph<StepNode, Span>, cycle: &[NodeIndex], d: &mut Diags) {
+    let names: Vec<&str> = cycle.iter().map(|&n| g[n].id.as_str()).collect();
+    let closing = g
+        .find_edge(cycle[cycle.len() - 1], cycle[0])
+        .map(|e| g[e])
+        .unwrap_or_else(|| g[cycle[0]].span);
+    let mut path = names.join(" -> ");
+    path.push_str(&format!(" -> {}", names[0]));
+    d.push(
+        &closing,
+        format!("dependency cycle: {path}"),
+        "this reference closes the cycle",
+        Some(format!("steps on the cycle: {}", names.join(", "))),
+    );
 }
 
 /// The key an input is resolved under: its reference normalised, or the path.
@@ -841,4 +1024,267 @@ pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathB
         }
     }
     Ok(files.into_iter().collect())
+}
+
+/// A registry with one step kind for tests (the real kinds live in
+/// demix-kinds, which depends on this crate), and graphs built with it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::BTreeMap;
+
+    use marked_yaml::Node;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    use super::Graph;
+    use crate::kind::{Kind, Plan, Registry};
+    use crate::manifest::{Diags, Manifest, ManifestError};
+
+    /// `kind: test`: named outputs, and inputs that may reference anything.
+    pub struct Test;
+
+    #[derive(Deserialize, Serialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Fields {
+        #[serde(default)]
+        inputs: BTreeMap<String, String>,
+        #[serde(default)]
+        outputs: Vec<String>,
+    }
+
+    impl Kind for Test {
+        const NAME: &'static str = "test";
+        const VERSION: u32 = 1;
+        const SUMMARY: &'static str = "a step for tests";
+        type Fields = Fields;
+        type Params = Fields;
+
+        fn plan(&self, fields: Fields, _body: &Node, _d: &mut Diags) -> Option<Plan> {
+            let mut plan = Plan::new(&fields);
+            plan.outputs = fields
+                .outputs
+                .iter()
+                .map(|o| (o.clone(), o.clone()))
+                .collect();
+            Some(plan)
+        }
+    }
+
+    pub fn registry() -> Registry {
+        static TEST: Test = Test;
+        Registry::new(vec![&TEST])
+    }
+
+    /// The graph of a manifest's text.
+    pub fn graph(yaml: &str) -> Result<Graph, ManifestError> {
+        let m = Manifest::parse(std::path::Path::new("test.yaml"), yaml.to_string())?;
+        Graph::build(m, &registry())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::graph;
+    use super::*;
+
+    fn ids(g: &Graph, ns: impl IntoIterator<Item = NodeId>) -> Vec<&str> {
+        ns.into_iter().map(|n| g[n].id.as_str()).collect()
+    }
+
+    fn node(g: &Graph, id: &str) -> NodeId {
+        g.find(id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// The message of the one problem building `yaml` finds, with its place.
+    fn error(yaml: &str) -> String {
+        let Err(e) = graph(yaml) else {
+            panic!("the graph builds")
+        };
+        assert_eq!(e.problems.len(), 1, "{e}");
+        e.problems[0].message.clone()
+    }
+
+    const FANOUT: &str = r#"
+version: 1
+name: fanout
+steps:
+  - id: report
+    kind: test
+    inputs: {all: "${steps.merge.o}", y: "${steps.shard[y].o}"}
+  - id: shard
+    kind: test
+    foreach: [x, y, z]
+    outputs: [o]
+  - id: merge
+    kind: test
+    outputs: [o]
+    inputs: {all: "${steps.shard[*].o}"}
+  - id: alone
+    kind: test
+  - id: last
+    kind: test
+    after: [alone, shard]
+"#;
+
+    #[test]
+    fn nodes_are_expanded_in_manifest_order() {
+        let g = graph(FANOUT).unwrap();
+        assert_eq!(
+            ids(&g, g.ids()),
+            [
+                "report", "shard[x]", "shard[y]", "shard[z]", "merge", "alone", "last"
+            ]
+        );
+        assert_eq!(g.len(), 7);
+        assert_eq!(node(&g, "shard[y]").index(), 2);
+        assert_eq!(
+            ids(&g, g.select("shard")),
+            ["shard[x]", "shard[y]", "shard[z]"]
+        );
+        assert_eq!(ids(&g, g.select("shard[z]")), ["shard[z]"]);
+        assert!(g.select("nothing").is_empty());
+    }
+
+    #[test]
+    fn topological_order_keeps_manifest_order_where_edges_allow() {
+        let g = graph(FANOUT).unwrap();
+        assert_eq!(
+            ids(&g, g.order().iter().copied()),
+            [
+                "shard[x]", "shard[y]", "shard[z]", "merge", "report", "alone", "last"
+            ]
+        );
+        // Every edge goes forward in the order.
+        let place = |n: NodeId| g.order().iter().position(|&m| m == n).unwrap();
+        for e in g.dag().raw_edges() {
+            assert!(place(NodeId(e.source())) < place(NodeId(e.target())));
+        }
+        let no_edges = graph(
+            "version: 1\nname: flat\nsteps:\n  - {id: c, kind: test}\n  - {id: a, kind: test}\n  - {id: b, kind: test}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ids(&no_edges, no_edges.order().iter().copied()),
+            ["c", "a", "b"]
+        );
+    }
+
+    #[test]
+    fn fan_out_references_make_an_edge_per_item() {
+        let g = graph(FANOUT).unwrap();
+        let merge = node(&g, "merge");
+        assert_eq!(ids(&g, g.deps(merge)), ["shard[x]", "shard[y]", "shard[z]"]);
+        assert_eq!(ids(&g, g.deps(node(&g, "report"))), ["shard[y]", "merge"]);
+        assert_eq!(
+            ids(&g, g.dependents(node(&g, "shard[y]"))),
+            ["report", "merge", "last"]
+        );
+        assert_eq!(
+            ids(&g, g.deps(node(&g, "last"))),
+            ["shard[x]", "shard[y]", "shard[z]", "alone"]
+        );
+        let input = &g[merge].inputs[0];
+        assert_eq!(input.key, "${steps.shard[*].o}");
+        let Source::Steps { nodes, output } = &input.source else {
+            panic!("a step input")
+        };
+        assert_eq!(
+            ids(&g, nodes.iter().copied()),
+            ["shard[x]", "shard[y]", "shard[z]"]
+        );
+        assert_eq!(output, "o");
+        // Sources print node ids as bare numbers, as `watch` hashes them.
+        assert_eq!(
+            format!("{:?}", input.source),
+            r#"Steps { nodes: [1, 2, 3], output: "o" }"#
+        );
+    }
+
+    #[test]
+    fn ancestors_and_descendants() {
+        let g = graph(FANOUT).unwrap();
+        let report = node(&g, "report");
+        assert_eq!(
+            ids(&g, g.with_ancestors(&[report])),
+            ["report", "shard[x]", "shard[y]", "shard[z]", "merge"]
+        );
+        assert_eq!(
+            ids(
+                &g,
+                g.with_ancestors(&[node(&g, "merge"), node(&g, "alone")])
+            ),
+            ["shard[x]", "shard[y]", "shard[z]", "merge", "alone"]
+        );
+        assert_eq!(ids(&g, g.with_ancestors(&[])), Vec::<&str>::new());
+        assert_eq!(
+            ids(&g, g.descendants(node(&g, "shard[x]"))),
+            ["report", "merge", "last"]
+        );
+        assert!(g.descendants(report).is_empty());
+        assert_eq!(ids(&g, g.descendants(node(&g, "alone"))), ["last"]);
+    }
+
+    #[test]
+    fn cycles_are_errors_naming_their_steps() {
+        let three = r#"
+version: 1
+name: cycle
+steps:
+  - {id: a, kind: test, outputs: [o], inputs: {x: "${steps.c.o}"}}
+  - {id: b, kind: test, outputs: [o], inputs: {x: "${steps.a.o}"}}
+  - {id: c, kind: test, outputs: [o], inputs: {x: "${steps.b.o}"}}
+"#;
+        assert_eq!(
+            error(three),
+            "test.yaml:5:51: dependency cycle: a -> b -> c -> a"
+        );
+        let own = r#"
+version: 1
+name: own
+steps:
+  - {id: a, kind: test, outputs: [o], inputs: {x: "${steps.a.o}"}}
+"#;
+        assert_eq!(error(own), "test.yaml:5:51: dependency cycle: a -> a");
+        // Of two cycles through `a`, the one through the earlier step.
+        let two = r#"
+version: 1
+name: two
+steps:
+  - {id: a, kind: test, outputs: [o], inputs: {b: "${steps.b.o}", c: "${steps.c.o}"}}
+  - {id: b, kind: test, outputs: [o], inputs: {x: "${steps.a.o}"}}
+  - {id: c, kind: test, outputs: [o], inputs: {x: "${steps.a.o}"}}
+"#;
+        assert_eq!(error(two), "test.yaml:5:51: dependency cycle: a -> b -> a");
+        let after = r#"
+version: 1
+name: after
+steps:
+  - {id: a, kind: test, after: [c]}
+  - {id: b, kind: test, foreach: [x, y], after: [a]}
+  - {id: c, kind: test, after: ["b[y]"]}
+"#;
+        assert_eq!(
+            error(after),
+            "test.yaml:5:33: dependency cycle: a -> b[y] -> c -> a"
+        );
+    }
+
+    #[test]
+    fn unknown_references_are_errors() {
+        let yaml = r#"
+version: 1
+name: unknown
+steps:
+  - {id: a, kind: test, outputs: [o], inputs: {x: "${steps.b.o}"}}
+"#;
+        assert_eq!(error(yaml), "test.yaml:5:51: unknown step `b`");
+        let yaml = r#"
+version: 1
+name: fan
+steps:
+  - {id: a, kind: test, outputs: [o], foreach: [x, y]}
+  - {id: b, kind: test, inputs: {x: "${steps.a[w].o}"}}
+"#;
+        assert_eq!(error(yaml), "test.yaml:6:37: step `a` has no item `w`");
+    }
 }

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use marked_yaml::{Node, Spanned};
+use marked_yaml::{Node, Span, Spanned};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::manifest::template::Split;
-use crate::manifest::{Diags, serde_diag};
+use crate::manifest::{Diags, node_to_json, serde_diag};
 use crate::protocol::StepSpec;
 
 /// What planning a step yields: everything its cache key and its run need.
@@ -221,13 +221,7 @@ impl<K: Kind> StepKind for K {
         if !unknown_keys(&body, &self.schema(), K::NAME, d) {
             return None;
         }
-        let fields: K::Fields = match marked_yaml::from_node(&body) {
-            Ok(f) => f,
-            Err(e) => {
-                serde_diag(d, body.span(), &format!("{} step", K::NAME), e);
-                return None;
-            }
-        };
+        let fields: K::Fields = read_fields(&body, K::NAME, d)?;
         let before = d.problems.len();
         let plan = Kind::plan(self, fields, &body, d)?;
         (d.problems.len() == before).then_some(plan)
@@ -245,6 +239,53 @@ impl<K: Kind> StepKind for K {
         })?;
         Kind::run(self, params, ctx)
     }
+}
+
+/// Reads a kind's fields from its step body. A config flattened into the
+/// fields (`#[serde(flatten)]`) is read through serde's buffer, which sees every
+/// YAML scalar as a string; such fields are read again from the body with
+/// plain scalars typed as YAML's core schema types them. When both fail, the
+/// problem is real and is reported where it is.
+fn read_fields<T: DeserializeOwned>(body: &Node, kind: &str, d: &mut Diags) -> Option<T> {
+    let located = match marked_yaml::from_node(body) {
+        Ok(f) => return Some(f),
+        Err(e) => e,
+    };
+    let typed = match serde_json::from_value::<T>(node_to_json(body)) {
+        Ok(f) => return Some(f),
+        Err(e) => e,
+    };
+    let what = format!("{kind} step");
+    // An error placed at a field is about that field; one placed at the whole
+    // body came out of the buffer and may name a field that is fine.
+    let at_body = located
+        .start_mark()
+        .is_some_and(|m| Some(m) == body.span().start().copied());
+    if !at_body {
+        serde_diag(d, body.span(), &what, located);
+        return None;
+    }
+    let msg = typed.to_string();
+    let hint = crate::manifest::unknown_variant_hint(&msg);
+    let (span, label) = match quoted_value(body, &msg) {
+        Some((key, span)) => (span, format!("in {what}.{key}")),
+        None => (*body.span(), format!("in {what}")),
+    };
+    d.push(&span, msg, label, hint);
+    None
+}
+
+/// The top-level field whose scalar a serde message quotes (`invalid type:
+/// string "abc"`, `unknown variant `x``), and where it is written.
+fn quoted_value(body: &Node, msg: &str) -> Option<(String, Span)> {
+    body.as_mapping()?
+        .iter()
+        .filter_map(|(k, v)| Some((k, v.as_scalar()?)))
+        .find(|(_, v)| {
+            let t = v.as_str();
+            msg.contains(&format!("\"{t}\"")) || msg.contains(&format!("`{t}`"))
+        })
+        .map(|(k, v)| (k.as_str().to_string(), *v.span()))
 }
 
 /// Reports keys of `body` that are not properties of `schema`, as serde words

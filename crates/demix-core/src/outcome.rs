@@ -13,7 +13,7 @@ pub fn verdicts(graph: &Graph, store: &Store, run: &RunSummary) -> Vec<String> {
         if !matches!(s.outcome, Outcome::Ran | Outcome::Fresh) {
             continue;
         }
-        let Some(node) = graph.nodes.iter().find(|n| n.id == s.id) else {
+        let Some(node) = graph.nodes().find(|n| n.id == s.id) else {
             continue;
         };
         let output = match node.kind.name() {

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::graph::{self, Graph, Source};
+use crate::graph::{self, Graph, NodeId, Source};
 use crate::key::{InputRecord, KeyRecord, Origin, Reason, UpstreamOutput, diff};
 use crate::store::{self, Health, ResultRecord, Store};
 
@@ -165,10 +165,10 @@ impl<'a> Planner<'a> {
     /// `Ok(Err(step))` means upstream `step` has no result yet.
     pub fn key_record(
         &self,
-        n: usize,
-        results: &HashMap<usize, ResultRecord>,
+        n: NodeId,
+        results: &HashMap<NodeId, ResultRecord>,
     ) -> Result<Result<KeyRecord, String>, String> {
-        let node = &self.graph.nodes[n];
+        let node = &self.graph[n];
         let mut inputs = std::collections::BTreeMap::new();
         for inp in &node.inputs {
             let rec = match &inp.source {
@@ -176,7 +176,7 @@ impl<'a> Planner<'a> {
                     let mut outs = Vec::new();
                     for &u in nodes {
                         let Some(r) = results.get(&u) else {
-                            return Ok(Err(self.graph.nodes[u].id.clone()));
+                            return Ok(Err(self.graph[u].id.clone()));
                         };
                         let o = r.outputs.get(output).ok_or_else(|| {
                             format!("step `{}` has no output `{output}` in its result", r.step)
@@ -214,8 +214,8 @@ impl<'a> Planner<'a> {
     }
 
     /// Whether node `n` with key record `rec` can be taken from the store.
-    pub fn assess(&self, n: usize, rec: KeyRecord, force: bool) -> Assessment {
-        let node = &self.graph.nodes[n];
+    pub fn assess(&self, n: NodeId, rec: KeyRecord, force: bool) -> Assessment {
+        let node = &self.graph[n];
         let key = rec.key();
         let result = self.store.read_result(&key);
         let health = result.as_ref().map(|r| self.store.health(r));
@@ -268,8 +268,8 @@ impl<'a> Planner<'a> {
     }
 
     /// The state of a node whose upstream `step` must run first.
-    pub fn pending(&self, n: usize, step: String) -> Assessment {
-        let node = &self.graph.nodes[n];
+    pub fn pending(&self, n: NodeId, step: String) -> Assessment {
+        let node = &self.graph[n];
         let prev = self.store.read_state(&self.graph.manifest.name, &node.id);
         let (state, reasons) = match prev {
             None => (State::New, vec![Reason::New]),
@@ -287,12 +287,12 @@ impl<'a> Planner<'a> {
     /// Assesses every node in order, as `status` and `run --dry-run` show them.
     pub fn assess_all(
         &self,
-        force: &[usize],
-        only: Option<&std::collections::BTreeSet<usize>>,
-    ) -> Vec<(usize, Result<Assessment, String>)> {
-        let mut results: HashMap<usize, ResultRecord> = HashMap::new();
+        force: &[NodeId],
+        only: Option<&std::collections::BTreeSet<NodeId>>,
+    ) -> Vec<(NodeId, Result<Assessment, String>)> {
+        let mut results: HashMap<NodeId, ResultRecord> = HashMap::new();
         let mut out = Vec::new();
-        for &n in &self.graph.order {
+        for &n in self.graph.order() {
             if only.is_some_and(|o| !o.contains(&n)) {
                 continue;
             }

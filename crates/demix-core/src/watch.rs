@@ -26,13 +26,13 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::protocol::StepSpec;
 use crate::exec::{Control, Outcome, RunOptions, RunSummary, run_controlled};
 use crate::graph::{Graph, Source};
 use crate::manifest::template::Split;
 use crate::manifest::{LoadError, Manifest, load_graph};
 use crate::plan::Planner;
 use crate::progress::{Reporter, Verbosity};
+use crate::protocol::StepSpec;
 use crate::store::Store;
 
 /// What `demix watch` was asked to do.
@@ -96,9 +96,8 @@ async fn watch_async(opts: WatchOptions) -> Result<u8, WatchError> {
         force: Vec::new(),
         targets: Vec::new(),
         gpus: crate::exec::local::detect_gpus(opts.gpus.as_deref()),
-        programs: crate::exec::Programs::locate().map_err(|e| {
-            WatchError::Failed(format!("cannot find the demix executable: {e}"))
-        })?,
+        programs: crate::exec::Programs::locate()
+            .map_err(|e| WatchError::Failed(format!("cannot find the demix executable: {e}")))?,
         argv: std::env::args().collect(),
         slurm: None,
     };
@@ -382,7 +381,7 @@ impl Session<'_> {
         let keys: HashMap<String, Option<String>> = planner
             .assess_all(&[], None)
             .into_iter()
-            .map(|(n, a)| (g.nodes[n].id.clone(), a.ok().and_then(|a| a.key)))
+            .map(|(n, a)| (g[n].id.clone(), a.ok().and_then(|a| a.key)))
             .collect();
         let mut out: Vec<String> = running_steps(self.store, &running.manifest.name)
             .into_iter()
@@ -450,7 +449,7 @@ impl Session<'_> {
         }
         if let Some(g) = &self.graph {
             let mut seen = BTreeSet::new();
-            for inp in g.nodes.iter().flat_map(|n| &n.inputs) {
+            for inp in g.nodes().flat_map(|n| &n.inputs) {
                 match &inp.source {
                     Source::Dataset { name, split } => {
                         for pattern in dataset_globs(&g.manifest, name, *split) {
@@ -519,7 +518,7 @@ impl Session<'_> {
         let m = &g.manifest;
         f.insert(self.manifest_key.clone(), signature(g));
         let mut seen = BTreeSet::new();
-        for inp in g.nodes.iter().flat_map(|n| &n.inputs) {
+        for inp in g.nodes().flat_map(|n| &n.inputs) {
             match &inp.source {
                 Source::Dataset { name, split } => {
                     if !seen.insert(format!("dataset {name} {split:?}")) {
@@ -579,10 +578,10 @@ impl Session<'_> {
 /// resources are not in it.
 fn signature(g: &Graph) -> String {
     let nodes: Vec<serde_json::Value> = g
-        .order
+        .order()
         .iter()
         .map(|&i| {
-            let n = &g.nodes[i];
+            let n = &g[i];
             serde_json::json!({
                 "id": n.id,
                 "kind": n.kind.name(),
@@ -591,7 +590,7 @@ fn signature(g: &Graph) -> String {
                 "used": n.params_used,
                 "outputs": n.plan.outputs,
                 "inputs": n.inputs.iter().map(|x| format!("{} <- {:?}", x.key, x.source)).collect::<Vec<_>>(),
-                "deps": g.deps[i].iter().map(|&d| g.nodes[d].id.as_str()).collect::<Vec<_>>(),
+                "deps": g.deps(i).into_iter().map(|d| g[d].id.as_str()).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -114,7 +114,7 @@ pub fn proxy_workers(
     let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
     let tok_hash = tokenizer_hash(ctx, None, &tok_path)?;
     let paths = validation_shards(ctx, targets, &tok, &tok_hash)?;
-    let model_config = ml::model::load_config(&comps[0]).map_err(ml_err)?;
+    let model_config = ml::checkpoint::load_config(&comps[0]).map_err(ml_err)?;
     let components = std::sync::Arc::new(
         demix_mix::merge::Components::open(comps, None)
             .map_err(StepError::library)?
@@ -148,7 +148,7 @@ pub fn proxy_workers(
         let merger = if resident {
             let mut per: BTreeMap<String, Vec<tch::Tensor>> = BTreeMap::new();
             for c in comps {
-                let sd = ml::model::load_checkpoint_tensors(c, dev).map_err(ml_err)?;
+                let sd = ml::checkpoint::load_checkpoint_tensors(c, dev).map_err(ml_err)?;
                 for (name, t) in sd {
                     per.entry(name)
                         .or_default()

@@ -2,7 +2,7 @@
 //! tensor into f32 values that are dropped (a proxy is built from them and never
 //! written). Prints GB of input read per second.
 //!
-//! `cargo run --release --example bench_merge -- DIR... [--reps N] [--keep-mapped]`
+//! `cargo run --release -p demix-mix --example bench_merge -- DIR... [--reps N] [--keep-mapped]`
 
 use std::time::Instant;
 

@@ -55,6 +55,21 @@ impl From<demix_spec::model::ConfigError> for MlError {
     }
 }
 
+impl From<demix_mix::checkpoint::CheckpointError> for MlError {
+    fn from(e: demix_mix::checkpoint::CheckpointError) -> Self {
+        use demix_mix::checkpoint::{CheckpointError as E, INDEX_FILE, MODEL_FILE};
+        // Each variant names its file; keep it as the path, not in the message.
+        let (path, msg) = match e {
+            E::Io { path, source } => return MlError::Io { path, source },
+            E::NotACheckpoint { path } => (path, format!("neither {MODEL_FILE} nor {INDEX_FILE}")),
+            E::Header { path, reason } => (path, format!("bad safetensors header: {reason}")),
+            E::Index { path, reason } => (path, format!("bad shard index: {reason}")),
+            E::Write { path, reason } => (path, reason),
+        };
+        MlError::Checkpoint { path, msg }
+    }
+}
+
 impl MlError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         MlError::Io {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::checkpoint::{load_checkpoint_tensors, load_config};
 use crate::data::Shard;
 pub use demix_spec::evaluate::{
     DatasetMetrics, EvalConfig as EvalSpec, EvalReport, EvalSample, TaskMetrics,
@@ -21,7 +22,7 @@ pub use demix_spec::evaluate::{
 
 use crate::device::{resolve_device, set_threads};
 use crate::error::{IoContext, MlError, Result};
-use crate::model::{Qwen3, Qwen3Config, load_checkpoint_tensors, load_config};
+use crate::model::{KvCache, Qwen3, Qwen3Config};
 use crate::progress::Progress;
 use crate::tokenizer::Tok;
 use crate::util;
@@ -49,28 +50,62 @@ fn check_cancel(c: &AtomicBool) -> Result<()> {
 }
 
 /// Summed NLL (nats) of each window's targets given its inputs, for a batch of
-/// equal-length windows `[n, len]`.
-fn window_nll(model: &Qwen3, windows: &[&[u32]]) -> Vec<f64> {
-    let n = windows.len() as i64;
-    let len = windows[0].len() as i64;
-    let flat: Vec<i64> = windows
-        .iter()
-        .flat_map(|w| w.iter().map(|&t| t as i64))
-        .collect();
-    let x = Tensor::from_slice(&flat)
-        .view([n, len])
-        .to_device(model.device);
+/// equal-length windows `x` `[n, len]` on the model's device: `[n]` f64, left
+/// on the device.
+fn window_nll(model: &Qwen3, x: &Tensor) -> Tensor {
+    let (n, len) = (x.size()[0], x.size()[1]);
     let inp = x.narrow(1, 0, len - 1);
     let tgt = x.narrow(1, 1, len - 1);
     let logits = model.forward(&inp);
-    let per_token = logits
+    logits
         .view([-1, model.config.vocab_size])
         .cross_entropy_loss::<Tensor>(&tgt.reshape([-1]), None, Reduction::None, -100, 0.0)
         .to_kind(Kind::Double)
         .view([n, len - 1])
         .sum_dim_intlist(1, false, Kind::Double)
-        .to_device(Device::Cpu);
-    Vec::<f64>::try_from(&per_token).unwrap_or_default()
+}
+
+/// Summed NLL of each of `windows` (token ranges of `toks`), scored `batch`
+/// windows per forward pass, equal-length windows together (a shorter last
+/// window, and a last partial batch, go as they are). Each length's windows
+/// go to the device in one copy, and the sums stay there until every batch
+/// is done: one read back for all. `done` gets the tokens of each batch.
+fn windows_nll(
+    model: &Qwen3,
+    toks: &[u32],
+    windows: &[(u64, u64)],
+    batch: usize,
+    cancel: &AtomicBool,
+    done: &mut dyn FnMut(u64),
+) -> Result<Vec<f64>> {
+    let mut by_len: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, (a, b)) in windows.iter().enumerate() {
+        by_len.entry(b - a).or_default().push(i);
+    }
+    let (mut order, mut sums) = (Vec::with_capacity(windows.len()), vec![]);
+    for (&len, idx) in &by_len {
+        let flat: Vec<i64> = idx
+            .iter()
+            .flat_map(|&i| toks[windows[i].0 as usize..windows[i].1 as usize].iter())
+            .map(|&t| t as i64)
+            .collect();
+        let all = Tensor::from_slice(&flat)
+            .view([idx.len() as i64, len as i64])
+            .to_device(model.device);
+        for (c, chunk) in idx.chunks(batch.max(1)).enumerate() {
+            check_cancel(cancel)?;
+            let x = all.narrow(0, (c * batch.max(1)) as i64, chunk.len() as i64);
+            sums.push(window_nll(model, &x));
+            order.extend_from_slice(chunk);
+            done(chunk.len() as u64 * (len - 1));
+        }
+    }
+    let sums = Vec::<f64>::try_from(&Tensor::cat(&sums, 0).to_device(Device::Cpu))?;
+    let mut out = vec![0.0; windows.len()];
+    for (i, x) in order.into_iter().zip(sums) {
+        out[i] = x;
+    }
+    Ok(out)
 }
 
 /// The windows of `seq_len + 1` tokens (overlapping by one, so every token
@@ -127,8 +162,12 @@ pub fn validation_metrics(
     }
     let toks = shard.tokens();
     let seq = spec.seq_len().max(1);
-    let (windows, of_windows) =
-        sample_windows(toks.len() as u64, seq, spec.max_tokens().max(1), spec.sample_seed);
+    let (windows, of_windows) = sample_windows(
+        toks.len() as u64,
+        seq,
+        spec.max_tokens().max(1),
+        spec.sample_seed,
+    );
     if windows.is_empty() {
         return Err(MlError::Shard {
             path: shard.dir.clone(),
@@ -156,38 +195,24 @@ pub fn validation_metrics(
         }
     }
     let total_predicted: u64 = windows.iter().map(|(a, b)| b - a - 1).sum();
-    let mut per_window = vec![(0.0, 0u64); windows.len()];
     let mut done = 0u64;
-    tch::no_grad(|| -> Result<()> {
-        // Equal-length windows go in batches; a shorter last one alone.
-        let mut by_len: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-        for (i, (a, b)) in windows.iter().enumerate() {
-            by_len.entry(b - a).or_default().push(i);
-        }
-        for idx in by_len.values() {
-            for chunk in idx.chunks((spec.batch_size as usize).max(1)) {
-                check_cancel(cancel)?;
-                let rows: Vec<&[u32]> = chunk
-                    .iter()
-                    .map(|&i| &toks[windows[i].0 as usize..windows[i].1 as usize])
-                    .collect();
-                let nll = window_nll(model, &rows);
-                for (&i, x) in chunk.iter().zip(nll) {
-                    let n = windows[i].1 - windows[i].0 - 1;
-                    per_window[i] = (x, n);
-                    done += n;
-                }
-                progress(&Progress {
-                    stage: "evaluate",
-                    current: done,
-                    total: total_predicted,
-                    unit: "tokens",
-                    message: shard.dir.display().to_string(),
-                });
-            }
-        }
-        Ok(())
-    })?;
+    let mut report = |n: u64| {
+        done += n;
+        progress(&Progress {
+            stage: "evaluate",
+            current: done,
+            total: total_predicted,
+            unit: "tokens",
+            message: shard.dir.display().to_string(),
+        });
+    };
+    let batch = spec.batch_size as usize;
+    let nll = tch::no_grad(|| windows_nll(model, toks, &windows, batch, cancel, &mut report))?;
+    let per_window: Vec<(f64, u64)> = nll
+        .into_iter()
+        .zip(&windows)
+        .map(|(x, (a, b))| (x, b - a - 1))
+        .collect();
     let nll: f64 = per_window.iter().map(|w| w.0).sum();
     let tokens: u64 = per_window.iter().map(|w| w.1).sum();
     let loss = nll / tokens.max(1) as f64;
@@ -308,34 +333,128 @@ fn split_ids(tok: &Tok, prompt: &str, cont: &str) -> Result<(Vec<u32>, Vec<u32>)
     Ok((c, cont_ids))
 }
 
-/// Sum and count of log p(cont | ctx), truncating the context from the left
-/// to the model's maximum length.
-fn continuation_logprob(model: &Qwen3, ctx: &[u32], cont: &[u32]) -> (f64, usize) {
-    if cont.is_empty() {
-        return (0.0, 0);
-    }
-    let max = model.config.max_position_embeddings.max(2) as usize;
-    let mut all: Vec<i64> = ctx.iter().chain(cont).map(|&t| t as i64).collect();
-    if all.len() > max + 1 {
-        all.drain(..all.len() - max - 1);
-    }
-    let n = all.len() as i64;
-    let k = cont.len().min(all.len() - 1) as i64;
-    let x = Tensor::from_slice(&all)
-        .view([1, n])
-        .to_device(model.device);
-    let logits = model.forward(&x.narrow(1, 0, n - 1));
-    let lp = logits.narrow(1, n - 1 - k, k).log_softmax(-1, Kind::Float);
-    let tgt = x.narrow(1, n - k, k).unsqueeze(-1);
-    let s = lp
-        .gather(-1, &tgt, false)
-        .to_kind(Kind::Double)
-        .sum(Kind::Double);
-    (s.double_value(&[]), k as usize)
+/// A sequence to score: context then continuation, cut from the left to the
+/// model's maximum length, and how many of its last tokens (the continuation)
+/// are scored.
+struct Row {
+    ids: Vec<i64>,
+    k: usize,
 }
 
-/// Greedy decoding without a KV cache (prompts and answers are short);
-/// stops at EOS, a newline, or `max_new` tokens.
+impl Row {
+    fn new(model: &Qwen3, ctx: &[u32], cont: &[u32]) -> Row {
+        if cont.is_empty() {
+            return Row { ids: vec![], k: 0 };
+        }
+        let max = model.config.max_position_embeddings.max(2) as usize;
+        let mut ids: Vec<i64> = ctx.iter().chain(cont).map(|&t| t as i64).collect();
+        if ids.len() > max + 1 {
+            ids.drain(..ids.len() - max - 1);
+        }
+        let k = cont.len().min(ids.len() - 1);
+        Row { ids, k }
+    }
+}
+
+/// Rows in batches: longest first, each batch as many rows as fit in
+/// `max_tokens` once padded to its first (longest) row, at least one.
+fn row_batches(rows: &[Row], max_tokens: usize) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].k > 0).collect();
+    idx.sort_by_key(|&i| std::cmp::Reverse(rows[i].ids.len()));
+    let mut out: Vec<Vec<usize>> = vec![];
+    for i in idx {
+        match out.last_mut() {
+            Some(b) if (b.len() + 1) * rows[b[0]].ids.len() <= max_tokens => b.push(i),
+            _ => out.push(vec![i]),
+        }
+    }
+    out
+}
+
+/// Summed log p of the continuation of each row of `batch`, scored as one
+/// right-padded batch: `[rows]` f64 on the device. Causal attention keeps a
+/// row's tokens from seeing the padding after them, and only continuation
+/// positions are gathered, so padding adds nothing.
+fn batch_logprob(model: &Qwen3, rows: &[&Row]) -> Tensor {
+    let width = rows.iter().map(|r| r.ids.len()).max().unwrap_or(2) - 1;
+    let (mut x, mut pick, mut tgt, mut seg) = (vec![], vec![], vec![], vec![]);
+    for (r, row) in rows.iter().enumerate() {
+        let n = row.ids.len();
+        x.extend_from_slice(&row.ids[..n - 1]);
+        x.resize((r + 1) * width, 0);
+        for p in n - 1 - row.k..n - 1 {
+            pick.push((r * width + p) as i64);
+            tgt.push(row.ids[p + 1]);
+            seg.push(r as i64);
+        }
+    }
+    let dev = model.device;
+    let put = |v: &[i64]| Tensor::from_slice(v).to_device(dev);
+    let x = put(&x).view([rows.len() as i64, width as i64]);
+    let logits = model.forward(&x).view([-1, model.config.vocab_size]);
+    let lp = logits
+        .index_select(0, &put(&pick))
+        .log_softmax(-1, Kind::Float)
+        .gather(-1, &put(&tgt).unsqueeze(-1), false)
+        .squeeze_dim(-1)
+        .to_kind(Kind::Double);
+    Tensor::zeros([rows.len() as i64], (Kind::Double, dev)).index_add(0, &put(&seg), &lp)
+}
+
+/// Sum and count of log p(continuation | context) of every row, in padded
+/// batches of at most `max_tokens` tokens (see [`row_batches`]); one read back
+/// at the end. `done` gets the rows of each batch.
+fn rows_logprob(
+    model: &Qwen3,
+    rows: &[Row],
+    max_tokens: usize,
+    cancel: &AtomicBool,
+    done: &mut dyn FnMut(usize),
+) -> Result<Vec<(f64, usize)>> {
+    let batches = row_batches(rows, max_tokens);
+    let mut sums = Vec::with_capacity(batches.len());
+    for b in &batches {
+        check_cancel(cancel)?;
+        let batch: Vec<&Row> = b.iter().map(|&i| &rows[i]).collect();
+        sums.push(batch_logprob(model, &batch));
+        done(b.len());
+    }
+    let mut out: Vec<(f64, usize)> = rows.iter().map(|r| (0.0, r.k)).collect();
+    if sums.is_empty() {
+        return Ok(out);
+    }
+    let sums = Vec::<f64>::try_from(&Tensor::cat(&sums, 0).to_device(Device::Cpu))?;
+    for (i, x) in batches.iter().flatten().zip(sums) {
+        out[*i].0 = x;
+    }
+    Ok(out)
+}
+
+/// Sum and count of log p(cont | ctx) of each (context, continuation) pair,
+/// the context cut from the left to the model's maximum length; pairs are
+/// scored together in right-padded batches of at most `max_batch_tokens`
+/// tokens. Equal, to float rounding, to scoring each pair alone.
+pub fn continuation_logprobs(
+    model: &Qwen3,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    max_batch_tokens: usize,
+) -> Result<Vec<(f64, usize)>> {
+    let rows: Vec<Row> = pairs.iter().map(|(c, x)| Row::new(model, c, x)).collect();
+    tch::no_grad(|| {
+        rows_logprob(
+            model,
+            &rows,
+            max_batch_tokens,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+    })
+}
+
+/// Greedy decoding without a KV cache, one prompt at a time (the reference
+/// for [`greedy_generate_batch`], and its path for prompts that outgrow the
+/// model's positions, since this one slides its window); stops at EOS, a
+/// newline, or `max_new` tokens.
 pub fn greedy_generate(model: &Qwen3, tok: &Tok, ctx: &[u32], max_new: usize) -> Result<String> {
     let max = model.config.max_position_embeddings.max(1) as usize;
     let mut ids: Vec<i64> = ctx.iter().map(|&t| t as i64).collect();
@@ -363,6 +482,221 @@ pub fn greedy_generate(model: &Qwen3, tok: &Tok, ctx: &[u32], max_new: usize) ->
     tok.decode(&out)
 }
 
+/// One row's greedy continuation so far, and whether it has stopped (the old
+/// rules: EOS, a newline, or `max_new` tokens).
+struct Continuation {
+    out: Vec<u32>,
+    text: Option<String>,
+}
+
+impl Continuation {
+    /// Takes the next token; false once stopped.
+    fn push(&mut self, tok: &Tok, next: u32) -> Result<bool> {
+        if self.text.is_some() {
+            return Ok(false);
+        }
+        if next == tok.eos_id() {
+            self.text = Some(tok.decode(&self.out)?);
+            return Ok(false);
+        }
+        self.out.push(next);
+        let text = tok.decode(&self.out)?;
+        if let Some(p) = text.find('\n') {
+            self.text = Some(text[..p].to_string());
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// Greedy decoding of `prompts` as one batch with a KV cache: prompts are
+/// left-padded to one length, each row's RoPE positions count from its first
+/// real token, and no query sees padding (a padding query sees only itself,
+/// so no row of the mask is empty). The causal mask is built for the prompt
+/// pass only; each later step appends one token per row to the cache. Every
+/// prompt must fit, with its `max_new` tokens, in the model's positions.
+fn generate_padded(
+    model: &Qwen3,
+    tok: &Tok,
+    prompts: &[&[u32]],
+    max_new: usize,
+) -> Result<Vec<String>> {
+    let (b, dev) = (prompts.len() as i64, model.device);
+    let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0) as i64;
+    let pads: Vec<i64> = prompts.iter().map(|p| len - p.len() as i64).collect();
+    let padded = pads.iter().any(|&p| p > 0);
+    let pad = Tensor::from_slice(&pads).to_device(dev).view([b, 1, 1, 1]);
+    let mut ids = Vec::with_capacity((b * len) as usize);
+    for (p, &n) in prompts.iter().zip(&pads) {
+        ids.extend(std::iter::repeat_n(tok.eos_id() as i64, n as usize));
+        ids.extend(p.iter().map(|&t| t as i64));
+    }
+    let mut x = Tensor::from_slice(&ids).view([b, len]).to_device(dev);
+    let mut cache = KvCache::new(model);
+    let mut rows: Vec<Continuation> = prompts
+        .iter()
+        .map(|_| Continuation {
+            out: vec![],
+            text: None,
+        })
+        .collect();
+    for step in 0..max_new {
+        let s = cache.len();
+        let t = x.size()[1];
+        // Keys 0..s + t; query i of this pass sits at column s + i.
+        let (pos, allowed) = if padded {
+            let col = |n: i64, shape: [i64; 4]| Tensor::arange(n, (Kind::Int64, dev)).view(shape);
+            let q = col(t, [1, 1, t, 1]) + s;
+            let k = col(s + t, [1, 1, 1, s + t]);
+            let real = k.ge_tensor(&pad);
+            let allowed = k
+                .le_tensor(&q)
+                .logical_and(&real.logical_or(&k.eq_tensor(&q)));
+            let pos = (&q - &pad).clamp_min(0).view([b, t]);
+            (Some(pos), Some(allowed))
+        } else {
+            (None, None)
+        };
+        let logits = model.next_token_logits(&x, &mut cache, pos.as_ref(), allowed.as_ref());
+        let next = logits.argmax(-1, false).to_device(Device::Cpu);
+        let mut going = false;
+        for (row, &n) in rows.iter_mut().zip(&Vec::<i64>::try_from(&next)?) {
+            going |= row.push(tok, n as u32)?;
+        }
+        if !going || step + 1 == max_new {
+            break;
+        }
+        x = next.view([b, 1]).to_device(dev);
+    }
+    rows.into_iter()
+        .map(|r| r.text.map_or_else(|| tok.decode(&r.out), Ok))
+        .collect()
+}
+
+/// Greedy continuations of `prompts` (as [`greedy_generate`] gives them, to
+/// float rounding), `batch` prompts of similar length at a time with a KV
+/// cache (see [`generate_padded`]); a prompt whose generation would outgrow
+/// the model's positions goes through [`greedy_generate`]. `done` gets the
+/// prompts of each batch.
+fn generate_batches(
+    model: &Qwen3,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    batch: usize,
+    cancel: &AtomicBool,
+    done: &mut dyn FnMut(usize),
+) -> Result<Vec<String>> {
+    let max = model.config.max_position_embeddings.max(1) as usize;
+    let mut out = vec![String::new(); prompts.len()];
+    let (mut fit, mut long): (Vec<usize>, Vec<usize>) =
+        (0..prompts.len()).partition(|&i| prompts[i].len() + max_new <= max + 1);
+    if max_new == 0 {
+        fit.clear();
+        long.clear();
+    }
+    fit.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
+    for chunk in fit.chunks(batch.max(1)) {
+        check_cancel(cancel)?;
+        let ps: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+        for (&i, text) in chunk.iter().zip(generate_padded(model, tok, &ps, max_new)?) {
+            out[i] = text;
+        }
+        done(chunk.len());
+    }
+    for i in long {
+        check_cancel(cancel)?;
+        out[i] = greedy_generate(model, tok, &prompts[i], max_new)?;
+        done(1);
+    }
+    Ok(out)
+}
+
+/// Greedy continuations of several prompts, `batch` at a time with a KV
+/// cache; equal to [`greedy_generate`] of each prompt (to float rounding,
+/// which may only matter at a near tie).
+pub fn greedy_generate_batch(
+    model: &Qwen3,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    batch: usize,
+) -> Result<Vec<String>> {
+    tch::no_grad(|| {
+        generate_batches(
+            model,
+            tok,
+            prompts,
+            max_new,
+            batch,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+    })
+}
+
+/// A task's sequences to score (each choice of each multiple-choice example,
+/// or each answer) and the contexts of its questions.
+fn task_rows(model: &Qwen3, tok: &Tok, examples: &[Example]) -> Result<(Vec<Row>, Vec<Vec<u32>>)> {
+    let (mut rows, mut questions) = (vec![], vec![]);
+    for ex in examples {
+        match ex {
+            Example::Mc {
+                prompt, choices, ..
+            } => {
+                for c in choices {
+                    let (ctx, cont) = split_ids(tok, prompt, c)?;
+                    rows.push(Row::new(model, &ctx, &cont));
+                }
+            }
+            Example::Qa { prompt, answer } => {
+                let (ctx, cont) = split_ids(tok, prompt, answer)?;
+                rows.push(Row::new(model, &ctx, &cont));
+                questions.push(ctx);
+            }
+        }
+    }
+    Ok((rows, questions))
+}
+
+/// Accuracy and length-normalized accuracy from each choice's log-likelihood
+/// (`scores` in the order of [`task_rows`]).
+fn mc_metrics(examples: &[Example], scores: &[(f64, usize)]) -> TaskMetrics {
+    let (mut acc, mut acc_norm, mut next) = (0usize, 0usize, 0usize);
+    for ex in examples {
+        let Example::Mc { choices, label, .. } = ex else {
+            continue;
+        };
+        let mut best = (f64::NEG_INFINITY, 0);
+        let mut best_norm = (f64::NEG_INFINITY, 0);
+        for (j, c) in choices.iter().enumerate() {
+            let lp = scores[next + j].0;
+            let norm = lp / c.len().max(1) as f64;
+            if lp > best.0 {
+                best = (lp, j);
+            }
+            if norm > best_norm.0 {
+                best_norm = (norm, j);
+            }
+        }
+        next += choices.len();
+        acc += (best.1 == *label) as usize;
+        acc_norm += (best_norm.1 == *label) as usize;
+    }
+    let n = examples.len();
+    TaskMetrics {
+        kind: "multiple_choice".into(),
+        examples: n as u64,
+        accuracy: Some(acc as f64 / n.max(1) as f64),
+        accuracy_norm: Some(acc_norm as f64 / n.max(1) as f64),
+        answer_logprob: None,
+        exact_match: None,
+    }
+}
+
+/// Scores a task: every choice or answer in padded batches of about
+/// `batch_size * seq_len` tokens, then the questions' greedy answers
+/// `batch_size` at a time.
 pub fn evaluate_task(
     model: &Qwen3,
     tok: &Tok,
@@ -372,78 +706,55 @@ pub fn evaluate_task(
     cancel: &AtomicBool,
 ) -> Result<TaskMetrics> {
     let examples = read_task(path, spec.max_examples as usize)?;
-    let n = examples.len();
-    let (mut acc, mut acc_norm, mut lp_sum, mut em) = (0usize, 0usize, 0.0f64, 0usize);
-    let (mut mc, mut qa) = (0usize, 0usize);
-    tch::no_grad(|| -> Result<()> {
-        for (i, ex) in examples.iter().enumerate() {
-            check_cancel(cancel)?;
-            match ex {
-                Example::Mc {
-                    prompt,
-                    choices,
-                    label,
-                } => {
-                    mc += 1;
-                    let mut best = (f64::NEG_INFINITY, 0);
-                    let mut best_norm = (f64::NEG_INFINITY, 0);
-                    for (j, c) in choices.iter().enumerate() {
-                        let (ctx, cont) = split_ids(tok, prompt, c)?;
-                        let (lp, _) = continuation_logprob(model, &ctx, &cont);
-                        let norm = lp / c.len().max(1) as f64;
-                        if lp > best.0 {
-                            best = (lp, j);
-                        }
-                        if norm > best_norm.0 {
-                            best_norm = (norm, j);
-                        }
-                    }
-                    acc += (best.1 == *label) as usize;
-                    acc_norm += (best_norm.1 == *label) as usize;
-                }
-                Example::Qa { prompt, answer } => {
-                    qa += 1;
-                    let (ctx, cont) = split_ids(tok, prompt, answer)?;
-                    let (lp, k) = continuation_logprob(model, &ctx, &cont);
-                    lp_sum += lp / k.max(1) as f64;
-                    let generated = greedy_generate(model, tok, &ctx, spec.max_new_tokens as usize)?;
-                    em += (generated.trim() == answer.trim()) as usize;
-                }
-            }
-            progress(&Progress {
-                stage: "evaluate",
-                current: i as u64 + 1,
-                total: n as u64,
-                unit: "examples",
-                message: path.display().to_string(),
-            });
-        }
-        Ok(())
-    })?;
-    let frac = |a: usize, d: usize| Some(a as f64 / d.max(1) as f64);
-    Ok(if qa == 0 {
-        TaskMetrics {
-            kind: "multiple_choice".into(),
-            examples: mc as u64,
-            accuracy: frac(acc, mc),
-            accuracy_norm: frac(acc_norm, mc),
-            answer_logprob: None,
-            exact_match: None,
-        }
-    } else if mc == 0 {
-        TaskMetrics {
-            kind: "qa".into(),
-            examples: qa as u64,
-            accuracy: None,
-            accuracy_norm: None,
-            answer_logprob: Some(lp_sum / qa as f64),
-            exact_match: frac(em, qa),
-        }
-    } else {
+    let qa = examples
+        .iter()
+        .filter(|e| matches!(e, Example::Qa { .. }))
+        .count();
+    if qa > 0 && qa < examples.len() {
         return Err(MlError::Spec(format!(
             "{}: mixes multiple-choice and QA lines",
             path.display()
         )));
+    }
+    let (rows, questions) = task_rows(model, tok, &examples)?;
+    let report = |unit: &'static str, total: usize| {
+        let mut current = 0;
+        move |n: usize| {
+            current += n;
+            progress(&Progress {
+                stage: "evaluate",
+                current: current as u64,
+                total: total as u64,
+                unit,
+                message: path.display().to_string(),
+            });
+        }
+    };
+    let batch = spec.batch_size.max(1) as usize;
+    let budget = batch * spec.seq_len().max(1);
+    let mut done = report("sequences", rows.len());
+    let scores = tch::no_grad(|| rows_logprob(model, &rows, budget, cancel, &mut done))?;
+    if qa == 0 {
+        return Ok(mc_metrics(&examples, &scores));
+    }
+    let max_new = spec.max_new_tokens as usize;
+    let mut done = report("examples", qa);
+    let generated = tch::no_grad(|| {
+        generate_batches(model, tok, &questions, max_new, batch, cancel, &mut done)
+    })?;
+    let lp_sum: f64 = scores.iter().map(|(lp, k)| lp / (*k).max(1) as f64).sum();
+    let em = examples
+        .iter()
+        .zip(&generated)
+        .filter(|(ex, g)| matches!(ex, Example::Qa { answer, .. } if g.trim() == answer.trim()))
+        .count();
+    Ok(TaskMetrics {
+        kind: "qa".into(),
+        examples: qa as u64,
+        accuracy: None,
+        accuracy_norm: None,
+        answer_logprob: Some(lp_sum / qa as f64),
+        exact_match: Some(em as f64 / qa as f64),
     })
 }
 

@@ -4,10 +4,13 @@
 //! Every long-running function takes a progress callback and a cancellation
 //! flag; every spec is a serde struct that the engine fills from the manifest.
 
+pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod evaluate;
+mod ffi;
 pub mod model;
 pub mod optim;
 pub mod progress;

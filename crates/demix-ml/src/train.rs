@@ -16,10 +16,12 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::checkpoint::{load_config, load_safetensors, save_safetensors};
 use crate::data::Shard;
 use crate::device::{resolve_device, set_threads};
+use crate::dist::World;
 use crate::error::{IoContext, MlError, Result};
-use crate::model::{Qwen3, Qwen3Config, load_config, load_safetensors, save_safetensors};
+use crate::model::{Qwen3, Qwen3Config};
 use crate::optim::{AdamW, LrSchedule};
 use crate::progress::Progress;
 use demix_spec::rng::{SplitMix64, fnv1a64};
@@ -221,7 +223,7 @@ fn save_state(model: &Qwen3, opt: &AdamW, st: &ResumeState, dir: &Path) -> Resul
             &tmp.join("model.safetensors"),
             &model.named_parameters(),
             Some(Kind::Float),
-            None,
+            &BTreeMap::new(),
         )?;
         util::write_json_atomic(&tmp.join("config.json"), &model.config)?;
         opt.save(&tmp.join("optim.safetensors"))?;
@@ -232,6 +234,10 @@ fn save_state(model: &Qwen3, opt: &AdamW, st: &ResumeState, dir: &Path) -> Resul
 /// Trains per `spec`, resuming from `paths.state_dir` when it holds a state
 /// of the same spec. Returns `Err(Cancelled)` after saving the state when
 /// `cancel` is set, `Err(NonFiniteLoss)` (nothing saved) on NaN/inf loss.
+///
+/// Started as one of several ranks (by mpirun or srun), it trains data
+/// parallel: each rank computes its slice of every global batch, gradients
+/// are summed over the ranks, and rank 0 alone writes.
 pub fn train(
     spec: &TrainSpec,
     paths: &TrainPaths,
@@ -239,12 +245,11 @@ pub fn train(
     cancel: &AtomicBool,
 ) -> Result<TrainSummary> {
     spec.validate()?;
-    set_threads(spec.train.threads);
     let device = resolve_device(spec.train.device)?;
+    let world = World::join(device)?;
+    set_threads(threads(spec, world.as_ref()));
+    let slice = RankSlice::new(spec, world.as_ref())?;
     let weights = spec.data.weights().map_err(MlError::Spec)?;
-    let t = spec.train.seq_len as usize;
-
-    // Model: fresh, or from a checkpoint; the resume state overrides below.
     let (config, init_dir) = match (&spec.model, &spec.init_from) {
         (Some(c), _) => (c.clone(), None),
         (None, Some(d)) => (load_config(d)?, Some(d.clone())),
@@ -256,32 +261,133 @@ pub fn train(
             .map(|d| d.join("tokenizer.json"))
             .filter(|p| p.exists())
     });
+    let shards = open_shards(spec, paths, &weights, &config)?;
+    let resume = read_resume(spec, paths)?;
+    if device == Device::Cpu {
+        check_memory(spec, &config, slice.rows)?;
+    }
+    let mut model = match (&resume, &init_dir) {
+        (Some(_), _) => {
+            let (sd, _) =
+                load_safetensors(&paths.state_dir.join("model.safetensors"), Device::Cpu)?;
+            Qwen3::from_state_dict(&config, sd, device)?
+        }
+        (None, Some(d)) => Qwen3::load(d, device)?,
+        (None, None) => Qwen3::init(&config, spec.train.seed, device)?,
+    };
+    model.compute_kind = match (spec.train.precision, device) {
+        (Precision::F32, _) | (Precision::Auto, Device::Cpu) => Kind::Float,
+        _ => Kind::BFloat16,
+    };
+    model.set_requires_grad(true);
+    let opt = AdamW::new(
+        model.named_parameters(),
+        (spec.train.betas[0], spec.train.betas[1]),
+        spec.train.eps,
+        spec.train.weight_decay,
+    )?;
+    let mut run = Run {
+        spec,
+        paths,
+        world,
+        slice,
+        tokenizer,
+        model,
+        opt,
+        device,
+        checkpoints_done: vec![],
+        saved: vec![],
+        prior_elapsed: 0.0,
+        started: Instant::now(),
+        pending: vec![],
+        last_loss: f64::NAN,
+    };
+    let start_step = run.start(resume.as_ref())?;
+    let mix: Vec<(f64, &Shard)> = shards.iter().map(|(w, s)| (*w, s)).collect();
+    for step in start_step + 1..=spec.total_steps() {
+        run.step(step, &mix)?;
+        if run.after_step(step, progress, cancel)? {
+            return Err(MlError::Cancelled);
+        }
+    }
+    run.finish(start_step, &config)
+}
 
+/// CPU threads of this process: the spec's, else with several ranks on a
+/// node, the engine's share per rank (`DEMIX_RANK_THREADS`).
+fn threads(spec: &TrainSpec, world: Option<&World>) -> u32 {
+    if spec.train.threads > 0 || world.is_none() {
+        return spec.train.threads;
+    }
+    std::env::var("DEMIX_RANK_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The rows of each global batch this rank computes, and how many at once.
+struct RankSlice {
+    /// First row and rows of this rank.
+    first: usize,
+    rows: usize,
+    micro: usize,
+}
+
+impl RankSlice {
+    fn new(spec: &TrainSpec, world: Option<&World>) -> Result<RankSlice> {
+        let b = spec.train.batch_size as usize;
+        let (rank, size) = world.map_or((0, 1), |w| (w.rank, w.size));
+        if !b.is_multiple_of(size) {
+            return Err(MlError::Spec(format!(
+                "`batch_size` {b} does not split evenly over {size} ranks: make it a multiple of the rank count"
+            )));
+        }
+        let rows = b / size;
+        let micro = spec.train.micro_batch_size.map_or(rows, |m| m as usize).min(rows);
+        if micro == 0 || !rows.is_multiple_of(micro) {
+            return Err(MlError::Spec(format!(
+                "`micro_batch_size` {micro} does not divide the {rows} rows each of {size} ranks computes"
+            )));
+        }
+        Ok(RankSlice {
+            first: rank * rows,
+            rows,
+            micro,
+        })
+    }
+}
+
+/// The mixture's shards, checked against the sequence length and the model.
+fn open_shards(
+    spec: &TrainSpec,
+    paths: &TrainPaths,
+    weights: &BTreeMap<String, f64>,
+    config: &Qwen3Config,
+) -> Result<Vec<(f64, Shard)>> {
+    let t = spec.train.seq_len as usize;
     let mut shards = vec![];
-    for (name, w) in &weights {
+    for (name, w) in weights {
         let dir = paths
             .shards
             .get(name)
             .ok_or_else(|| MlError::Spec(format!("no shard given for dataset '{name}'")))?;
         let sh = Shard::open(dir)?;
+        let bad = |msg: String| MlError::Shard {
+            path: dir.clone(),
+            msg,
+        };
         if sh.tokens().len() <= t {
-            return Err(MlError::Shard {
-                path: dir.clone(),
-                msg: format!(
-                    "{} tokens, fewer than seq_len + 1 = {}",
-                    sh.tokens().len(),
-                    spec.train.seq_len + 1
-                ),
-            });
+            return Err(bad(format!(
+                "{} tokens, fewer than seq_len + 1 = {}",
+                sh.tokens().len(),
+                spec.train.seq_len + 1
+            )));
         }
         if sh.meta.vocab_size as i64 > config.vocab_size {
-            return Err(MlError::Shard {
-                path: dir.clone(),
-                msg: format!(
-                    "tokenizer vocabulary {} exceeds the model's vocab_size {}",
-                    sh.meta.vocab_size, config.vocab_size
-                ),
-            });
+            return Err(bad(format!(
+                "tokenizer vocabulary {} exceeds the model's vocab_size {}",
+                sh.meta.vocab_size, config.vocab_size
+            )));
         }
         shards.push((*w, sh));
     }
@@ -293,211 +399,295 @@ pub fn train(
             msg: "tokenized with a different tokenizer than the other shards".into(),
         });
     }
+    Ok(shards)
+}
 
+/// The saved state to resume from, if there is one of this spec.
+fn read_resume(spec: &TrainSpec, paths: &TrainPaths) -> Result<Option<ResumeState>> {
     let state_json = paths.state_dir.join("state.json");
-    let resume: Option<ResumeState> = if state_json.exists() {
-        let st: ResumeState = util::read_json(&state_json)?;
-        if st.format != STATE_FORMAT || st.fingerprint != spec.fingerprint() {
-            return Err(MlError::Spec(format!(
-                "{} belongs to a different training spec; remove it to start over",
-                paths.state_dir.display()
-            )));
-        }
-        Some(st)
-    } else {
-        None
-    };
-
-    // Before allocating anything: a configuration that cannot fit is an error
-    // that says so, not a failure deep inside libtorch.
-    if device == Device::Cpu {
-        let rows = spec.train.micro_batch_size.unwrap_or(spec.train.batch_size) as u64;
-        let need = config.shape().training_bytes(rows, spec.train.seq_len as u64);
-        if let Some(have) = demix_spec::estimate::available_memory()
-            && need > have
-        {
-            return Err(MlError::Config(format!(
-                "training this model needs about {} of memory ({} parameters: hidden_size {}, intermediate_size {}, num_hidden_layers {}, vocab_size {}; {} rows of {} tokens at once), and this machine has {} available: make the model or `micro_batch_size` smaller",
-                demix_fs::human_bytes(need),
-                config.num_params(),
-                config.hidden_size,
-                config.intermediate_size,
-                config.num_hidden_layers,
-                config.vocab_size,
-                rows,
-                spec.train.seq_len,
-                demix_fs::human_bytes(have)
-            )));
-        }
+    if !state_json.exists() {
+        return Ok(None);
     }
-    let model = match (&resume, &init_dir) {
-        (Some(_), _) => {
-            let (sd, _) =
-                load_safetensors(&paths.state_dir.join("model.safetensors"), Device::Cpu)?;
-            Qwen3::from_state_dict(&config, sd, device)?
-        }
-        (None, Some(d)) => Qwen3::load(d, device)?,
-        (None, None) => Qwen3::init(&config, spec.train.seed, device)?,
+    let st: ResumeState = util::read_json(&state_json)?;
+    if st.format != STATE_FORMAT || st.fingerprint != spec.fingerprint() {
+        return Err(MlError::Spec(format!(
+            "{} belongs to a different training spec; remove it to start over",
+            paths.state_dir.display()
+        )));
+    }
+    Ok(Some(st))
+}
+
+/// Before allocating anything: a configuration that cannot fit is an error
+/// that says so, not a failure deep inside libtorch.
+fn check_memory(spec: &TrainSpec, config: &Qwen3Config, rows: usize) -> Result<()> {
+    let rows = spec.train.micro_batch_size.map_or(rows as u64, u64::from).min(rows as u64);
+    let need = config.shape().training_bytes(rows, spec.train.seq_len as u64);
+    let Some(have) = demix_spec::estimate::available_memory() else {
+        return Ok(());
     };
-    let mut model = model;
-    model.compute_kind = match (spec.train.precision, device) {
-        (Precision::F32, _) | (Precision::Auto, Device::Cpu) => Kind::Float,
-        _ => Kind::BFloat16,
-    };
-    model.set_requires_grad(true);
-    let mut opt = AdamW::new(
-        model.named_parameters(),
-        (spec.train.betas[0], spec.train.betas[1]),
-        spec.train.eps,
-        spec.train.weight_decay,
-    )?;
-    let mut checkpoints_done = vec![];
-    let mut prior_elapsed = 0.0;
-    let start_step = match &resume {
-        Some(st) => {
-            opt.load(&paths.state_dir.join("optim.safetensors"))?;
-            if opt.step != st.step {
-                return Err(MlError::checkpoint(
-                    &paths.state_dir,
-                    "optimizer step differs from state.json",
-                ));
-            }
-            truncate_metrics(&paths.metrics, st.step)?;
-            checkpoints_done = st.checkpoints_done.clone();
-            prior_elapsed = st.elapsed_s;
-            st.step
-        }
-        None => {
+    if need <= have {
+        return Ok(());
+    }
+    Err(MlError::Config(format!(
+        "training this model needs about {} of memory ({} parameters: hidden_size {}, intermediate_size {}, num_hidden_layers {}, vocab_size {}; {} rows of {} tokens at once), and this machine has {} available: make the model or `micro_batch_size` smaller",
+        demix_fs::human_bytes(need),
+        config.num_params(),
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_hidden_layers,
+        config.vocab_size,
+        rows,
+        spec.train.seq_len,
+        demix_fs::human_bytes(have)
+    )))
+}
+
+/// Steps whose loss and gradient norm are still on the device: read back
+/// together, so no step waits on the host.
+const MAX_PENDING: usize = 32;
+
+/// One step's values, read back later.
+struct Pending {
+    step: u64,
+    lr: f64,
+    loss: Tensor,
+    grad_norm: Tensor,
+}
+
+/// A training in progress.
+struct Run<'a> {
+    spec: &'a TrainSpec,
+    paths: &'a TrainPaths,
+    world: Option<World>,
+    slice: RankSlice,
+    tokenizer: Option<PathBuf>,
+    model: Qwen3,
+    opt: AdamW,
+    device: Device,
+    checkpoints_done: Vec<u64>,
+    saved: Vec<PathBuf>,
+    prior_elapsed: f64,
+    started: Instant,
+    pending: Vec<Pending>,
+    last_loss: f64,
+}
+
+impl Run<'_> {
+    /// Only rank 0 writes (metrics, checkpoints, state).
+    fn writes(&self) -> bool {
+        self.world.as_ref().is_none_or(|w| w.rank == 0)
+    }
+
+    /// Loads the resumed optimizer state; returns the step to go on from.
+    fn start(&mut self, resume: Option<&ResumeState>) -> Result<u64> {
+        let Some(st) = resume else {
             // A start from scratch: lines an attempt killed before its first
             // saved state wrote are not this run's.
-            match std::fs::remove_file(&paths.metrics) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(MlError::io(&paths.metrics, e));
+            if self.writes() {
+                match std::fs::remove_file(&self.paths.metrics) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(MlError::io(&self.paths.metrics, e));
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-            0
+            return Ok(0);
+        };
+        self.opt.load(&self.paths.state_dir.join("optim.safetensors"))?;
+        if self.opt.step != st.step {
+            return Err(MlError::checkpoint(
+                &self.paths.state_dir,
+                "optimizer step differs from state.json",
+            ));
         }
-    };
+        if self.writes() {
+            truncate_metrics(&self.paths.metrics, st.step)?;
+        }
+        self.checkpoints_done = st.checkpoints_done.clone();
+        self.prior_elapsed = st.elapsed_s;
+        Ok(st.step)
+    }
 
-    let sched = spec.schedule();
-    let total = spec.total_steps();
-    let tps = spec.tokens_per_step();
-    let (b, t) = (spec.train.batch_size as usize, spec.train.seq_len as usize);
-    let mix: Vec<(f64, &Shard)> = shards.iter().map(|(w, s)| (*w, s)).collect();
-    let started = Instant::now();
-    let mut last_log = (Instant::now(), start_step);
-    let mut last_loss = f64::NAN;
-    let mut saved = vec![];
-    let make_state = |step: u64, done: &Vec<u64>, elapsed: f64| ResumeState {
-        format: STATE_FORMAT.into(),
-        step,
-        tokens: step * tps,
-        fingerprint: spec.fingerprint(),
-        elapsed_s: elapsed,
-        sampler: format!("splitmix64(seed={}, step)", spec.train.seed),
-        checkpoints_done: done.clone(),
-    };
-
-    for step in start_step + 1..=total {
-        let data = sample_batch(spec.train.seed, step, &mix, b, t);
-        let batch = Tensor::from_slice(&data)
-            .view([b as i64, t as i64 + 1])
-            .to_device(device);
-        // Gradient accumulation: each micro-batch's mean loss, scaled by its share
-        // of the rows, sums to the whole batch's mean loss.
-        let micro = spec.train.micro_batch_size.map_or(b, |m| m as usize).min(b);
-        let mut lv = 0.0;
-        for start in (0..b).step_by(micro) {
+    /// Forward, backward (in micro-batches), the gradient sum over the ranks,
+    /// clipping and the update. Nothing here reads a value back to the host.
+    fn step(&mut self, step: u64, mix: &[(f64, &Shard)]) -> Result<()> {
+        let (b, t) = (self.spec.train.batch_size as usize, self.spec.train.seq_len as usize);
+        let data = sample_batch(self.spec.train.seed, step, mix, b, t);
+        let row = t + 1;
+        let mine = &data[self.slice.first * row..(self.slice.first + self.slice.rows) * row];
+        let batch = Tensor::from_slice(mine)
+            .view([self.slice.rows as i64, row as i64])
+            .to_device(self.device);
+        // Each micro-batch's mean loss, scaled by its share of the global
+        // batch's rows: summed over micro-batches and ranks, the batch mean.
+        let micro = self.slice.micro;
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
+        for start in (0..self.slice.rows).step_by(micro) {
             let rows = batch.narrow(0, start as i64, micro as i64);
             let inputs = rows.narrow(1, 0, t as i64);
             let targets = rows.narrow(1, 1, t as i64);
-            let loss = model.loss(&inputs, &targets) * (micro as f64 / b as f64);
-            let part = loss.double_value(&[]);
-            if !part.is_finite() {
-                return Err(MlError::NonFiniteLoss { step });
-            }
-            lv += part;
+            let loss = self.model.loss(&inputs, &targets) * (micro as f64 / b as f64);
+            loss_sum = loss_sum + loss.detach().to_kind(Kind::Float);
             loss.backward();
         }
-        let gn = opt.clip_grad_norm(spec.train.grad_clip);
-        let lr = sched.lr(step);
-        opt.update(lr);
-        opt.zero_grad();
-        last_loss = lv;
-        let tokens = step * tps;
-        let elapsed = prior_elapsed + started.elapsed().as_secs_f64();
-
-        if step % spec.train.log_every_steps.max(1) == 0 || step == total {
-            let dt = last_log.0.elapsed().as_secs_f64().max(1e-9);
-            let rate = (step - last_log.1) as f64 * tps as f64 / dt;
-            last_log = (Instant::now(), step);
-            append_metrics(
-                &paths.metrics,
-                &MetricsLine {
-                    step,
-                    tokens,
-                    loss: lv,
-                    lr,
-                    grad_norm: gn,
-                },
-            )?;
-            progress(&Progress {
-                stage: "train",
-                current: tokens,
-                total: total * tps,
-                unit: "tokens",
-                message: format!("step {step}/{total} loss {lv:.4} lr {lr:.2e} {rate:.0} tokens/s"),
-            });
+        if let Some(w) = &self.world {
+            let mut all = self.opt.grads();
+            all.push(loss_sum.shallow_clone());
+            w.all_reduce_sum(&all)?;
         }
+        let grad_norm = self.opt.clip_grad_norm(self.spec.train.grad_clip)?;
+        let lr = self.spec.schedule().lr(step);
+        self.opt.update(lr)?;
+        self.opt.zero_grad();
+        self.pending.push(Pending {
+            step,
+            lr,
+            loss: loss_sum,
+            grad_norm,
+        });
+        Ok(())
+    }
 
-        for &bud in &spec.train.checkpoints {
-            if bud <= tokens && !checkpoints_done.contains(&bud) {
-                let d = paths.checkpoint_dir(bud);
-                model.save(&d, tokenizer.as_deref())?;
-                checkpoints_done.push(bud);
-                saved.push(d);
+    /// Reads back pending values, logs them, and saves what is due. Returns
+    /// whether the run was cancelled (its state saved).
+    fn after_step(&mut self, step: u64, progress: &dyn Fn(&Progress), cancel: &AtomicBool) -> Result<bool> {
+        let total = self.spec.total_steps();
+        let tokens = step * self.spec.tokens_per_step();
+        let checkpoint_due = self
+            .spec
+            .train
+            .checkpoints
+            .iter()
+            .any(|&bud| bud <= tokens && !self.checkpoints_done.contains(&bud));
+        let every = self.spec.train.state_every_steps;
+        let state_due = every > 0 && step.is_multiple_of(every) && step < total;
+        if step.is_multiple_of(self.spec.train.log_every_steps.max(1)) || step == total {
+            self.report(step, progress);
+        }
+        let cancelled = match &self.world {
+            Some(w) => w.any(cancel.load(Ordering::Relaxed)),
+            None => cancel.load(Ordering::Relaxed),
+        };
+        if self.pending.len() >= MAX_PENDING || step == total || checkpoint_due || state_due || cancelled {
+            self.flush()?;
+        }
+        if checkpoint_due && self.writes() {
+            for &bud in &self.spec.train.checkpoints {
+                if bud <= tokens && !self.checkpoints_done.contains(&bud) {
+                    let d = self.paths.checkpoint_dir(bud);
+                    self.model.save(&d, self.tokenizer.as_deref())?;
+                    self.checkpoints_done.push(bud);
+                    self.saved.push(d);
+                }
             }
         }
-
-        if cancel.load(Ordering::Relaxed) {
-            save_state(
-                &model,
-                &opt,
-                &make_state(step, &checkpoints_done, elapsed),
-                &paths.state_dir,
-            )?;
-            return Err(MlError::Cancelled);
+        if (cancelled || state_due) && self.writes() {
+            self.save_state(step)?;
         }
-        if spec.train.state_every_steps > 0 && step % spec.train.state_every_steps == 0 && step < total {
-            save_state(
-                &model,
-                &opt,
-                &make_state(step, &checkpoints_done, elapsed),
-                &paths.state_dir,
-            )?;
+        Ok(cancelled)
+    }
+
+    /// One read-back of every pending step: a non-finite loss is an error
+    /// (before anything is saved); log steps go to metrics.jsonl.
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let read = |ts: Vec<Tensor>| -> Result<Vec<f64>> {
+            let t = Tensor::f_stack(&ts, 0)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
+            Ok(Vec::<f64>::try_from(t)?)
+        };
+        let losses = read(pending.iter().map(|p| p.loss.shallow_clone()).collect())?;
+        let norms = read(pending.iter().map(|p| p.grad_norm.to_kind(Kind::Float)).collect())?;
+        if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
+            return Err(MlError::NonFiniteLoss { step: pending[i].step });
+        }
+        let total = self.spec.total_steps();
+        let tps = self.spec.tokens_per_step();
+        let every = self.spec.train.log_every_steps.max(1);
+        for (i, p) in pending.iter().enumerate() {
+            self.last_loss = losses[i];
+            if self.writes() && (p.step.is_multiple_of(every) || p.step == total) {
+                append_metrics(
+                    &self.paths.metrics,
+                    &MetricsLine {
+                        step: p.step,
+                        tokens: p.step * tps,
+                        loss: losses[i],
+                        lr: p.lr,
+                        grad_norm: norms[i],
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Progress at `step`, with the loss last read back (no host sync here).
+    fn report(&self, step: u64, progress: &dyn Fn(&Progress)) {
+        let total = self.spec.total_steps();
+        let tps = self.spec.tokens_per_step();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let rate = step as f64 * tps as f64 / (secs + self.prior_elapsed);
+        let lr = self.spec.schedule().lr(step);
+        // The loss of the last step read back, once there is one.
+        let loss = if self.last_loss.is_finite() {
+            format!(" loss {:.4}", self.last_loss)
+        } else {
+            String::new()
+        };
+        progress(&Progress {
+            stage: "train",
+            current: step * tps,
+            total: total * tps,
+            unit: "tokens",
+            message: format!("step {step}/{total}{loss} lr {lr:.2e} {rate:.0} tokens/s"),
+        });
+    }
+
+    fn resume_state(&self, step: u64) -> ResumeState {
+        ResumeState {
+            format: STATE_FORMAT.into(),
+            step,
+            tokens: step * self.spec.tokens_per_step(),
+            fingerprint: self.spec.fingerprint(),
+            elapsed_s: self.prior_elapsed + self.started.elapsed().as_secs_f64(),
+            sampler: format!("splitmix64(seed={}, step)", self.spec.train.seed),
+            checkpoints_done: self.checkpoints_done.clone(),
         }
     }
 
-    model.save(&paths.output, tokenizer.as_deref())?;
-    let elapsed = prior_elapsed + started.elapsed().as_secs_f64();
-    save_state(
-        &model,
-        &opt,
-        &make_state(total, &checkpoints_done, elapsed),
-        &paths.state_dir,
-    )?;
-    let run_s = started.elapsed().as_secs_f64().max(1e-9);
-    Ok(TrainSummary {
-        steps: total,
-        tokens: total * tps,
-        resumed_from_step: start_step,
-        final_loss: last_loss,
-        elapsed_s: elapsed,
-        tokens_per_s: (total - start_step) as f64 * tps as f64 / run_s,
-        params: config.num_params(),
-        checkpoints: saved,
-    })
+    fn save_state(&self, step: u64) -> Result<()> {
+        save_state(&self.model, &self.opt, &self.resume_state(step), &self.paths.state_dir)
+    }
+
+    /// The final checkpoint and state (rank 0), and the run's summary.
+    fn finish(mut self, start_step: u64, config: &Qwen3Config) -> Result<TrainSummary> {
+        let total = self.spec.total_steps();
+        self.flush()?;
+        if self.writes() {
+            self.model.save(&self.paths.output, self.tokenizer.as_deref())?;
+            self.save_state(total)?;
+        }
+        if let Some(w) = &self.world {
+            // The others end once rank 0's files are complete.
+            w.barrier();
+        }
+        let tps = self.spec.tokens_per_step();
+        let run_s = self.started.elapsed().as_secs_f64().max(1e-9);
+        Ok(TrainSummary {
+            steps: total,
+            tokens: total * tps,
+            resumed_from_step: start_step,
+            final_loss: self.last_loss,
+            elapsed_s: self.prior_elapsed + run_s,
+            tokens_per_s: (total - start_step) as f64 * tps as f64 / run_s,
+            params: config.num_params(),
+            checkpoints: self.saved,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 //! the inputs; this module reads, checks and renders them.
 //!
 //! Each section is present only when its input was given. The sections are
-//! built from [`Report`] through small view functions, so a new one (such as
-//! proxy scores against trained references, once references exist) is a view
+//! built from [`Report`] through small view functions, so a new one is a view
 //! plus a call to one of the [`svg`] plots.
 
 pub mod data;

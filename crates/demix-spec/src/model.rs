@@ -124,8 +124,8 @@ impl Qwen3Config {
         }
     }
 
-    /// Qwen3-1.7B's shape (untied here as in the paper's from-scratch runs
-    /// is a choice; the released model ties embeddings).
+    /// Qwen3-1.7B's shape, with its embeddings tied to the output projection
+    /// as in the released model (`tie_word_embeddings`).
     pub fn qwen3_1_7b() -> Self {
         let mut c = Self::new(151936, 2048, 6144, 28, 16, 8);
         c.head_dim = 128;

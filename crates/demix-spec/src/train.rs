@@ -26,7 +26,7 @@ impl FromStr for DeviceChoice {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" | "" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
             t => t
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())

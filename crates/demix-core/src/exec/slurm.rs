@@ -1,7 +1,7 @@
 //! The Slurm executor: each ready step becomes a Slurm job (see docs/cluster.md).
 //!
-//! The local scheduler (`local.rs`) still decides what runs when; this module only
-//! replaces "start a child process" with "submit a job". A step's job runs
+//! The scheduler still decides what runs when; this module is the run's
+//! [`Executor`]: instead of starting a child process, it submits a job. A step's job runs
 //! `demix internal exec-step SPEC --completion FILE` against the shared store, so
 //! success or failure comes from the completion record the step writes itself, and
 //! Slurm is asked only where each job is (`squeue`, one call per poll for every job
@@ -17,9 +17,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::protocol::{Completion, EXIT_CANCELLED, StepSpec};
+use crate::exec::executor::{Done, Executor, StepFuture};
+use crate::graph::NodeId;
 use crate::manifest::{ExecutorDecl, parse_duration};
 use crate::progress::Reporter;
+use crate::protocol::{Completion, EXIT_CANCELLED, StepSpec};
 use crate::store::{Store, write_json_atomic};
 
 /// Jobs in flight when `--jobs` is not given: the cluster, not this machine, limits.
@@ -126,22 +128,14 @@ pub fn check_commands() -> Result<(), String> {
     Ok(())
 }
 
-/// What a step's job left: the local scheduler turns it into the step's outcome.
-#[derive(Debug)]
-pub struct Done {
-    pub completion: Option<Completion>,
-    pub stderr: String,
-    pub status: Option<i32>,
-}
-
 enum Msg {
     Submit {
-        node: usize,
+        node: NodeId,
         spec: Box<StepSpec>,
         reply: oneshot::Sender<Done>,
     },
     Flush,
-    Cancel(Vec<usize>),
+    Cancel(Vec<NodeId>),
     Finish(oneshot::Sender<()>),
 }
 
@@ -188,15 +182,10 @@ impl Slurm {
         Slurm { tx, step_cap }
     }
 
-    /// Steps the scheduler may hand over at once: jobs in flight times `batch`.
-    pub fn step_cap(&self) -> usize {
-        self.step_cap
-    }
-
-    /// Hands over a step; it is submitted at the next [`Slurm::flush`].
+    /// Hands over a step; it is submitted at the next [`Executor::flush`].
     pub fn submit(
         &self,
-        node: usize,
+        node: NodeId,
         spec: StepSpec,
     ) -> impl std::future::Future<Output = Done> + Send + 'static {
         let (reply, rx) = oneshot::channel();
@@ -213,23 +202,46 @@ impl Slurm {
             })
         }
     }
+}
 
-    /// Submits the steps handed over since the last flush, batched by request.
-    pub fn flush(&self) {
-        let _ = self.tx.send(Msg::Flush);
+impl Executor for Slurm {
+    /// Steps the scheduler may hand over at once: jobs in flight times `batch`.
+    fn step_cap(&self) -> usize {
+        self.step_cap
+    }
+
+    fn runs_here(&self) -> bool {
+        false
+    }
+
+    fn start(
+        &mut self,
+        node: NodeId,
+        spec: StepSpec,
+        _gpus: &[String],
+    ) -> Result<StepFuture, String> {
+        Ok(Box::pin(self.submit(node, spec)))
     }
 
     /// Cancels these steps' jobs (`scancel`); their futures end as cancelled.
-    pub fn cancel(&self, nodes: impl IntoIterator<Item = usize>) {
-        let _ = self.tx.send(Msg::Cancel(nodes.into_iter().collect()));
+    fn cancel(&mut self, nodes: &[NodeId]) {
+        let _ = self.tx.send(Msg::Cancel(nodes.to_vec()));
+    }
+
+    /// Submits the steps handed over since the last flush, batched by request.
+    fn flush(&mut self) {
+        let _ = self.tx.send(Msg::Flush);
     }
 
     /// Waits for the executor to clean up (every step's job has ended by now).
-    pub async fn finish(&self) {
+    fn finish(&mut self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Finish(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        let sent = self.tx.send(Msg::Finish(tx)).is_ok();
+        Box::pin(async move {
+            if sent {
+                let _ = rx.await;
+            }
+        })
     }
 }
 
@@ -261,7 +273,7 @@ struct Task {
     name: String,
     /// The job id (`123`), for squeue's `-j`.
     job: String,
-    nodes: Vec<usize>,
+    nodes: Vec<NodeId>,
     state: String,
     reason: String,
     restarts: u32,
@@ -282,9 +294,9 @@ struct Actor {
     jobs: usize,
     rep: Arc<Reporter>,
     /// Steps handed over and not yet decided, by node.
-    steps: HashMap<usize, Step>,
+    steps: HashMap<NodeId, Step>,
     /// Nodes waiting to be submitted, oldest first.
-    queue: Vec<usize>,
+    queue: Vec<NodeId>,
     tasks: Vec<Task>,
     seq: u32,
     spec_seq: u32,
@@ -475,7 +487,7 @@ impl Actor {
         self.finish().await;
     }
 
-    fn add(&mut self, node: usize, mut spec: StepSpec, reply: oneshot::Sender<Done>) {
+    fn add(&mut self, node: NodeId, mut spec: StepSpec, reply: oneshot::Sender<Done>) {
         absolutize(&mut spec);
         let r = &spec.resources;
         let time_s = r
@@ -521,7 +533,7 @@ impl Actor {
     }
 
     /// Ends a step: its future resolves with `done`.
-    fn decide(&mut self, node: usize, done: Done) {
+    fn decide(&mut self, node: NodeId, done: Done) {
         if let Some(mut s) = self.steps.remove(&node)
             && let Some(r) = s.reply.take()
         {
@@ -529,7 +541,7 @@ impl Actor {
         }
     }
 
-    fn cancelled_completion(&self, node: usize, error: &str) -> Completion {
+    fn cancelled_completion(&self, node: NodeId, error: &str) -> Completion {
         let s = &self.steps[&node];
         Completion {
             step: s.id.clone(),
@@ -546,7 +558,7 @@ impl Actor {
         }
     }
 
-    fn fail(&mut self, node: usize, error: String, completion: Option<Completion>) {
+    fn fail(&mut self, node: NodeId, error: String, completion: Option<Completion>) {
         self.failures += 1;
         let c = match completion {
             Some(mut c) => {
@@ -576,7 +588,7 @@ impl Actor {
         if free == 0 || self.queue.is_empty() {
             return;
         }
-        let mut groups: Vec<(Request, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(Request, Vec<NodeId>)> = Vec::new();
         for &n in &self.queue {
             let req = &self.steps[&n].req;
             match groups.iter_mut().find(|(r, _)| r == req) {
@@ -592,8 +604,8 @@ impl Actor {
             let tasks = nodes.len().div_ceil(batch).min(free);
             let take = nodes.len().min(tasks * batch);
             let per = take.div_ceil(tasks);
-            let chunks: Vec<Vec<usize>> =
-                nodes[..take].chunks(per).map(<[usize]>::to_vec).collect();
+            let chunks: Vec<Vec<NodeId>> =
+                nodes[..take].chunks(per).map(<[NodeId]>::to_vec).collect();
             free -= chunks.len();
             self.queue.retain(|n| !nodes[..take].contains(n));
             if self.cfg.array && chunks.len() > 1 {
@@ -607,7 +619,7 @@ impl Actor {
     }
 
     /// One `sbatch`: a plain job for one chunk, a job array for several.
-    async fn sbatch(&mut self, req: &Request, chunks: Vec<Vec<usize>>) {
+    async fn sbatch(&mut self, req: &Request, chunks: Vec<Vec<NodeId>>) {
         self.seq += 1;
         let base = format!("j{}", self.seq);
         let mut lines = String::new();
@@ -629,7 +641,7 @@ impl Actor {
         }
         let script = self.dir.join(format!("{base}.sh"));
         let list = self.dir.join(format!("{base}.tasks"));
-        let all: Vec<usize> = chunks.iter().flatten().copied().collect();
+        let all: Vec<NodeId> = chunks.iter().flatten().copied().collect();
         let written = written
             .and_then(|()| std::fs::write(&list, &lines))
             .and_then(|()| std::fs::write(&script, self.script(&list, req)));
@@ -804,7 +816,7 @@ impl Actor {
                         "slurm: squeue has failed for {}s: {e}; giving up on the run's jobs",
                         LOST_CONTACT.as_secs()
                     ));
-                    let nodes: Vec<usize> = self.tasks.drain(..).flat_map(|t| t.nodes).collect();
+                    let nodes: Vec<NodeId> = self.tasks.drain(..).flat_map(|t| t.nodes).collect();
                     for n in nodes {
                         if self.steps.contains_key(&n) {
                             self.fail(n, format!("lost contact with Slurm: {e}"), None);
@@ -909,7 +921,7 @@ impl Actor {
 
     /// A task's job ended: decide each of its steps still open.
     async fn ended(&mut self, t: Task) {
-        let open: Vec<usize> = t
+        let open: Vec<NodeId> = t
             .nodes
             .iter()
             .copied()
@@ -1070,14 +1082,14 @@ impl Actor {
             .unwrap_or_default()
     }
 
-    async fn cancel(&mut self, nodes: &[usize]) {
+    async fn cancel(&mut self, nodes: &[NodeId]) {
         for n in nodes {
             if let Some(s) = self.steps.get_mut(n) {
                 s.cancel = true;
             }
         }
         // Not submitted yet: cancelled right here.
-        let queued: Vec<usize> = self
+        let queued: Vec<NodeId> = self
             .queue
             .iter()
             .copied()
@@ -1100,7 +1112,7 @@ impl Actor {
         let mut names: Vec<String> = Vec::new();
         let mut by_job: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for t in &mut self.tasks {
-            let open: Vec<usize> = t
+            let open: Vec<NodeId> = t
                 .nodes
                 .iter()
                 .copied()

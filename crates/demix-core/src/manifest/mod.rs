@@ -22,7 +22,11 @@ pub use demix_spec::data::Format;
 pub use diag::{Diags, ManifestDiag, ManifestError, SourceFile, did_you_mean};
 
 /// The manifest file used when none is given on the command line.
-pub const DEFAULT_MANIFESTS: &[&str] = &["demix.yaml", "workflows/demix-tiny.yaml"];
+pub const DEFAULT_MANIFESTS: &[&str] = &[
+    "demix.yaml",
+    "workflows/demix-tiny.yaml",
+    "workflows/commands.yaml",
+];
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LoadError {
@@ -277,7 +281,16 @@ pub fn serde_diag(d: &mut Diags, at: &Span, what: &str, e: marked_yaml::FromNode
         Some(p) => format!("in {what}.{p}"),
         None => format!("in {what}"),
     };
-    d.error(&span, msg, label);
+    let hint = unknown_variant_hint(&msg);
+    d.push(&span, msg, label, hint);
+}
+
+/// For serde's "unknown variant `x`, expected one of `a`, `b`": the closest choice.
+pub fn unknown_variant_hint(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown variant `")?;
+    let (given, expected) = rest.split_once('`')?;
+    let choices: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    did_you_mean(given, choices.iter().copied())
 }
 
 /// Wraps a scalar in a one-element sequence so `key: x` and `key: [x]` read alike.

@@ -96,7 +96,7 @@ pub fn manifest_schema(registry: &Registry) -> Value {
         "$schema": "http://json-schema.org/draft-07/schema#",
         "$id": "https://demix.dev/schemas/manifest.schema.json",
         "title": "demix manifest",
-        "description": "A demix workflow: datasets, parameters and steps. See README.md.",
+        "description": "A demix workflow: datasets, parameters and steps. See docs/manifests.md.",
         "type": "object",
         "properties": {
             "version": { "const": 1, "description": "Manifest format version." },

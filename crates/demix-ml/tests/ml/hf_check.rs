@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::common::*;
-use demix_ml::model::{Qwen3, save_safetensors};
+use demix_ml::checkpoint::save_safetensors;
+use demix_ml::model::Qwen3;
 use tch::{Device, Tensor};
 
 fn hf_python() -> Result<PathBuf, String> {
@@ -77,7 +78,7 @@ fn transformers_loads_our_checkpoint_with_same_logits() {
             &exp.join("logits.safetensors"),
             &[("logits".into(), logits)],
             None,
-            None,
+            &Default::default(),
         )
         .unwrap();
         let text = "the cat eats two apples in math. Ünïcode ✓";
