@@ -162,7 +162,8 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         Command::Log(a) => log(a, &cache),
         Command::Gc(a) => {
             let s = store(&cache);
-            let r = demix_core::maintenance::gc(&s, a.keep_runs, a.dry_run).map_err(CliError::Failed)?;
+            let r = demix_core::maintenance::gc(&s, a.keep_runs, a.dry_run)
+                .map_err(CliError::Failed)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
             } else {
@@ -234,7 +235,10 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
             doctor()
         }
         Command::Schema => {
-            print!("{}", demix_core::manifest::schema::manifest_schema_text(&registry()));
+            print!(
+                "{}",
+                demix_core::manifest::schema::manifest_schema_text(&registry())
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Internal {

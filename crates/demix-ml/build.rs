@@ -3,7 +3,7 @@
 //! torch-sys uses for its own wrapper. Where libtorch has CUDA and the wheel's
 //! NCCL library is beside it, links NCCL too (then `cfg(demix_nccl)`); its C
 //! API is declared in src/ffi.rs, as the wheel lacks the CUDA headers nccl.h needs.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn main() {
     demix_build::link_libtorch();
@@ -14,15 +14,15 @@ fn main() {
     };
     let lib = PathBuf::from(lib);
     let root = lib.parent().expect("libtorch's lib dir has a parent");
-    let includes = [root.join("include"), root.join("include/torch/csrc/api/include")];
+    let includes = [
+        root.join("include"),
+        root.join("include/torch/csrc/api/include"),
+    ];
     let mut build = shim(&includes);
     build.file("csrc/ops.cpp");
-    // The wheel puts NCCL beside torch/ (site-packages/nvidia/nccl).
-    let nccl = root.parent().map(|p| p.join("nvidia/nccl/lib"));
-    if let Some(dir) = nccl.filter(|d| {
-        lib.join("libtorch_cuda.so").exists() && d.join("libnccl.so.2").exists()
-    }) {
-        link_nccl(&dir);
+    if let Some(dir) = demix_build::nccl_dir(&lib) {
+        println!("cargo:rustc-link-search=native={}", dir.display());
+        println!("cargo:rustc-link-lib=dylib:+verbatim=libnccl.so.2");
         println!("cargo:rustc-cfg=demix_nccl");
     }
     build.compile("demix_shim");
@@ -42,11 +42,4 @@ fn shim(includes: &[PathBuf]) -> cc::Build {
         .flag_if_supported("-Wno-deprecated-declarations")
         .warnings(false);
     b
-}
-
-/// The wheel ships `libnccl.so.2` without the unversioned link name.
-fn link_nccl(dir: &Path) {
-    println!("cargo:rustc-link-search=native={}", dir.display());
-    println!("cargo:rustc-link-lib=dylib:+verbatim=libnccl.so.2");
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
 }

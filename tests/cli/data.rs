@@ -143,7 +143,8 @@ fn workflows_point_at_every_shipped_domain() {
                 .collect()
         };
         let train = canon(
-            demix_core::graph::dataset_files(&m, d, Split::Train).unwrap_or_else(|e| panic!("{d}: {e}")),
+            demix_core::graph::dataset_files(&m, d, Split::Train)
+                .unwrap_or_else(|e| panic!("{d}: {e}")),
         );
         let val = canon(
             demix_core::graph::dataset_files(&m, d, Split::Validation)

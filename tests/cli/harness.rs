@@ -66,6 +66,34 @@ pub fn worker_exe() -> PathBuf {
     exe().with_file_name("demix-worker")
 }
 
+/// Whether data-parallel steps can run: a worker built with MPI, and Open
+/// MPI's mpirun. Without them the tests print a line and pass; under
+/// `CI=true` they fail.
+pub fn mpi() -> bool {
+    if !worker() {
+        return false;
+    }
+    let doctor = Command::new(worker_exe()).arg("doctor").output();
+    let built = doctor
+        .as_ref()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("data parallel: yes"));
+    let mpirun = Command::new("mpirun").arg("--version").output().is_ok();
+    if built && mpirun {
+        return true;
+    }
+    let why = if built {
+        "no mpirun on PATH (Debian: openmpi-bin)"
+    } else {
+        "demix-worker was built without MPI (scripts/test builds it with `--features mpi`)"
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {why}"
+    );
+    eprintln!("skipped: {why}");
+    false
+}
+
 /// Whether the worker (libtorch) is there for tests of ML steps. Without it they
 /// print a line and pass; under `CI=true` they fail.
 pub fn worker() -> bool {

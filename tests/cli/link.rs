@@ -36,7 +36,10 @@ fn worker_links_libtorch_and_resolves_it() {
     }
     let w = worker_exe();
     let dynamic = readelf(&w);
-    assert!(dynamic.contains("[libtorch_cpu.so]"), "no NEEDED libtorch_cpu.so:\n{dynamic}");
+    assert!(
+        dynamic.contains("[libtorch_cpu.so]"),
+        "no NEEDED libtorch_cpu.so:\n{dynamic}"
+    );
     let out = Command::new("ldd")
         .arg(&w)
         .env_remove("LD_LIBRARY_PATH")

@@ -13,6 +13,7 @@ mod slurm;
 mod watch;
 
 mod link;
+mod ml_parallel;
 mod ml_reliability;
 mod ml_validate;
 mod ml_workflow;

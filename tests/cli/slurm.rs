@@ -555,3 +555,44 @@ fn slurm_without_sbatch_is_a_usage_error_before_anything_runs() {
         r.stderr()
     );
 }
+
+#[test]
+fn a_two_task_job_trains_a_two_rank_step() {
+    if !crate::harness::mpi() {
+        return;
+    }
+    let Some(_c) = cluster() else { return };
+    let env = Env::new();
+    let m = crate::ml_parallel::manifest(&[("one", 1, 5), ("two", 2, 6)], 10 * 8 * 32);
+    env.write("demix.yaml", &m);
+    // `one` runs in a one-task job; `two` in one job of two tasks that srun
+    // starts, wired up by PMIx.
+    let r = demix(
+        &env,
+        "dp",
+        &["run", "--executor", "slurm", "-j", "1"],
+        Duration::from_secs(300),
+    )
+    .ok();
+    let err = r.stderr();
+    assert_eq!(lines_with(&err, "sbatch job").len(), 3, "{err}");
+    let (l1, l2) = (
+        crate::ml_parallel::losses(&env, "one"),
+        crate::ml_parallel::losses(&env, "two"),
+    );
+    assert_eq!((l1.len(), l2.len()), (10, 10));
+    for (i, (a, b)) in l1.iter().zip(&l2).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs(),
+            "step {}: {a} vs {b}",
+            i + 1
+        );
+    }
+    let logs: Vec<String> = std::fs::read_dir(env.path("cache/logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(logs.iter().any(|l| l.ends_with(".rank1.log")), "{logs:?}");
+    assert!(live_jobs("demix:dp:two").is_empty());
+}

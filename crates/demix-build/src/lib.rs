@@ -26,6 +26,10 @@ pub fn link_libtorch() {
     }
     println!("cargo:rustc-link-arg=-ltorch");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // demix-ml links the wheel's NCCL where libtorch has CUDA (see its build.rs).
+    if let Some(nccl) = nccl_dir(lib) {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", nccl.display());
+    }
     println!("cargo:rustc-env=DEMIX_LIBTORCH_LIB={}", lib.display());
 
     // The version for `demix doctor`: pip's torch ships version.py, a libtorch
@@ -45,4 +49,12 @@ pub fn link_libtorch() {
         })
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=DEMIX_LIBTORCH_VERSION={version}");
+}
+
+/// The wheel's NCCL beside torch/ (site-packages/nvidia/nccl/lib), when
+/// libtorch has CUDA: what demix-ml links for data-parallel training on GPUs.
+pub fn nccl_dir(libtorch_lib: &Path) -> Option<std::path::PathBuf> {
+    let dir = libtorch_lib.parent()?.parent()?.join("nvidia/nccl/lib");
+    (libtorch_lib.join("libtorch_cuda.so").exists() && dir.join("libnccl.so.2").exists())
+        .then_some(dir)
 }

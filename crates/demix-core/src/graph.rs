@@ -92,6 +92,8 @@ pub struct StepNode {
     pub kind: &'static dyn StepKind,
     /// Which binary runs it: the engine, or demix-worker (libtorch).
     pub runner: kind::Runner,
+    /// Data-parallel processes per node (1 for a step that is not).
+    pub ranks: u32,
     pub plan: Plan,
     pub inputs: Vec<Input>,
     pub params_used: BTreeMap<String, Value>,
@@ -319,6 +321,7 @@ impl<'m> Builder<'m> {
         let Some(plan) = kind.plan(&body, d) else {
             return;
         };
+        let ranks = ranks(decl, kind, &plan, d);
         let mut refs = Vec::new();
         collect_refs(&body, &mut refs);
         if !plan.runtime_refs {
@@ -345,6 +348,7 @@ impl<'m> Builder<'m> {
             item,
             kind,
             runner: kind.runner(&plan.params),
+            ranks,
             plan,
             inputs: Vec::new(),
             params_used: used,
@@ -1028,6 +1032,26 @@ pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathB
 
 /// A registry with one step kind for tests (the real kinds live in
 /// demix-kinds, which depends on this crate), and graphs built with it.
+/// Data-parallel ranks per node of a step: only a kind that trains can split
+/// its batches; other kinds asking for ranks or nodes are told so.
+fn ranks(decl: &StepDecl, kind: &dyn StepKind, plan: &Plan, d: &mut Diags) -> u32 {
+    let r = &decl.resources;
+    if plan.data_parallel {
+        return r.ranks();
+    }
+    if r.ranks.is_some_and(|n| n > 1) || r.nodes() > 1 {
+        d.error(
+            &decl.resources_span,
+            format!(
+                "a `{}` step runs as one process: `ranks` and `nodes` are for data-parallel training (`train` steps, `proxy: trained` searches)",
+                kind.name()
+            ),
+            "resources",
+        );
+    }
+    1
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use std::collections::BTreeMap;

@@ -38,6 +38,8 @@ pub struct Plan {
     /// Memory the step will need at least, what for, and where that is set:
     /// checked against the step's `resources.memory`.
     pub memory: Option<(u64, String, marked_yaml::Span)>,
+    /// The step can run as several data-parallel ranks (`resources.ranks`).
+    pub data_parallel: bool,
 }
 
 /// A rule on how many paths inputs resolve to: the total over `inputs` (their
@@ -231,12 +233,11 @@ impl<K: Kind> StepKind for K {
         serde_json::from_value(params.clone()).map_or(Runner::Engine, |p| Kind::runner(self, &p))
     }
     fn run(&self, ctx: &RunCtx) -> Result<(), StepError> {
-        let params = serde_json::from_value(ctx.spec.params.clone()).map_err(|source| {
-            StepError::Spec {
+        let params =
+            serde_json::from_value(ctx.spec.params.clone()).map_err(|source| StepError::Spec {
                 kind: K::NAME,
                 source,
-            }
-        })?;
+            })?;
         Kind::run(self, params, ctx)
     }
 }

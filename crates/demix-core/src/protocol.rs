@@ -64,6 +64,9 @@ pub struct StepSpec {
     /// Which binary runs it (the Slurm executor writes it into the job).
     #[serde(default)]
     pub runner: crate::kind::Runner,
+    /// Data-parallel processes per node; more than 1 starts it under MPI.
+    #[serde(default = "one")]
+    pub ranks: u32,
     pub key: String,
     pub record: KeyRecord,
     pub params: Value,
@@ -103,3 +106,7 @@ impl Completion {
 
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_CANCELLED: i32 = 130;
+
+fn one() -> u32 {
+    1
+}

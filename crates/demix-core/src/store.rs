@@ -78,9 +78,6 @@ impl<T> IoContext<T> for io::Result<T> {
     }
 }
 
-
-
-
 /// One file of an output tree.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileEntry {
@@ -580,7 +577,6 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
         }
     }
 }
-
 
 impl Store {
     /// Makes `root` a store: creates it with its marker when it is missing or

@@ -50,9 +50,7 @@ pub fn check_ref_or_path(
 /// Checks that `v` is one step reference, fanned out (`[*]`) or not as `all` says.
 pub fn check_step_ref(d: &mut Diags, sp: Span, key: &str, v: &str, all: bool) {
     let ok = match template::parse(v).as_deref() {
-        Ok([Piece::Ref(Ref::Step { select, .. })]) => {
-            (*select == template::Select::All) == all
-        }
+        Ok([Piece::Ref(Ref::Step { select, .. })]) => (*select == template::Select::All) == all,
         _ => false,
     };
     if !ok {
@@ -67,10 +65,15 @@ pub fn check_step_ref(d: &mut Diags, sp: Span, key: &str, v: &str, all: bool) {
 
 /// Checks that `v` is one step reference, fanned out or not.
 pub fn check_any_step_ref(d: &mut Diags, sp: Span, key: &str, v: &str) {
-    if !matches!(template::parse(v).as_deref(), Ok([Piece::Ref(Ref::Step { .. })])) {
+    if !matches!(
+        template::parse(v).as_deref(),
+        Ok([Piece::Ref(Ref::Step { .. })])
+    ) {
         d.error(
             &sp,
-            format!("`{key}` takes one `${{steps.ID.OUTPUT}}` or `${{steps.ID[*].OUTPUT}}` reference"),
+            format!(
+                "`{key}` takes one `${{steps.ID.OUTPUT}}` or `${{steps.ID[*].OUTPUT}}` reference"
+            ),
             key,
         );
     }

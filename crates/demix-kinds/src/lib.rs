@@ -4,8 +4,8 @@
 
 pub mod command;
 pub mod evaluate;
-pub mod merge;
 mod fields;
+pub mod merge;
 #[cfg(feature = "torch")]
 mod ml_run;
 #[cfg(feature = "torch")]

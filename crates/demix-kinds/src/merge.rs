@@ -133,7 +133,10 @@ impl Kind for Merge {
                 &field_span(&body, "method"),
                 format!(
                     "`{}` needs `base` (the shared starting checkpoint)",
-                    serde_json::to_value(f.method).unwrap_or_default().as_str().unwrap_or_default()
+                    serde_json::to_value(f.method)
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or_default()
                 ),
                 "method",
             );
@@ -156,7 +159,10 @@ impl Kind for Merge {
                 "drop",
             );
         }
-        if f.method == MergeMethod::Linear && !f.weights.is_empty() && f.weights.iter().all(|w| *w == 0.0) {
+        if f.method == MergeMethod::Linear
+            && !f.weights.is_empty()
+            && f.weights.iter().all(|w| *w == 0.0)
+        {
             d.error(
                 &field_span(&body, "weights"),
                 "a linear merge's weights are all 0: they cannot be normalised",

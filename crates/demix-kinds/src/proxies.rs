@@ -11,7 +11,7 @@ use demix_ml as ml;
 use demix_spec::evaluate::EvalConfig;
 use demix_spec::train::{DataMix, TrainConfig};
 
-use crate::ml_run::{ml_err, validation_shards, tokenizer_hash};
+use crate::ml_run::{ml_err, tokenizer_hash, validation_shards};
 
 /// How a worker merges: streaming from the memory-mapped files (host memory
 /// holds one merged model), or from the components held on the worker's device
@@ -58,20 +58,20 @@ impl ProxyWorker {
             Merger::Host(components) => {
                 components
                     .merge_each(&MergeSpec::linear(w.to_vec()), |t| {
-                    let Values::F32(v) = t.values else {
-                        return Err(MergeFailed(StepError::Failed(format!(
-                            "tensor {} is not a float tensor",
-                            t.name
-                        ))));
-                    };
-                    let shape: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
-                    sd.insert(
-                        t.name.to_string(),
-                        tch::Tensor::from_slice(v).reshape(&shape),
-                    );
-                    Ok(())
-                })
-                .map_err(|MergeFailed(e)| e)?;
+                        let Values::F32(v) = t.values else {
+                            return Err(MergeFailed(StepError::Failed(format!(
+                                "tensor {} is not a float tensor",
+                                t.name
+                            ))));
+                        };
+                        let shape: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
+                        sd.insert(
+                            t.name.to_string(),
+                            tch::Tensor::from_slice(v).reshape(&shape),
+                        );
+                        Ok(())
+                    })
+                    .map_err(|MergeFailed(e)| e)?;
             }
             Merger::Resident(tensors) => {
                 let _guard = tch::no_grad_guard();
@@ -303,6 +303,11 @@ impl Journal {
             weights: w.to_vec(),
             proxied: p.clone(),
         };
+        self.scored.insert(weights_id(w), p.clone());
+        // Of a data-parallel search's ranks, rank 0 keeps the journal.
+        if !ml::dist::leads() {
+            return Ok(());
+        }
         let mut text = serde_json::to_string(&line).expect("serializes");
         text.push('\n');
         std::fs::OpenOptions::new()
@@ -311,7 +316,6 @@ impl Journal {
             .open(&self.path)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(StepError::io("writing the search's journal"))?;
-        self.scored.insert(weights_id(w), p.clone());
         Ok(())
     }
 }
@@ -360,10 +364,9 @@ pub fn target_noise(targets: &[String], round1: &[Proxied]) -> Vec<demix_mix::se
         .enumerate()
         .filter_map(|(t, name)| {
             let scores: Vec<f64> = round1.iter().map(|p| p.scores[t]).collect();
-            let spread = demix_mix::search::spreads(
-                &scores.iter().map(|x| vec![*x]).collect::<Vec<_>>(),
-                1,
-            )[0];
+            let spread =
+                demix_mix::search::spreads(&scores.iter().map(|x| vec![*x]).collect::<Vec<_>>(), 1)
+                    [0];
             let ses: Vec<f64> = round1
                 .chunks_exact(2)
                 .filter_map(|pair| paired_se(pair[0].windows.get(t)?, pair[1].windows.get(t)?))
@@ -442,18 +445,21 @@ impl TrainedEvaluator<'_> {
             metrics: dir.join("metrics.jsonl"),
             tokenizer: Some(self.tok_path.clone()),
         };
+        // With ranks, each proxy trains data parallel; rank 0 scores it and
+        // hands the score to the others, so every rank's search goes alike.
         ml::train::train(&spec, &paths, &|_: &ml::Progress| {}, self.ctx.cancel).map_err(ml_err)?;
-        let report = ml::evaluate::evaluate_checkpoint(
-            &paths.output,
-            &self.spec,
-            &self.paths,
-            &|_: &ml::Progress| {},
-            self.ctx.cancel,
-        )
-        .map_err(ml_err)?;
-        // Proxies are scaffolding: only their scores are kept.
-        let _ = demix_core::store::remove_tree(&dir);
-        Ok(losses_of(&report, &self.targets))
+        ml::dist::from_leader(|| {
+            let report = ml::evaluate::evaluate_checkpoint(
+                &paths.output,
+                &self.spec,
+                &self.paths,
+                &|_: &ml::Progress| {},
+                self.ctx.cancel,
+            )?;
+            // Proxies are scaffolding: only their scores are kept.
+            let _ = demix_core::store::remove_tree(&dir);
+            Ok(losses_of(&report, &self.targets))
+        })
+        .map_err(ml_err)
     }
 }
-

@@ -79,40 +79,40 @@ impl Kind for Sample {
     #[cfg(feature = "torch")]
     fn run(&self, f: SampleFields, ctx: &RunCtx) -> Result<(), StepError> {
         use crate::ml_run::{ml_err, one_path, token_counts, tokenizer_hash};
-        use demix_ml as ml;
         use demix_mix::sampler::{SamplerConfig, sample};
+        use demix_ml as ml;
         let tok_path = one_path(ctx, &f.tokenizer)?.to_path_buf();
-    let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
-    let tok_hash = tokenizer_hash(ctx, Some(&f.tokenizer), &tok_path)?;
-    let counts = token_counts(ctx, &f.candidates, &tok, &tok_hash)?;
-    let config = SamplerConfig {
-        keep: f.count,
-        // Enough draws that the kept ones are a random subset of distinct mixtures.
-        draws: f.count * 4,
-        seed: f.seed,
-        ..Default::default()
-    };
-    let pool = sample(&counts, &config)
-        .map_err(|e| StepError::Failed(format!("sampling mixtures: {e}")))?;
-    if pool.len() < f.count {
-        return Err(StepError::Failed(format!(
-            "only {} distinct mixtures of {} candidates exist at this resolution, fewer than `count: {}`",
-            pool.len(),
-            f.candidates.len(),
-            f.count
-        )));
+        let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
+        let tok_hash = tokenizer_hash(ctx, Some(&f.tokenizer), &tok_path)?;
+        let counts = token_counts(ctx, &f.candidates, &tok, &tok_hash)?;
+        let config = SamplerConfig {
+            keep: f.count,
+            // Enough draws that the kept ones are a random subset of distinct mixtures.
+            draws: f.count * 4,
+            seed: f.seed,
+            ..Default::default()
+        };
+        let pool = sample(&counts, &config)
+            .map_err(|e| StepError::Failed(format!("sampling mixtures: {e}")))?;
+        if pool.len() < f.count {
+            return Err(StepError::Failed(format!(
+                "only {} distinct mixtures of {} candidates exist at this resolution, fewer than `count: {}`",
+                pool.len(),
+                f.candidates.len(),
+                f.count
+            )));
+        }
+        let list: Vec<BTreeMap<&str, f64>> = pool
+            .to_weights()
+            .iter()
+            .map(|w| {
+                f.candidates
+                    .iter()
+                    .map(String::as_str)
+                    .zip(w.iter().copied())
+                    .collect()
+            })
+            .collect();
+        demix_core::kind::write_json(ctx, "mixtures.json", &list)
     }
-    let list: Vec<BTreeMap<&str, f64>> = pool
-        .to_weights()
-        .iter()
-        .map(|w| {
-            f.candidates
-                .iter()
-                .map(String::as_str)
-                .zip(w.iter().copied())
-                .collect()
-        })
-        .collect();
-    demix_core::kind::write_json(ctx, "mixtures.json", &list)
-}
 }

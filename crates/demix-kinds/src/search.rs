@@ -185,9 +185,17 @@ impl Kind for Search {
         report_problems(d, body, f.eval.problems());
         f.eval = f.eval.with_defaults(PROXY_MAX_TOKENS, PROXY_SEQ_LEN);
         let mut datasets = dataset_names(body, "candidates", &f.candidates, Split::Train);
-        datasets.extend(dataset_names(body, "targets", &f.targets, Split::Validation));
+        datasets.extend(dataset_names(
+            body,
+            "targets",
+            &f.targets,
+            Split::Validation,
+        ));
         if let Some(g) = &f.general {
-            datasets.push((Spanned::new(span_of(body, "general"), g.clone()), Split::Train));
+            datasets.push((
+                Spanned::new(span_of(body, "general"), g.clone()),
+                Split::Train,
+            ));
         }
         let counts = f
             .components
@@ -207,6 +215,8 @@ impl Kind for Search {
             ]),
             datasets,
             counts,
+            // Trained proxies train data parallel with `resources.ranks`.
+            data_parallel: f.proxy == ProxyKind::Trained,
             ..Plan::new(&f)
         })
     }
@@ -356,8 +366,7 @@ mod run {
         log_line, ml_err, one_path, shard, token_counts, tokenizer_hash, validation_shards,
     };
     use crate::proxies::{
-        Journal, Proxied, ProxyWorker, TrainedEvaluator, eval_parallel, proxy_workers,
-        target_noise,
+        Journal, Proxied, ProxyWorker, TrainedEvaluator, eval_parallel, proxy_workers, target_noise,
     };
 
     enum Proxy<'a> {
@@ -375,8 +384,14 @@ mod run {
             let comps: Vec<PathBuf> = ctx
                 .input(f.components.as_deref().unwrap_or_default())?
                 .to_vec();
-            let workers =
-                proxy_workers(ctx, &comps, &f.targets, f.eval.clone(), f.workers, f.resident)?;
+            let workers = proxy_workers(
+                ctx,
+                &comps,
+                &f.targets,
+                f.eval.clone(),
+                f.workers,
+                f.resident,
+            )?;
             let tok_hash = tokenizer_hash(ctx, None, &comps[0].join("tokenizer.json"))?;
             let counts = token_counts(ctx, &f.candidates, &workers[0].tok, &tok_hash)?;
             return Ok((Proxy::Merged(workers), counts));
@@ -445,9 +460,7 @@ mod run {
         config.rounds = f.rounds.clone();
         config.top_k = f.top_k;
         config.seed = f.seed;
-        config.objective = f
-            .objective
-            .objective(&f.objective_weights, f.targets.len());
+        config.objective = f.objective.objective(&f.objective_weights, f.targets.len());
         let total: usize = f.rounds.iter().sum();
         let mut search = Search::new(config, pool.to_weights()).map_err(StepError::library)?;
         let mut done = 0usize;
@@ -518,7 +531,9 @@ mod run {
         demix_core::kind::write_json(ctx, "search.json", &result)?;
         demix_core::kind::write_json(ctx, "mixture.json", &mixture)?;
         // The journal has served; a failed search keeps it for its next attempt.
-        let _ = demix_core::store::remove_tree(&scratch);
+        if ml::dist::leads() {
+            let _ = demix_core::store::remove_tree(&scratch);
+        }
         Ok(())
     }
 }

@@ -97,8 +97,7 @@ impl Kind for Tokenizer {
             }
         }
         if !f.shares.is_empty()
-            && f
-                .datasets
+            && f.datasets
                 .iter()
                 .all(|n| f.shares.get(n).copied().unwrap_or(1.0) == 0.0)
         {

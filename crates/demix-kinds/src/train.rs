@@ -63,8 +63,7 @@ impl Kind for Train {
     const NAME: &'static str = "train";
     // 2: metrics.jsonl holds only what the trajectory decides.
     const VERSION: u32 = 2;
-    const SUMMARY: &'static str =
-        "trains a Qwen3-architecture model on a mixture of datasets (AdamW, warmup + cosine), resumable";
+    const SUMMARY: &'static str = "trains a Qwen3-architecture model on a mixture of datasets (AdamW, warmup + cosine), resumable";
     type Fields = TrainFields;
     type Params = TrainFields;
 
@@ -85,6 +84,7 @@ impl Kind for Train {
             outputs,
             datasets,
             memory: memory_need(&f, body),
+            data_parallel: true,
             ..Plan::new(&f)
         })
     }
@@ -172,7 +172,11 @@ fn check_budget(t: &TrainConfig, body: &Node, d: &mut Diags) {
     }
     for (key, v) in [("batch_size", t.batch_size), ("seq_len", t.seq_len)] {
         if v == 0 {
-            d.error(&span_of(body, key), format!("`{key}` must be more than 0"), key);
+            d.error(
+                &span_of(body, key),
+                format!("`{key}` must be more than 0"),
+                key,
+            );
         }
     }
     if let Some(m) = t.micro_batch_size
@@ -188,9 +192,16 @@ fn check_budget(t: &TrainConfig, body: &Node, d: &mut Diags) {
         );
     }
     positive(d, body, "lr", t.lr, "the peak learning rate");
-    for (key, v) in [("min_lr_ratio", t.min_lr_ratio), ("warmup_fraction", t.warmup_fraction)] {
+    for (key, v) in [
+        ("min_lr_ratio", t.min_lr_ratio),
+        ("warmup_fraction", t.warmup_fraction),
+    ] {
         if !(0.0..=1.0).contains(&v) {
-            d.error(&span_of(body, key), format!("`{key}` must be in [0, 1], not {v}"), key);
+            d.error(
+                &span_of(body, key),
+                format!("`{key}` must be in [0, 1], not {v}"),
+                key,
+            );
         }
     }
     if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
@@ -245,7 +256,10 @@ fn check_mixture(
             }
             datasets.extend(dataset_names(body, "datasets", &f.datasets, Split::Train));
             if let Some(g) = &f.general {
-                datasets.push((Spanned::new(span_of(body, "general"), g.clone()), Split::Train));
+                datasets.push((
+                    Spanned::new(span_of(body, "general"), g.clone()),
+                    Split::Train,
+                ));
                 if f.datasets.contains(g) {
                     d.error(
                         &span_of(body, "general"),
@@ -329,9 +343,15 @@ fn check_data(data: &DataMix, body: &Node, d: &mut Diags) -> Vec<(Spanned<String
                     "beta",
                 );
             }
-            datasets.push((Spanned::new(at("candidate", false), c.candidate.clone()), Split::Train));
+            datasets.push((
+                Spanned::new(at("candidate", false), c.candidate.clone()),
+                Split::Train,
+            ));
             if c.general != c.candidate {
-                datasets.push((Spanned::new(at("general", false), c.general.clone()), Split::Train));
+                datasets.push((
+                    Spanned::new(at("general", false), c.general.clone()),
+                    Split::Train,
+                ));
             }
         }
     }
@@ -391,9 +411,9 @@ fn run(f: TrainFields, ctx: &RunCtx) -> Result<(), StepError> {
     };
     let mut shards = BTreeMap::new();
     for n in names {
-        if !shards.contains_key(&n) {
-            let dir = shard(ctx, &n, Split::Train, &tok, &tok_hash)?;
-            shards.insert(n, dir);
+        if let std::collections::btree_map::Entry::Vacant(e) = shards.entry(n) {
+            let dir = shard(ctx, e.key(), Split::Train, &tok, &tok_hash)?;
+            e.insert(dir);
         }
     }
     let model = f
@@ -404,7 +424,11 @@ fn run(f: TrainFields, ctx: &RunCtx) -> Result<(), StepError> {
         .map_err(StepError::library)?;
     let spec = ml::train::TrainSpec {
         model,
-        init_from: if f.model.is_some() { None } else { init.map(Path::to_path_buf) },
+        init_from: if f.model.is_some() {
+            None
+        } else {
+            init.map(Path::to_path_buf)
+        },
         data,
         train: f.train.clone(),
     };
@@ -421,10 +445,20 @@ fn run(f: TrainFields, ctx: &RunCtx) -> Result<(), StepError> {
         tokenizer: Some(tok_path),
     };
     let summary = ml::train::train(&spec, &paths, &progress(ctx), ctx.cancel).map_err(ml_err)?;
+    // Of a data-parallel step's ranks, rank 0 wrote everything and cleans up.
+    if demix_spec::launch::launched().is_some_and(|r| !r.leads()) {
+        return Ok(());
+    }
     std::fs::copy(&paths.metrics, ctx.out_dir.join("metrics.jsonl"))
         .map_err(StepError::io("copying metrics"))?;
     let _ = demix_core::store::remove_tree(&resume);
-    log_line(ctx, &format!("summary {}", serde_json::to_string(&summary).unwrap_or_default()));
+    log_line(
+        ctx,
+        &format!(
+            "summary {}",
+            serde_json::to_string(&summary).unwrap_or_default()
+        ),
+    );
     Ok(())
 }
 

@@ -31,7 +31,9 @@ use demix_mix::validate::{
 use demix_report::data::{read_evaluation, read_search};
 use demix_spec::evaluate::{EvalConfig, PROXY_MAX_TOKENS, PROXY_SEQ_LEN};
 
-use crate::fields::{check_any_step_ref, check_step_ref, dataset_names, entry_span, report_problems, span_of as span};
+use crate::fields::{
+    check_any_step_ref, check_step_ref, dataset_names, entry_span, report_problems, span_of as span,
+};
 use crate::search::{ObjectiveChoice, check_objective_weights};
 
 /// Fields of a `validate` step.
@@ -187,14 +189,12 @@ pub fn check_verdict(
                 &at(k),
                 format!("the verdict names `{label}`, which is not a label of `{field}`"),
                 "verdict",
-                did_you_mean(label, labels.keys().map(String::as_str)).or_else(
-                    || {
-                        Some(format!(
-                            "labels: {}",
-                            labels.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ))
-                    },
-                ),
+                did_you_mean(label, labels.keys().map(String::as_str)).or_else(|| {
+                    Some(format!(
+                        "labels: {}",
+                        labels.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                }),
             );
         }
     }
@@ -313,7 +313,13 @@ impl Kind for Validate {
 /// Every input is a step reference of the right shape.
 fn check_refs(f: &ValidateFields, body: &Node, d: &mut Diags) {
     check_step_ref(d, span(body, "mixtures"), "mixtures", &f.mixtures, false);
-    check_step_ref(d, span(body, "references"), "references", &f.references, true);
+    check_step_ref(
+        d,
+        span(body, "references"),
+        "references",
+        &f.references,
+        true,
+    );
     if let Some(c) = &f.components {
         check_step_ref(d, span(body, "components"), "components", c, true);
     }
@@ -334,7 +340,11 @@ fn check_refs(f: &ValidateFields, body: &Node, d: &mut Diags) {
 /// Counts, fractions, labels and the objective.
 fn check_settings(f: &ValidateFields, body: &Node, d: &mut Diags) {
     if f.replicas == 0 {
-        d.error(&span(body, "replicas"), "`replicas` must be at least 1", "replicas");
+        d.error(
+            &span(body, "replicas"),
+            "`replicas` must be at least 1",
+            "replicas",
+        );
     }
     if f.candidates.len() < 2 {
         d.error(
@@ -393,10 +403,7 @@ fn one<'a>(ctx: &'a RunCtx, key: &str) -> Result<&'a Path, StepError> {
 }
 
 /// The reference mixtures as weight rows in the candidates' order.
-pub fn read_mixtures(
-    path: &Path,
-    candidates: &[String],
-) -> Result<Vec<Vec<f64>>, StepError> {
+pub fn read_mixtures(path: &Path, candidates: &[String]) -> Result<Vec<Vec<f64>>, StepError> {
     let bad = |why: String| StepError::Failed(format!("{}: {why}", path.display()));
     let bytes =
         std::fs::read(path).map_err(StepError::io(format!("reading {}", path.display())))?;
@@ -633,8 +640,14 @@ fn merged_scores(
     }
     use crate::proxies::{Proxied, eval_parallel, proxy_workers};
     use demix_core::kind::Progress;
-    let mut workers =
-        proxy_workers(ctx, &comps, &f.targets, f.eval.clone(), f.workers, f.resident)?;
+    let mut workers = proxy_workers(
+        ctx,
+        &comps,
+        &f.targets,
+        f.eval.clone(),
+        f.workers,
+        f.resident,
+    )?;
     let k = comps.len();
     let total = (k + mixtures.len()) as u64;
     let mut done = 0u64;

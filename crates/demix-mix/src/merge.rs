@@ -935,8 +935,8 @@ fn ties(
 
 #[cfg(test)]
 mod tests {
-    use crate::checkpoint::save_f32;
     use super::*;
+    use crate::checkpoint::save_f32;
 
     fn spec(name: &str, dtype: Dtype, shape: &[usize]) -> TensorSpec {
         TensorSpec {

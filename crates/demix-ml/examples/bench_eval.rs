@@ -113,15 +113,19 @@ fn main() {
 
     for (max_tokens, seq) in [(16_384u64, 128u32), (16_384, 512)] {
         let s = spec(threads, max_tokens, seq);
-        let mut tokens = 0;
+        let (mut tokens, mut loss) = (0, 0.0);
         let secs = best(reps, || {
-            tokens = 0;
+            (tokens, loss) = (0, 0.0);
             for sh in &open {
                 let m = tch::no_grad(|| validation_metrics(&model, sh, &s, &no_progress, &cancel));
-                tokens += m.expect("validation").tokens;
+                let m = m.expect("validation");
+                tokens += m.tokens;
+                loss += m.loss / open.len() as f64;
             }
         });
         out[format!("validation_tokens_per_s_seq{seq}")] = (tokens as f64 / secs).round().into();
+        // The results, to compare across checkouts.
+        out[format!("mean_loss_seq{seq}")] = loss.into();
     }
 
     let s = spec(threads, 4096, 128);
@@ -152,15 +156,17 @@ fn main() {
         ("mc", &["chat_cloze", "python_cloze", "spanish_cloze"][..]),
         ("qa", &["math_qa"][..]),
     ] {
-        let mut examples = 0;
+        let (mut examples, mut scores) = (0, vec![]);
         let secs = best(reps, || {
-            examples = 0;
+            (examples, scores) = (0, vec![]);
             for f in files {
                 let p = tasks.join(format!("{f}.jsonl"));
                 let m = evaluate_task(&model, &tok, &p, &s, &no_progress, &cancel).expect("task");
                 examples += m.examples;
+                scores.push([m.accuracy, m.accuracy_norm, m.answer_logprob, m.exact_match]);
             }
         });
+        out[format!("{kind}_metrics")] = serde_json::json!(scores);
         out[format!("{kind}_examples_per_s")] =
             ((examples as f64 / secs * 10.0).round() / 10.0).into();
     }

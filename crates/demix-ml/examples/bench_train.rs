@@ -27,12 +27,11 @@ use demix_spec::rng::SplitMix64;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// Peak f32 FMA throughput of the 2-core peer machine (shared/design/peers.md).
+/// Peak f32 FMA throughput of the 2-core peer machine (shared/design/peers.md),
+/// the default peak. On an H200 benches/gpu.sh passes
+/// `DEMIX_BENCH_PEAK_GFLOPS=989000`: 989 TFLOPS, the dense BF16 Tensor Core
+/// peak of NVIDIA's H200 spec sheet (which lists 1,979 with 2:4 sparsity).
 const CPU_PEAK_GFLOPS: f64 = 157.0;
-/// For reference: NVIDIA's H200 spec sheet gives 989 TFLOPS dense BF16 Tensor
-/// Core peak (1,979 with 2:4 sparsity), i.e. `DEMIX_BENCH_PEAK_GFLOPS=989000`.
-#[allow(dead_code)]
-const H200_BF16_DENSE_PEAK_GFLOPS: f64 = 989_000.0;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {

@@ -44,6 +44,10 @@ pub struct DoctorReport {
     pub cpu_threads: i32,
     pub has_mkl: bool,
     pub has_openmp: bool,
+    /// Data-parallel training: the MPI library this worker was built with, if
+    /// any, and whether NCCL is linked for CUDA tensors.
+    pub mpi: Option<String>,
+    pub nccl: bool,
 }
 
 pub fn doctor() -> DoctorReport {
@@ -61,6 +65,8 @@ pub fn doctor() -> DoctorReport {
         cpu_threads: tch::get_num_threads(),
         has_mkl: tch::utils::has_mkl(),
         has_openmp: tch::utils::has_openmp(),
+        mpi: crate::dist::mpi_library(),
+        nccl: cfg!(demix_nccl),
     }
 }
 
@@ -99,6 +105,11 @@ impl std::fmt::Display for DoctorReport {
         for (i, n) in self.cuda_devices.iter().enumerate() {
             writeln!(f, "  cuda:{i}      {n}")?;
         }
+        let dp = match &self.mpi {
+            Some(m) => format!("yes: {m}{}", if self.nccl { ", NCCL" } else { "" }),
+            None => "no (demix-worker built without MPI: feature `mpi`)".into(),
+        };
+        writeln!(f, "data parallel: {dp}")?;
         write!(
             f,
             "cudnn:        {}{}",

@@ -26,26 +26,26 @@ pub struct World {
     pub local_rank: usize,
     #[cfg(feature = "mpi")]
     comm: mpi::topology::SimpleCommunicator,
-    #[cfg(feature = "mpi")]
-    _universe: mpi::environment::Universe,
     #[cfg(all(demix_nccl, feature = "mpi"))]
     nccl: Option<crate::ffi::Nccl>,
     watchdog: Watchdog,
 }
 
-/// The size and rank MPI's launcher (mpirun, or srun with PMIx/PMI2) gave this
-/// process, from its environment; `None` for a plain process.
+/// The size, rank and local rank the launcher gave this process; `None` for
+/// a plain process.
 pub fn launched() -> Option<(usize, usize, usize)> {
-    let var = |names: &[&str]| -> Option<usize> {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok()?.trim().parse().ok())
-    };
-    let size = var(&["OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"])?;
-    let rank = var(&["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"])?;
-    let local = var(&["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"])
-        .unwrap_or(rank);
-    (size > 1).then_some((size, rank, local))
+    demix_spec::launch::launched().map(|r| (r.size, r.rank, r.local))
+}
+
+/// The MPI library this worker was built with (`None` without the feature).
+pub fn mpi_library() -> Option<String> {
+    #[cfg(feature = "mpi")]
+    {
+        let v = mpi::environment::library_version().unwrap_or_default();
+        Some(v.split(',').next().unwrap_or("MPI").trim().to_string())
+    }
+    #[cfg(not(feature = "mpi"))]
+    None
 }
 
 /// Pins a rank to one GPU before CUDA starts: with `DEMIX_RANK_DEVICES` (the
@@ -73,13 +73,106 @@ pub fn collective_timeout() -> Duration {
         .map_or(Duration::from_secs(600), Duration::from_secs_f64)
 }
 
+/// The ranks this process belongs to: joined once (MPI initializes once per
+/// process), then shared by every training the step runs (a trained-proxy
+/// search trains many).
+static WORLD: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+
+struct Shared(World);
+
+// SAFETY: MPI runs at its single-thread level: only the thread that runs the
+// step calls it (the watchdog thread only reads atomics and exits).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// MPI's environment, held until [`finish`] finalizes (or aborts) it.
+#[cfg(feature = "mpi")]
+static UNIVERSE: std::sync::Mutex<Option<Held>> = std::sync::Mutex::new(None);
+
+#[cfg(feature = "mpi")]
+struct Held {
+    // Dropped by `finish`: that finalizes MPI.
+    _universe: mpi::environment::Universe,
+}
+
+// SAFETY: as `Shared`: touched only by the step's thread, at start and end.
+#[cfg(feature = "mpi")]
+unsafe impl Send for Held {}
+
+/// Whether this process writes the step's files: it is alone, or rank 0.
+pub fn leads() -> bool {
+    launched().is_none_or(|(_, rank, _)| rank == 0)
+}
+
+/// Ends MPI when this process joined it: finalizes after a step that
+/// succeeded, and aborts every rank after one that did not (a rank that
+/// failed alone would leave the others waiting in a collective).
+pub fn finish(ok: bool) {
+    #[cfg(feature = "mpi")]
+    {
+        use mpi::traits::Communicator;
+        let held = UNIVERSE.lock().ok().and_then(|mut u| u.take());
+        if let (false, Some(w)) = (ok, WORLD.get()) {
+            w.0.comm.abort(1);
+        }
+        drop(held);
+    }
+    #[cfg(not(feature = "mpi"))]
+    let _ = ok;
+}
+
+/// Runs `f` on rank 0 and hands its value to every rank (alone: runs it).
+/// Ranks that must agree on a value only rank 0 computes (a proxy's score)
+/// get it this way, not by computing it again.
+pub fn from_leader<T>(f: impl FnOnce() -> Result<T>) -> Result<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let Some(w) = WORLD.get() else {
+        return f();
+    };
+    w.0.broadcast_json(f)
+}
+
 impl World {
     /// Joins the ranks when this process is one of several; `None` alone.
-    pub fn join(device: Device) -> Result<Option<World>> {
+    pub fn join(device: Device) -> Result<Option<&'static World>> {
         let Some((size, rank, local_rank)) = launched() else {
             return Ok(None);
         };
-        Self::join_mpi(size, rank, local_rank, device).map(Some)
+        if let Some(w) = WORLD.get() {
+            return Ok(Some(&w.0));
+        }
+        let world = Self::join_mpi(size, rank, local_rank, device)?;
+        Ok(Some(&WORLD.get_or_init(|| Shared(world)).0))
+    }
+
+    #[cfg(feature = "mpi")]
+    fn broadcast_json<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        use mpi::traits::{Communicator, Root};
+        let root = self.comm.process_at_rank(0);
+        let mut bytes = if self.rank == 0 {
+            serde_json::to_vec(&f()?).map_err(|e| MlError::Spec(e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        let mut len = bytes.len() as u64;
+        self.guard("receiving rank 0's result", || {
+            root.broadcast_into(&mut len)
+        });
+        bytes.resize(len as usize, 0);
+        self.guard("receiving rank 0's result", || {
+            root.broadcast_into(&mut bytes[..])
+        });
+        serde_json::from_slice(&bytes).map_err(|e| MlError::Spec(format!("rank 0's result: {e}")))
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn broadcast_json<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        f()
     }
 
     #[cfg(not(feature = "mpi"))]
@@ -92,9 +185,14 @@ impl World {
     #[cfg(feature = "mpi")]
     fn join_mpi(size: usize, rank: usize, local_rank: usize, device: Device) -> Result<World> {
         use mpi::traits::Communicator;
-        let universe = mpi::initialize()
-            .ok_or_else(|| MlError::Spec("MPI was initialized twice".into()))?;
+        let universe =
+            mpi::initialize().ok_or_else(|| MlError::Spec("MPI was initialized twice".into()))?;
         let comm = universe.world();
+        if let Ok(mut u) = UNIVERSE.lock() {
+            *u = Some(Held {
+                _universe: universe,
+            });
+        }
         if comm.size() as usize != size || comm.rank() as usize != rank {
             return Err(MlError::Spec(format!(
                 "MPI says rank {} of {}, the launcher's environment rank {rank} of {size}",
@@ -108,7 +206,6 @@ impl World {
             size,
             local_rank,
             comm,
-            _universe: universe,
             #[cfg(all(demix_nccl, feature = "mpi"))]
             nccl: None,
             watchdog: Watchdog::start(rank),
@@ -175,7 +272,10 @@ impl World {
     fn reduce_bucket(&self, bucket: &[&Tensor]) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let flat = Tensor::f_cat(
-            &bucket.iter().map(|t| t.f_flatten(0, -1)).collect::<std::result::Result<Vec<_>, _>>()?,
+            &bucket
+                .iter()
+                .map(|t| t.f_flatten(0, -1))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
             0,
         )?;
         let flat = self.reduce_flat(flat)?;
@@ -210,7 +310,8 @@ impl World {
         use mpi::collective::SystemOperation;
         use mpi::traits::CommunicatorCollectives;
         let kind = flat.kind();
-        let send: Vec<f32> = Vec::<f32>::try_from(flat.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)?;
+        let send: Vec<f32> =
+            Vec::<f32>::try_from(flat.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)?;
         let mut recv = vec![0f32; send.len()];
         self.guard("all-reduce (MPI)", || {
             self.comm

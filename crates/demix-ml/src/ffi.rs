@@ -128,8 +128,12 @@ mod nccl {
 
     unsafe extern "C" {
         fn ncclGetUniqueId(id: *mut UniqueId) -> c_int;
-        fn ncclCommInitRank(comm: *mut *mut c_void, nranks: c_int, id: UniqueId, rank: c_int)
-        -> c_int;
+        fn ncclCommInitRank(
+            comm: *mut *mut c_void,
+            nranks: c_int,
+            id: UniqueId,
+            rank: c_int,
+        ) -> c_int;
         fn ncclAllReduce(
             send: *const c_void,
             recv: *mut c_void,
@@ -195,12 +199,22 @@ mod nccl {
                 k => return Err(MlError::Spec(format!("all-reduce of {k:?} tensors"))),
             };
             if !t.device().is_cuda() || !t.is_contiguous() {
-                return Err(MlError::Spec("all-reduce of a tensor not contiguous on CUDA".into()));
+                return Err(MlError::Spec(
+                    "all-reduce of a tensor not contiguous on CUDA".into(),
+                ));
             }
             let p = t.data_ptr();
             // SAFETY: `p` holds `numel` elements of `dtype` on this rank's device.
             let r = unsafe {
-                ncclAllReduce(p, p, t.numel(), dtype, NCCL_SUM, self.0, std::ptr::null_mut())
+                ncclAllReduce(
+                    p,
+                    p,
+                    t.numel(),
+                    dtype,
+                    NCCL_SUM,
+                    self.0,
+                    std::ptr::null_mut(),
+                )
             };
             check(r, "ncclAllReduce")
         }

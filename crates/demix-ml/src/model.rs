@@ -19,6 +19,9 @@ pub use demix_spec::model::Qwen3Config;
 use crate::error::{MlError, Result};
 use demix_spec::rng::fnv1a64;
 
+/// Serialises use of torch's process-wide CPU generator.
+static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Where the tensors that modules ask for come from.
 enum Source {
     /// A dry run: names and shapes are recorded, tensors are left undefined.
@@ -534,6 +537,10 @@ impl Qwen3 {
                 Tensor::f_ones(&shape, (Kind::Float, Device::Cpu)).map_err(alloc)?
             } else {
                 let s = fnv1a64(format!("{seed}/{name}").as_bytes());
+                // torch's CPU generator is one per process: hold it from the
+                // seed to the draw, or a model built on another thread at the
+                // same time (tests, in-process proxies) draws in between.
+                let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
                 tch::manual_seed((s >> 1) as i64);
                 Tensor::f_randn(&shape, (Kind::Float, Device::Cpu))
                     .and_then(|t| t.f_mul_scalar(config.initializer_range))

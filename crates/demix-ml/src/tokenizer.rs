@@ -12,9 +12,8 @@ use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 use crate::data::{SourceSpec, SplitSpec, for_each_document};
 use crate::error::{MlError, Result};
 use crate::progress::Progress;
-use demix_spec::rng::fnv1a64;
 use crate::util;
-
+use demix_spec::rng::fnv1a64;
 
 pub use demix_spec::tokenizer::{
     DEFAULT_EOS, DatasetSample, TokenizerConfig as TokenizerSpec, TokenizerSample,

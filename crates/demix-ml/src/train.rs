@@ -24,8 +24,8 @@ use crate::error::{IoContext, MlError, Result};
 use crate::model::{Qwen3, Qwen3Config};
 use crate::optim::{AdamW, LrSchedule};
 use crate::progress::Progress;
-use demix_spec::rng::{SplitMix64, fnv1a64};
 use crate::util;
+use demix_spec::rng::{SplitMix64, fnv1a64};
 
 pub use demix_spec::train::{DataMix, DeviceChoice, Precision, TrainConfig};
 
@@ -247,8 +247,8 @@ pub fn train(
     spec.validate()?;
     let device = resolve_device(spec.train.device)?;
     let world = World::join(device)?;
-    set_threads(threads(spec, world.as_ref()));
-    let slice = RankSlice::new(spec, world.as_ref())?;
+    set_threads(threads(spec, world));
+    let slice = RankSlice::new(spec, world)?;
     let weights = spec.data.weights().map_err(MlError::Spec)?;
     let (config, init_dir) = match (&spec.model, &spec.init_from) {
         (Some(c), _) => (c.clone(), None),
@@ -314,14 +314,15 @@ pub fn train(
 }
 
 /// CPU threads of this process: the spec's, else with several ranks on a
-/// node, the engine's share per rank (`DEMIX_RANK_THREADS`).
+/// node, the engine's share per rank (`DEMIX_RANK_THREADS`, set by the local
+/// launcher) or the CPUs Slurm gave the task.
 fn threads(spec: &TrainSpec, world: Option<&World>) -> u32 {
     if spec.train.threads > 0 || world.is_none() {
         return spec.train.threads;
     }
-    std::env::var("DEMIX_RANK_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
+    ["DEMIX_RANK_THREADS", "SLURM_CPUS_PER_TASK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -343,7 +344,11 @@ impl RankSlice {
             )));
         }
         let rows = b / size;
-        let micro = spec.train.micro_batch_size.map_or(rows, |m| m as usize).min(rows);
+        let micro = spec
+            .train
+            .micro_batch_size
+            .map_or(rows, |m| m as usize)
+            .min(rows);
         if micro == 0 || !rows.is_multiple_of(micro) {
             return Err(MlError::Spec(format!(
                 "`micro_batch_size` {micro} does not divide the {rows} rows each of {size} ranks computes"
@@ -421,8 +426,14 @@ fn read_resume(spec: &TrainSpec, paths: &TrainPaths) -> Result<Option<ResumeStat
 /// Before allocating anything: a configuration that cannot fit is an error
 /// that says so, not a failure deep inside libtorch.
 fn check_memory(spec: &TrainSpec, config: &Qwen3Config, rows: usize) -> Result<()> {
-    let rows = spec.train.micro_batch_size.map_or(rows as u64, u64::from).min(rows as u64);
-    let need = config.shape().training_bytes(rows, spec.train.seq_len as u64);
+    let rows = spec
+        .train
+        .micro_batch_size
+        .map_or(rows as u64, u64::from)
+        .min(rows as u64);
+    let need = config
+        .shape()
+        .training_bytes(rows, spec.train.seq_len as u64);
     let Some(have) = demix_spec::estimate::available_memory() else {
         return Ok(());
     };
@@ -459,7 +470,7 @@ struct Pending {
 struct Run<'a> {
     spec: &'a TrainSpec,
     paths: &'a TrainPaths,
-    world: Option<World>,
+    world: Option<&'static World>,
     slice: RankSlice,
     tokenizer: Option<PathBuf>,
     model: Qwen3,
@@ -476,7 +487,7 @@ struct Run<'a> {
 impl Run<'_> {
     /// Only rank 0 writes (metrics, checkpoints, state).
     fn writes(&self) -> bool {
-        self.world.as_ref().is_none_or(|w| w.rank == 0)
+        self.world.is_none_or(|w| w.rank == 0)
     }
 
     /// Loads the resumed optimizer state; returns the step to go on from.
@@ -494,7 +505,8 @@ impl Run<'_> {
             }
             return Ok(0);
         };
-        self.opt.load(&self.paths.state_dir.join("optim.safetensors"))?;
+        self.opt
+            .load(&self.paths.state_dir.join("optim.safetensors"))?;
         if self.opt.step != st.step {
             return Err(MlError::checkpoint(
                 &self.paths.state_dir,
@@ -512,7 +524,10 @@ impl Run<'_> {
     /// Forward, backward (in micro-batches), the gradient sum over the ranks,
     /// clipping and the update. Nothing here reads a value back to the host.
     fn step(&mut self, step: u64, mix: &[(f64, &Shard)]) -> Result<()> {
-        let (b, t) = (self.spec.train.batch_size as usize, self.spec.train.seq_len as usize);
+        let (b, t) = (
+            self.spec.train.batch_size as usize,
+            self.spec.train.seq_len as usize,
+        );
         let data = sample_batch(self.spec.train.seed, step, mix, b, t);
         let row = t + 1;
         let mine = &data[self.slice.first * row..(self.slice.first + self.slice.rows) * row];
@@ -528,10 +543,10 @@ impl Run<'_> {
             let inputs = rows.narrow(1, 0, t as i64);
             let targets = rows.narrow(1, 1, t as i64);
             let loss = self.model.loss(&inputs, &targets) * (micro as f64 / b as f64);
-            loss_sum = loss_sum + loss.detach().to_kind(Kind::Float);
+            loss_sum += loss.detach().to_kind(Kind::Float);
             loss.backward();
         }
-        if let Some(w) = &self.world {
+        if let Some(w) = self.world {
             let mut all = self.opt.grads();
             all.push(loss_sum.shallow_clone());
             w.all_reduce_sum(&all)?;
@@ -551,7 +566,12 @@ impl Run<'_> {
 
     /// Reads back pending values, logs them, and saves what is due. Returns
     /// whether the run was cancelled (its state saved).
-    fn after_step(&mut self, step: u64, progress: &dyn Fn(&Progress), cancel: &AtomicBool) -> Result<bool> {
+    fn after_step(
+        &mut self,
+        step: u64,
+        progress: &dyn Fn(&Progress),
+        cancel: &AtomicBool,
+    ) -> Result<bool> {
         let total = self.spec.total_steps();
         let tokens = step * self.spec.tokens_per_step();
         let checkpoint_due = self
@@ -565,11 +585,16 @@ impl Run<'_> {
         if step.is_multiple_of(self.spec.train.log_every_steps.max(1)) || step == total {
             self.report(step, progress);
         }
-        let cancelled = match &self.world {
+        let cancelled = match self.world {
             Some(w) => w.any(cancel.load(Ordering::Relaxed)),
             None => cancel.load(Ordering::Relaxed),
         };
-        if self.pending.len() >= MAX_PENDING || step == total || checkpoint_due || state_due || cancelled {
+        if self.pending.len() >= MAX_PENDING
+            || step == total
+            || checkpoint_due
+            || state_due
+            || cancelled
+        {
             self.flush()?;
         }
         if checkpoint_due && self.writes() {
@@ -596,13 +621,22 @@ impl Run<'_> {
         }
         let pending = std::mem::take(&mut self.pending);
         let read = |ts: Vec<Tensor>| -> Result<Vec<f64>> {
-            let t = Tensor::f_stack(&ts, 0)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
+            let t = Tensor::f_stack(&ts, 0)?
+                .f_to_kind(Kind::Double)?
+                .f_to_device(Device::Cpu)?;
             Ok(Vec::<f64>::try_from(t)?)
         };
         let losses = read(pending.iter().map(|p| p.loss.shallow_clone()).collect())?;
-        let norms = read(pending.iter().map(|p| p.grad_norm.to_kind(Kind::Float)).collect())?;
+        let norms = read(
+            pending
+                .iter()
+                .map(|p| p.grad_norm.to_kind(Kind::Float))
+                .collect(),
+        )?;
         if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
-            return Err(MlError::NonFiniteLoss { step: pending[i].step });
+            return Err(MlError::NonFiniteLoss {
+                step: pending[i].step,
+            });
         }
         let total = self.spec.total_steps();
         let tps = self.spec.tokens_per_step();
@@ -660,7 +694,12 @@ impl Run<'_> {
     }
 
     fn save_state(&self, step: u64) -> Result<()> {
-        save_state(&self.model, &self.opt, &self.resume_state(step), &self.paths.state_dir)
+        save_state(
+            &self.model,
+            &self.opt,
+            &self.resume_state(step),
+            &self.paths.state_dir,
+        )
     }
 
     /// The final checkpoint and state (rank 0), and the run's summary.
@@ -668,10 +707,11 @@ impl Run<'_> {
         let total = self.spec.total_steps();
         self.flush()?;
         if self.writes() {
-            self.model.save(&self.paths.output, self.tokenizer.as_deref())?;
+            self.model
+                .save(&self.paths.output, self.tokenizer.as_deref())?;
             self.save_state(total)?;
         }
-        if let Some(w) = &self.world {
+        if let Some(w) = self.world {
             // The others end once rank 0's files are complete.
             w.barrier();
         }

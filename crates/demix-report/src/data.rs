@@ -10,8 +10,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use demix_core::key::{KeyRecord, Origin};
-use demix_mix::search::SearchResult;
 use demix_core::store::Store;
+use demix_mix::search::SearchResult;
 
 /// One line of a train step's `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq)]
@@ -209,7 +209,9 @@ pub fn read_mixture(path: &Path) -> Result<Mixture, String> {
 }
 
 /// Reads a tokenizer step's `tokenizer-sample.json`.
-pub fn read_tokenizer_sample(path: &Path) -> Result<demix_spec::tokenizer::TokenizerSample, String> {
+pub fn read_tokenizer_sample(
+    path: &Path,
+) -> Result<demix_spec::tokenizer::TokenizerSample, String> {
     serde_json::from_slice(&read(path)?).map_err(|e| {
         format!(
             "{}: not a tokenizer sample (expected a tokenizer step's tokenizer-sample.json): {e}",

@@ -12,11 +12,11 @@ mod html;
 pub mod markdown;
 pub mod svg;
 
-use demix_spec::tokenizer::TokenizerSample;
 use demix_mix::search::SearchResult;
 use demix_mix::stats::{Direction, spearman};
 use demix_mix::validate::Validation;
 use demix_mix::verdict::Verdict;
+use demix_spec::tokenizer::TokenizerSample;
 
 pub use data::{Evaluation, LineageSummary, Mixture, Training};
 

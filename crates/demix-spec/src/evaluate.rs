@@ -176,4 +176,3 @@ pub struct EvalReport {
     /// Mean of the datasets' losses (the usual small-model mixture signal).
     pub mean_loss: Option<f64>,
 }
-

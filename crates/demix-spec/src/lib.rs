@@ -7,6 +7,7 @@
 pub mod data;
 pub mod estimate;
 pub mod evaluate;
+pub mod launch;
 pub mod model;
 pub mod rng;
 pub mod tokenizer;

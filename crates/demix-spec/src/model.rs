@@ -263,7 +263,6 @@ impl Qwen3Config {
     }
 }
 
-
 /// A fresh model as a manifest asks for it: a preset name, or the Qwen3
 /// fields that set its shape (Hugging Face config.json names), the rest left
 /// to defaults and the vocabulary to the tokenizer.

@@ -218,7 +218,10 @@ impl TrainConfig {
             out.push(format!("lr must be positive, not {}", self.lr));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            out.push(format!("min_lr_ratio must be in [0, 1], not {}", self.min_lr_ratio));
+            out.push(format!(
+                "min_lr_ratio must be in [0, 1], not {}",
+                self.min_lr_ratio
+            ));
         }
         if !(0.0..=1.0).contains(&self.warmup_fraction) {
             out.push(format!(
@@ -229,7 +232,11 @@ impl TrainConfig {
         if self.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             out.push(format!("betas must be in [0, 1), not {:?}", self.betas));
         }
-        if let Some(b) = self.checkpoints.iter().find(|&&b| b == 0 || b > self.tokens) {
+        if let Some(b) = self
+            .checkpoints
+            .iter()
+            .find(|&&b| b == 0 || b > self.tokens)
+        {
             out.push(format!(
                 "checkpoint budget {b} is not within the token budget (1..={})",
                 self.tokens
@@ -259,7 +266,10 @@ impl<'de> Deserialize<'de> for DataMix {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("weights by dataset name, or {candidate, general, beta}")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<DataMix, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DataMix, A::Error> {
                 use serde::de::Error;
                 let (mut candidate, mut general, mut beta) = (None, None, None);
                 let mut weights = BTreeMap::new();
@@ -301,7 +311,9 @@ impl DataMix {
             DataMix::Weights(w) => w.clone(),
         };
         if let Some((n, v)) = w.iter().find(|(_, v)| !v.is_finite() || **v < 0.0) {
-            return Err(format!("mixture weight of `{n}` must be a finite number >= 0, not {v}"));
+            return Err(format!(
+                "mixture weight of `{n}` must be a finite number >= 0, not {v}"
+            ));
         }
         let sum: f64 = w.values().sum();
         if sum <= 0.0 {

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "demix-worker", version, about = "Runs demix steps that need libtorch.")]
+#[command(
+    name = "demix-worker",
+    version,
+    about = "Runs demix steps that need libtorch."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,6 +46,8 @@ enum Internal {
 }
 
 fn main() -> ExitCode {
+    // Before anything starts CUDA: a rank of a data-parallel step sees one GPU.
+    demix_ml::dist::pin_rank_device();
     let registry = demix_kinds::registry();
     let code = match Cli::parse().command {
         Command::Internal {
@@ -59,13 +65,13 @@ fn main() -> ExitCode {
         ),
         Command::Internal {
             command: Internal::ExecBatch { dir, names },
-        } => {
-            demix_core::exec::slurm::exec_batch(&registry, &dir, &names)
-        }
+        } => demix_core::exec::slurm::exec_batch(&registry, &dir, &names),
         Command::Doctor => {
             print!("{}", demix_ml::device::doctor());
             0
         }
     };
+    // A rank of a data-parallel step ends MPI with the others (or ends them).
+    demix_ml::dist::finish(code == 0);
     ExitCode::from(code.clamp(0, 255) as u8)
 }

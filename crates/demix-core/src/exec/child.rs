@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Completion, EXIT_CANCELLED, EXIT_FAILED, StepSpec};
 use crate::kind::{Progress, Registry, RunCtx, StepError};
+use crate::protocol::{Completion, EXIT_CANCELLED, EXIT_FAILED, StepSpec};
 use crate::store::{self, Health, ResultRecord, Store, write_json_atomic};
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
@@ -22,7 +22,7 @@ static FINISHED: AtomicU64 = AtomicU64::new(0);
 /// from the warning its `--signal` gives before the time limit.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
-fn cancel_grace() -> Duration {
+pub fn cancel_grace() -> Duration {
     std::env::var("DEMIX_CANCEL_GRACE")
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -53,10 +53,18 @@ pub fn cancel_requested() -> bool {
 /// parent killed before this process got this far (a loaded machine, a slow
 /// start) is noticed too, which a pid read here would miss.
 fn watch_parent(parent: u32) {
+    // A rank of a data-parallel step is mpirun's child, not demix's: it
+    // watches demix by its pid instead.
+    let under_launcher = demix_spec::launch::launched().is_some();
     std::thread::spawn(move || {
         loop {
-            // SAFETY: getppid has no preconditions.
-            if unsafe { libc::getppid() } as u32 != parent {
+            // SAFETY: getppid has no preconditions; kill with signal 0 only
+            // checks that the process exists.
+            let alive = unsafe {
+                libc::getppid() as u32 == parent
+                    || (under_launcher && libc::kill(parent as i32, 0) == 0)
+            };
+            if !alive {
                 CANCEL.store(true, Ordering::SeqCst);
                 return;
             }
@@ -134,6 +142,9 @@ pub fn exec_step(
     let started = Instant::now();
     let store = Store::open(&spec.store);
     let log = store.log_path(&spec.key);
+    if let Some(r) = demix_spec::launch::launched().filter(|r| !r.leads()) {
+        return follow(registry, &spec, &store, &log, r);
+    }
     let mut done = Completion {
         step: spec.step.clone(),
         key: spec.key.clone(),
@@ -213,14 +224,12 @@ fn run(
     let kind = registry
         .get(&spec.kind)
         .ok_or_else(|| StepError::Failed(format!("this demix has no step kind `{}`", spec.kind)))?;
-    let _lock = store
-        .lock(&spec.key, &|| {
-            emit(&Progress {
-                message: Some("waiting for another demix running this step".into()),
-                ..Default::default()
-            })
+    let _lock = store.lock(&spec.key, &|| {
+        emit(&Progress {
+            message: Some("waiting for another demix running this step".into()),
+            ..Default::default()
         })
-?;
+    })?;
     // Another process may have finished it while we waited (unless forced).
     if !spec.force
         && let Some(r) = store.read_result(&spec.key)
@@ -238,9 +247,7 @@ fn run(
     check_inputs(spec, store)?;
     let started_at = jiff::Timestamp::now();
     let t0 = Instant::now();
-    let tmp = store
-        .new_tmp(&format!("{}-", &spec.key[..12]))
-?;
+    let tmp = store.new_tmp(&format!("{}-", &spec.key[..12]))?;
     let out = tmp.join("out");
     std::fs::create_dir_all(&out).map_err(StepError::io("creating the output directory"))?;
     if let Some(p) = log.parent() {
@@ -268,9 +275,7 @@ fn run(
         if CANCEL.load(Ordering::SeqCst) {
             return Err(StepError::Cancelled);
         }
-        let (tree, files, outputs) = store
-            .commit_tree(&out, &spec.outputs)
-    ?;
+        let (tree, files, outputs) = store.commit_tree(&out, &spec.outputs)?;
         let record = ResultRecord {
             key: spec.key.clone(),
             manifest: spec.manifest.clone(),
@@ -288,17 +293,88 @@ fn run(
             engine_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         // The result record is the commit point; the state record only explains.
-        store
-            .write_result(&record)
-    ?;
-        store
-            .write_state(&record)
-    ?;
+        store.write_result(&record)?;
+        store.write_state(&record)?;
         done.outputs = outputs;
         Ok(())
     });
     let _ = store::remove_tree(&tmp);
     result
+}
+
+/// A data-parallel step's rank other than 0: it computes with the others and
+/// writes nothing the store keeps (rank 0 commits and reports), so it takes
+/// no lock, skips the cache, reports no progress and logs beside rank 0.
+fn follow(
+    registry: &Registry,
+    spec: &StepSpec,
+    store: &Store,
+    log: &Path,
+    r: demix_spec::launch::Rank,
+) -> i32 {
+    let Some(kind) = registry.get(&spec.kind) else {
+        eprintln!("error: this demix has no step kind `{}`", spec.kind);
+        return EXIT_FAILED;
+    };
+    let log = log.with_extension(format!("rank{}.log", r.rank));
+    let stub = Completion {
+        step: spec.step.clone(),
+        key: spec.key.clone(),
+        ok: false,
+        cached: false,
+        cancelled: false,
+        exit_code: EXIT_FAILED,
+        error: None,
+        outputs: Default::default(),
+        duration_s: 0.0,
+        host: hostname(),
+        log: log.clone(),
+    };
+    start_watchdog(cancel_grace(), stub, None);
+    if let Some(p) = log.parent() {
+        let _ = std::fs::create_dir_all(p);
+    }
+    let _ = std::fs::write(
+        &log,
+        format!(
+            "# demix {} step {} key {} rank {} of {} on {}\n",
+            env!("CARGO_PKG_VERSION"),
+            spec.step,
+            spec.key,
+            r.rank,
+            r.size,
+            hostname()
+        ),
+    );
+    let result = store
+        .new_tmp(&format!("{}-rank{}-", &spec.key[..12], r.rank))
+        .map_err(StepError::from)
+        .and_then(|tmp| {
+            let out = tmp.join("out");
+            std::fs::create_dir_all(&out)
+                .map_err(StepError::io("creating the output directory"))?;
+            let ctx = RunCtx {
+                spec,
+                store,
+                out_dir: &out,
+                log: &log,
+                cancel: &CANCEL,
+                progress: &|_| {},
+            };
+            let result = kind.run(&ctx);
+            let _ = store::remove_tree(&tmp);
+            result
+        });
+    FINISHED.fetch_add(1, Ordering::SeqCst);
+    match result {
+        Ok(()) => 0,
+        Err(StepError::Cancelled) => EXIT_CANCELLED,
+        Err(_) if CANCEL.load(Ordering::SeqCst) => EXIT_CANCELLED,
+        Err(e) => {
+            eprintln!("error: rank {}: {e}", r.rank);
+            EXIT_FAILED
+        }
+    }
 }
 
 /// Checks that every upstream output the step reads still has the content its

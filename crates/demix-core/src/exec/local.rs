@@ -556,6 +556,7 @@ pub fn build_spec(
         step: node.id.clone(),
         kind: node.kind.name().to_string(),
         runner: node.runner,
+        ranks: node.ranks,
         key: a.key.clone().expect("assessed steps have keys"),
         record: a.record.clone().expect("assessed steps have records"),
         params: node.plan.params.clone(),

@@ -1,8 +1,9 @@
 //! The local executor: each step in a child process of its own on this
-//! machine, `PROGRAM internal exec-step SPEC --completion FILE`.
+//! machine, `PROGRAM internal exec-step SPEC --completion FILE`; a
+//! data-parallel step as one such process per rank under Open MPI's `mpirun`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -22,8 +23,8 @@ pub struct Processes {
     programs: Programs,
     jobs: usize,
     rep: Arc<Reporter>,
-    /// The process of each step started.
-    pids: HashMap<NodeId, u32>,
+    /// The process of each step started, and whether it is mpirun.
+    pids: HashMap<NodeId, (u32, bool)>,
 }
 
 impl Processes {
@@ -62,7 +63,7 @@ impl Executor for Processes {
             .programs
             .for_runner(spec.runner, &spec.kind)?
             .to_path_buf();
-        let mut cmd = tokio::process::Command::new(&program);
+        let mut cmd = launcher(&program, &spec, gpus)?;
         cmd.arg("internal")
             .arg("exec-step")
             .arg(&spec_path)
@@ -77,11 +78,20 @@ impl Executor for Processes {
         if !gpus.is_empty() || spec.resources.gpus() > 0 {
             cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
         }
+        let program = if spec.ranks > 1 {
+            PathBuf::from(format!(
+                "mpirun ({} ranks of {})",
+                spec.ranks,
+                program.display()
+            ))
+        } else {
+            program
+        };
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         if let Some(pid) = child.id() {
-            self.pids.insert(node, pid);
+            self.pids.insert(node, (pid, spec.ranks > 1));
         }
         let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
@@ -115,11 +125,101 @@ impl Executor for Processes {
     }
 
     fn cancel(&mut self, nodes: &[NodeId]) {
-        for pid in nodes.iter().filter_map(|n| self.pids.get(n)) {
-            // SAFETY: signals our own child; it cancels its step and exits.
-            unsafe {
-                libc::kill(*pid as i32, libc::SIGTERM);
+        for &(pid, mpirun) in nodes.iter().filter_map(|n| self.pids.get(n)) {
+            // The ranks of a data-parallel step are mpirun's children, each in
+            // a process group of its own: they are told directly, so they stop
+            // together and save their state, and mpirun ends when they have
+            // (signalled itself, it takes many seconds to).
+            let ranks = if mpirun { children(pid) } else { Vec::new() };
+            for &p in if ranks.is_empty() {
+                std::slice::from_ref(&pid)
+            } else {
+                &ranks[..]
+            } {
+                // SAFETY: signals our own child, or a child of it; it cancels
+                // its step and exits.
+                unsafe {
+                    libc::kill(p as i32, libc::SIGTERM);
+                }
             }
         }
     }
+}
+
+/// The command that starts a step's process: the program itself, or for a
+/// data-parallel step, `mpirun` starting one per rank (each rank pins one of
+/// the step's GPUs and takes its share of the CPUs).
+fn launcher(
+    program: &Path,
+    spec: &StepSpec,
+    gpus: &[String],
+) -> Result<tokio::process::Command, String> {
+    let nodes = spec.resources.nodes();
+    if nodes > 1 {
+        return Err(format!(
+            "`{}` asks for {nodes} nodes, and this machine is one: run it with `--executor slurm`",
+            spec.step
+        ));
+    }
+    if spec.ranks <= 1 {
+        return Ok(tokio::process::Command::new(program));
+    }
+    let mpirun = mpirun().ok_or_else(|| {
+        format!(
+            "`{}` trains on {} ranks, which Open MPI's `mpirun` starts, and there is none on PATH: install Open MPI (Debian: openmpi-bin) or set DEMIX_MPIRUN",
+            spec.step, spec.ranks
+        )
+    })?;
+    let mut c = tokio::process::Command::new(mpirun);
+    c.args([
+        "-np",
+        &spec.ranks.to_string(),
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ])
+    // Open MPI refuses to start as root unless told; containers and CI run as root.
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .env(
+        "DEMIX_RANK_THREADS",
+        (spec.resources.cpus() / spec.ranks).max(1).to_string(),
+    );
+    if !gpus.is_empty() {
+        c.env("DEMIX_RANK_DEVICES", gpus.join(","));
+    }
+    c.arg(program);
+    Ok(c)
+}
+
+/// `DEMIX_MPIRUN`, else `mpirun` on PATH.
+fn mpirun() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("DEMIX_MPIRUN") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("mpirun"))
+        .find(|p| p.is_file())
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
 }

@@ -118,6 +118,16 @@ pub struct Resources {
     /// Wall-clock limit on a cluster, e.g. `2h`, `30m`, `01:30:00`.
     #[serde(default)]
     pub time: Option<String>,
+    /// Data-parallel processes per node of a `train` step (or a `proxy:
+    /// trained` search): each takes a slice of every global batch and, with
+    /// GPUs, one GPU. Default: `gpus` when more than 0, else 1. Started by Open
+    /// MPI's `mpirun` here, by `srun` on Slurm.
+    #[serde(default)]
+    pub ranks: Option<u32>,
+    /// Nodes for a data-parallel step on Slurm (default 1); `cpus`, `gpus`,
+    /// `memory` and `ranks` are per node.
+    #[serde(default)]
+    pub nodes: Option<u32>,
 }
 
 impl Resources {
@@ -126,6 +136,13 @@ impl Resources {
     }
     pub fn gpus(&self) -> u32 {
         self.gpus.unwrap_or(0)
+    }
+    pub fn nodes(&self) -> u32 {
+        self.nodes.unwrap_or(1)
+    }
+    /// Ranks per node of a data-parallel step.
+    pub fn ranks(&self) -> u32 {
+        self.ranks.unwrap_or(self.gpus().max(1))
     }
     pub fn memory_bytes(&self) -> u64 {
         self.memory
@@ -217,6 +234,8 @@ pub struct StepDecl {
     pub kind_span: Span,
     pub foreach: Option<Foreach>,
     pub resources: Resources,
+    /// Where `resources` is written (else the step's id).
+    pub resources_span: Span,
     /// The kind-specific fields, with the common ones removed.
     pub body: MarkedMappingNode,
     /// Explicit ordering edges, for steps that must wait without consuming outputs.
@@ -904,6 +923,7 @@ fn parse_step(
         kind_span: kind.1,
         foreach,
         resources,
+        resources_span: map.get_node("resources").map_or(id.1, |r| *r.span()),
         body,
         after,
         broken: d.problems.len() > before,
@@ -919,6 +939,23 @@ fn check_resources(d: &mut Diags, node: &Node, r: &Resources) {
     };
     if r.cpus == Some(0) {
         d.error(&at("cpus"), "`cpus` must be at least 1", "cpus");
+    }
+    for (key, v) in [("ranks", r.ranks), ("nodes", r.nodes)] {
+        if v == Some(0) {
+            d.error(&at(key), format!("`{key}` must be at least 1"), key);
+        }
+    }
+    if let (Some(ranks), Some(gpus)) = (r.ranks, r.gpus)
+        && gpus > 0
+        && ranks != gpus
+    {
+        d.error(
+            &at("ranks"),
+            format!(
+                "each rank takes one GPU: with `gpus: {gpus}`, `ranks` is {gpus} (or leave it out)"
+            ),
+            "ranks",
+        );
     }
     if let Some(m) = &r.memory {
         match parse_bytes(m) {

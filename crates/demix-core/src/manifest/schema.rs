@@ -123,7 +123,8 @@ pub fn manifest_schema(registry: &Registry) -> Value {
 
 /// The schema as committed in `schemas/manifest.schema.json`.
 pub fn manifest_schema_text(registry: &Registry) -> String {
-    let mut s = serde_json::to_string_pretty(&manifest_schema(registry)).expect("schemas serialize");
+    let mut s =
+        serde_json::to_string_pretty(&manifest_schema(registry)).expect("schemas serialize");
     s.push('\n');
     s
 }
