@@ -8,6 +8,7 @@ use std::sync::Arc;
 use demix_core::exec::{self, Outcome, Programs, RunOptions};
 use demix_core::graph::{Graph, NodeId};
 use demix_core::kind::Registry;
+use demix_core::live::{LiveRun, LiveStep, Liveness};
 use demix_core::manifest::{DEFAULT_MANIFESTS, LoadError, Manifest};
 use demix_core::plan::{Planner, State};
 use demix_core::progress::{Reporter, Verbosity};
@@ -16,6 +17,31 @@ use miette::Diagnostic;
 use serde_json::json;
 
 use crate::cli::{Cli, Command, DagFormat, Internal};
+
+/// `print!` that hands a failed write back as [`CliError::Output`]: `demix status
+/// | head` ends quietly when `head` leaves (see `main`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($t)*).map_err(CliError::Output)?
+    }};
+}
+
+/// `println!` that hands a failed write back as [`CliError::Output`].
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*).map_err(CliError::Output)?
+    }};
+}
+
+/// `eprintln!` that never panics: a closed stderr only loses the message.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
 
 /// Errors at the edge, each with its exit code.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -29,6 +55,17 @@ pub enum CliError {
     #[error("{0}")]
     #[diagnostic(code(demix_core::failed))]
     Failed(String),
+    /// Writing to stdout failed; a broken pipe (the reader left) is a quiet exit.
+    #[error("cannot write to stdout: {0}")]
+    #[diagnostic(code(demix_core::output))]
+    Output(std::io::Error),
+}
+
+impl CliError {
+    /// Whether this is stdout's reader having left (`demix log | head`).
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
 pub fn exit_code(report: &miette::Report) -> u8 {
@@ -142,7 +179,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         Command::Check(a) => {
             let g = load_graph(a.manifest)?;
             if v != Verbosity::Quiet {
-                println!(
+                outln!(
                     "{}: ok ({} steps, {} nodes, {} datasets)",
                     g.manifest.path.display(),
                     g.manifest.steps.len(),
@@ -154,7 +191,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         }
         Command::Dag(a) => {
             let g = load_graph(a.manifest.manifest)?;
-            print!("{}", dag(&g, a.format));
+            out!("{}", dag(&g, a.format));
             Ok(ExitCode::SUCCESS)
         }
         Command::Lineage(a) => lineage(a, &cache),
@@ -165,14 +202,14 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
             let r = demix_core::maintenance::gc(&s, a.keep_runs, a.dry_run)
                 .map_err(CliError::Failed)?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
+                outln!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
             } else {
                 if v == Verbosity::Verbose {
                     for line in &r.removed {
-                        println!("{line}");
+                        outln!("{line}");
                     }
                 }
-                println!(
+                outln!(
                     "{} {} results, {} trees, {} objects, {} work dirs, {} logs, {} resume states: {} (kept {} results)",
                     if a.dry_run { "would remove" } else { "removed" },
                     r.results,
@@ -191,10 +228,10 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
             let s = store(&cache);
             let r = demix_core::maintenance::verify(&s, &|_, _| {}).map_err(CliError::Failed)?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
+                outln!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
             } else {
                 for c in &r.corrupt {
-                    println!(
+                    outln!(
                         "corrupt {} (content hashes to {}); removed; rerun to rebuild: {}",
                         c.path.display(),
                         &c.actual[..12],
@@ -206,16 +243,16 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
                     );
                 }
                 for k in &r.invalidated {
-                    println!("invalidated {k}: built on a corrupt object; it runs again");
+                    outln!("invalidated {k}: built on a corrupt object; it runs again");
                 }
                 for c in &r.corrupt_records {
-                    println!(
+                    outln!(
                         "corrupt record {} ({}); removed",
                         c.path.display(),
                         c.reason
                     );
                 }
-                println!(
+                outln!(
                     "verified {} objects ({}): {} corrupt, {} results invalidated, {} corrupt records",
                     r.objects,
                     human_bytes(r.bytes),
@@ -231,11 +268,11 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
             })
         }
         Command::Doctor => {
-            println!("demix {}", demix_core::VERSION);
+            outln!("demix {}", demix_core::VERSION);
             doctor()
         }
         Command::Schema => {
-            print!(
+            out!(
                 "{}",
                 demix_core::manifest::schema::manifest_schema_text(&registry())
             );
@@ -270,7 +307,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
 fn doctor() -> miette::Result<ExitCode> {
     let p = programs()?;
     if !p.worker.is_file() {
-        println!(
+        outln!(
             "{}",
             demix_core::exec::programs::missing_worker("train", &p.worker)
         );
@@ -305,20 +342,20 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         for (n, a) in planner.assess_all(&force, only.as_ref()) {
             let id = &g[n].id;
             match a {
-                Ok(a) if a.state == State::Fresh => println!("fresh  {id}"),
+                Ok(a) if a.state == State::Fresh => outln!("fresh  {id}"),
                 Ok(a) => {
                     would += 1;
                     let why: Vec<String> = a.reasons.iter().map(|r| r.to_string()).collect();
-                    println!("run    {id} ({})", why.join("; "));
+                    outln!("run    {id} ({})", why.join("; "));
                 }
                 Err(e) if e.contains(demix_core::graph::NO_FILES) => {
                     would += 1;
-                    println!("run    {id} (once its data exists)");
+                    outln!("run    {id} (once its data exists)");
                     missing.entry(e).or_default().push(id.clone());
                 }
                 Err(e) => {
                     problems += 1;
-                    println!("error  {id}: {e}");
+                    outln!("error  {id}: {e}");
                 }
             }
         }
@@ -329,7 +366,7 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
             } else {
                 String::new()
             };
-            println!("missing {e} (needed by {first}{more})");
+            outln!("missing {e} (needed by {first}{more})");
         }
         let absent = if missing.is_empty() {
             String::new()
@@ -339,7 +376,7 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
                 missing.len()
             )
         };
-        println!(
+        outln!(
             "dry run: {would} step(s) would run, {problems} problem(s){absent}; nothing was written"
         );
         return Ok(if problems > 0 {
@@ -382,8 +419,9 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
     let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }));
     let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
     let cancelled = summary.count(|o| *o == Outcome::Cancelled);
+    let took = t0.elapsed().as_secs_f64();
     let line = format!(
-        "{}: {ran} ran, {fresh} fresh, {failed} failed, {skipped} skipped, {cancelled} cancelled in {:.2}s",
+        "{}: {ran} ran, {fresh} fresh, {failed} failed, {skipped} skipped, {cancelled} cancelled in {}",
         if summary.interrupted {
             "interrupted"
         } else if summary.ok {
@@ -391,10 +429,11 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         } else {
             "FAILED"
         },
-        t0.elapsed().as_secs_f64()
+        demix_core::outcome::human_duration(took)
     );
-    for v in demix_core::outcome::verdicts(&g, &s, &summary) {
-        rep.line(&format!("verdict {v}"));
+    let closing = demix_core::outcome::closing(&g, &s, &summary, &opts.targets);
+    for l in closing_lines(&closing) {
+        rep.line(&l);
     }
     if summary.ok {
         rep.line(&line);
@@ -402,10 +441,23 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         rep.always(&line);
     }
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("serializes")
-        );
+        let mut v = serde_json::to_value(&summary).expect("serializes");
+        v["duration_s"] = json!(took);
+        v["duration"] = json!(demix_core::outcome::human_duration(took));
+        if let (serde_json::Value::Object(v), serde_json::Value::Object(c)) =
+            (&mut v, serde_json::to_value(&closing).expect("serializes"))
+        {
+            v.extend(c);
+        }
+        // The run is done: a reader that left does not change its exit code.
+        use std::io::Write as _;
+        let text = serde_json::to_string_pretty(&v).expect("serializes");
+        match writeln!(std::io::stdout().lock(), "{text}") {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(CliError::Output(e).into());
+            }
+            _ => {}
+        }
     }
     Ok(if summary.interrupted {
         ExitCode::from(130)
@@ -414,6 +466,58 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A path as a person reads it: relative to the working directory when under it.
+fn show_path(p: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    p.strip_prefix(&cwd).unwrap_or(p).display().to_string()
+}
+
+/// The lines a run ends with, before its `done:` line: what the targets made,
+/// the chosen mixtures, the verdicts and the reports.
+fn closing_lines(c: &demix_core::outcome::Closing) -> Vec<String> {
+    const MAX_OUTPUTS: usize = 8;
+    const MAX_WEIGHTS: usize = 8;
+    let mut out = Vec::new();
+    let names: Vec<String> = c
+        .outputs
+        .iter()
+        .take(MAX_OUTPUTS)
+        .map(|o| format!("{}.{}", o.step, o.output))
+        .collect();
+    let width = names.iter().map(String::len).max().unwrap_or(0);
+    for (name, o) in names.iter().zip(&c.outputs) {
+        out.push(format!("output  {name:<width$}  {}", show_path(&o.path)));
+    }
+    if c.outputs.len() > MAX_OUTPUTS {
+        out.push(format!(
+            "output  ... and {} more (`demix run --json` lists them)",
+            c.outputs.len() - MAX_OUTPUTS
+        ));
+    }
+    for m in &c.mixtures {
+        let mut w: Vec<(&String, &f64)> = m.weights.iter().collect();
+        w.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+        let mut parts: Vec<String> = w
+            .iter()
+            .take(MAX_WEIGHTS)
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect();
+        if w.len() > MAX_WEIGHTS {
+            parts.push(format!("and {} more", w.len() - MAX_WEIGHTS));
+        }
+        out.push(format!("mixture {}: {}", m.step, parts.join(", ")));
+    }
+    for v in &c.verdicts {
+        out.push(format!("verdict {}: {}", v.step, v.sentence));
+    }
+    for r in &c.reports {
+        if let Some(p) = r.html.as_ref().or(r.markdown.as_ref()) {
+            out.push(format!("report  {}: {}", r.step, show_path(p)));
+        }
+    }
+    out
 }
 
 /// The Slurm executor's settings when this run uses it: `--executor`, else the
@@ -467,6 +571,16 @@ fn status(
     let no_progress = |_: &Path, _: u64, _: u64| {};
     let planner = Planner::new(&g, &s, &no_progress);
     let all = planner.assess_all(&[], None);
+    // Steps that a run of this workflow is running now, from its live record.
+    let live: Vec<LiveRun> = demix_core::live::live_runs(&s)
+        .into_iter()
+        .filter(|r| r.manifest == g.manifest.name)
+        .collect();
+    let running: BTreeMap<&str, (&LiveRun, &LiveStep)> = live
+        .iter()
+        .filter(|r| r.liveness() == Liveness::Running)
+        .flat_map(|r| r.steps.iter().map(move |(id, st)| (id.as_str(), (r, st))))
+        .collect();
     let mut steps = Vec::new();
     let mut counts = [0usize; 4];
     for (n, a) in &all {
@@ -491,6 +605,14 @@ fn status(
                     "id": node.id,
                     "kind": node.kind.name(),
                     "state": state.map_or("error".to_string(), |s| s.to_string()),
+                    "running": running.get(node.id.as_str()).map(|(r, st)| json!({
+                        "run": r.id,
+                        "pid": r.pid,
+                        "host": r.host,
+                        "started": st.started,
+                        "progress": st.progress,
+                        "message": st.describe(),
+                    })),
                     "reasons": reasons.iter().map(|r| {
                         let mut v = serde_json::to_value(r).expect("serializes");
                         v["message"] = json!(r.to_string());
@@ -504,30 +626,64 @@ fn status(
         let out = json!({
             "manifest": g.manifest.path,
             "name": g.manifest.name,
+            "runs": live.iter().map(|r| json!({
+                "id": r.id,
+                "pid": r.pid,
+                "host": r.host,
+                "started": r.started,
+                "heartbeat": r.heartbeat,
+                "liveness": r.liveness(),
+            })).collect::<Vec<_>>(),
             "steps": items,
             "counts": { "fresh": counts[0], "stale": counts[1], "new": counts[2], "error": counts[3] },
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&out).expect("serializes")
         );
     } else {
+        for r in &live {
+            match r.liveness() {
+                Liveness::Running => outln!(
+                    "run {} in progress: pid {} on {}, started {}",
+                    r.id,
+                    r.pid,
+                    r.host,
+                    r.started.strftime("%Y-%m-%d %H:%M:%S")
+                ),
+                Liveness::Stale => outln!(
+                    "run {} (pid {} on {}) stopped without finishing: its record is stale",
+                    r.id,
+                    r.pid,
+                    r.host
+                ),
+            }
+        }
         for (node, state, reasons, _, error) in &steps {
+            if let Some((_, st)) = running.get(node.id.as_str()) {
+                outln!("running {}  {}", node.id, st.describe());
+                continue;
+            }
             match (state, error) {
-                (Some(st), _) => println!("{:<6} {}", st.to_string(), node.id),
-                (None, Some(e)) => println!("error  {}: {e}", node.id),
+                (Some(st), _) => outln!("{:<6} {}", st.to_string(), node.id),
+                (None, Some(e)) => outln!("error  {}: {e}", node.id),
                 _ => {}
             }
             for r in reasons {
-                println!("         {r}");
+                outln!("         {r}");
             }
         }
-        println!(
-            "{} steps: {} fresh, {} stale, {} new{}",
+        outln!(
+            "{} steps: {} fresh, {} stale, {} new{}{}",
             steps.len(),
             counts[0],
             counts[1],
             counts[2],
+            if running.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} running)", running.len())
+            },
             if counts[3] > 0 {
                 format!(", {} with errors", counts[3])
             } else {
@@ -595,21 +751,46 @@ fn dag(g: &Graph, format: DagFormat) -> String {
 fn lineage(a: crate::cli::LineageArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
     let s = store(cache);
     // Step ids are looked up in the manifest's workflow when there is one.
-    let name = match a.manifest {
-        Some(p) => Some(Manifest::load(&p).map_err(CliError::Manifest)?.name),
+    let manifest = match a.manifest {
+        Some(p) => Some(Manifest::load(&p).map_err(CliError::Manifest)?),
         None => manifest_path(None)
             .ok()
-            .and_then(|p| Manifest::load(&p).ok())
-            .map(|m| m.name),
+            .and_then(|p| Manifest::load(&p).ok()),
     };
-    let r = demix_core::lineage::resolve(&s, name.as_deref(), &a.what).map_err(CliError::Usage)?;
+    let name = manifest.as_ref().map(|m| m.name.clone());
+    let r = demix_core::lineage::resolve(&s, name.as_deref(), &a.what).map_err(|e| {
+        let ids: Vec<String> = manifest
+            .as_ref()
+            .map(|m| m.steps.iter().map(|st| st.id.clone()).collect())
+            .unwrap_or_default();
+        CliError::Usage(format!("{e}{}", step_hint(&a.what, &ids)))
+    })?;
     let l = demix_core::lineage::lineage(&s, &r);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&l).expect("serializes"));
+        outln!("{}", serde_json::to_string_pretty(&l).expect("serializes"));
     } else {
-        print!("{}", demix_core::lineage::render(&l));
+        out!("{}", demix_core::lineage::render(&l));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For a step id that matched nothing: the closest step of the manifest, or
+/// its steps when none is close.
+fn step_hint(what: &str, ids: &[String]) -> String {
+    if ids.is_empty() {
+        return String::new();
+    }
+    if let Some(h) = demix_core::manifest::did_you_mean(what, ids.iter().map(String::as_str)) {
+        return format!(" ({h})");
+    }
+    const MAX: usize = 8;
+    let more = if ids.len() > MAX {
+        format!(" and {} more", ids.len() - MAX)
+    } else {
+        String::new()
+    };
+    let shown: Vec<&str> = ids.iter().take(MAX).map(String::as_str).collect();
+    format!(" (the workflow's steps: {}{more})", shown.join(", "))
 }
 
 /// Where the latest report of each `report` step of the manifest is.
@@ -624,14 +805,13 @@ fn report(a: crate::cli::ReportArgs, cache: &Option<PathBuf>) -> miette::Result<
         .map(|n| n.id.as_str())
         .collect();
     if steps.is_empty() {
-        return Err(CliError::Failed(format!(
+        return Err(CliError::Usage(format!(
             "{} has no `report` step",
             g.manifest.path.display()
         ))
         .into());
     }
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let show = |p: &Path| p.strip_prefix(&cwd).unwrap_or(p).display().to_string();
+    let show = show_path;
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for id in steps {
@@ -652,17 +832,17 @@ fn report(a: crate::cli::ReportArgs, cache: &Option<PathBuf>) -> miette::Result<
                     .map(|(id, e)| json!({"step": id, "error": e})),
             )
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"manifest": g.manifest.path, "reports": items}))
                 .expect("serializes")
         );
     } else {
         for (r, html, md) in &found {
-            println!("{}", r.step);
-            println!("  html      {html}");
-            println!("  markdown  {md}");
-            println!(
+            outln!("{}", r.step);
+            outln!("  html      {html}");
+            outln!("  markdown  {md}");
+            outln!(
                 "  made      {} (key {})",
                 r.finished.strftime("%Y-%m-%d %H:%M:%S UTC"),
                 &r.key[..r.key.len().min(12)]
@@ -684,21 +864,44 @@ fn log(a: crate::cli::LogArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCo
     let s = store(cache);
     let (runs, damaged) = demix_core::maintenance::runs_and_damage(&s);
     for (p, why) in &damaged {
-        eprintln!(
+        errln!(
             "warning: run record {} is corrupt ({why}); `demix verify` removes it",
             p.display()
         );
     }
     let shown = &runs[runs.len().saturating_sub(a.limit)..];
+    let live = demix_core::live::live_runs(&s);
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(shown).expect("serializes")
-        );
+        // Finished runs as before; runs in progress (or that died without
+        // finishing) under `live`.
+        let live: Vec<serde_json::Value> = live
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).expect("serializes");
+                v["liveness"] = json!(r.liveness());
+                v
+            })
+            .collect();
+        if live.is_empty() {
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(shown).expect("serializes")
+            );
+        } else {
+            let mut all: Vec<serde_json::Value> = shown
+                .iter()
+                .map(|r| serde_json::to_value(r).expect("serializes"))
+                .collect();
+            all.extend(live);
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&all).expect("serializes")
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    if shown.is_empty() {
-        println!("no runs recorded in {}", s.root.display());
+    if shown.is_empty() && live.is_empty() {
+        outln!("no runs recorded in {}", s.root.display());
     }
     for r in shown {
         let secs = (r.finished.as_millisecond() - r.started.as_millisecond()) as f64 / 1000.0;
@@ -709,14 +912,49 @@ fn log(a: crate::cli::LogArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCo
         } else {
             "FAILED"
         };
-        println!(
-            "{}  {:<11} {:<20} {} ran, {} fresh, {} failed  {secs:.2}s  on {}",
+        outln!(
+            "{}  {:<11} {:<20} {} ran, {} fresh, {} failed  {}  on {}",
             r.started.strftime("%Y-%m-%d %H:%M:%S"),
             state,
             r.manifest,
             r.count(|o| *o == Outcome::Ran),
             r.count(|o| *o == Outcome::Fresh),
             r.count(|o| matches!(o, Outcome::Failed { .. })),
+            demix_core::outcome::human_duration(secs),
+            r.host
+        );
+    }
+    for r in &live {
+        let state = match r.liveness() {
+            Liveness::Running => "running",
+            Liveness::Stale => "stale",
+        };
+        let secs = r.elapsed_s();
+        let steps: Vec<String> = r
+            .steps
+            .iter()
+            .map(|(id, st)| {
+                let d = st.describe();
+                if d.is_empty() {
+                    id.clone()
+                } else {
+                    format!("{id} {d}")
+                }
+            })
+            .collect();
+        outln!(
+            "{}  {:<11} {:<20} pid {}, {}{}  {}  on {}",
+            r.started.strftime("%Y-%m-%d %H:%M:%S"),
+            state,
+            r.manifest,
+            r.pid,
+            if steps.is_empty() {
+                "between steps"
+            } else {
+                "now: "
+            },
+            steps.join("; "),
+            demix_core::outcome::human_duration(secs),
             r.host
         );
     }

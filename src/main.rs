@@ -17,8 +17,18 @@ fn main() -> ExitCode {
     commands::init_tracing(&cli);
     match commands::dispatch(cli) {
         Ok(code) => code,
+        // Like cargo and ripgrep: when stdout's reader leaves (`demix log | head`),
+        // stop writing and exit 0 without a word.
+        Err(report)
+            if report
+                .downcast_ref::<commands::CliError>()
+                .is_some_and(commands::CliError::is_broken_pipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(report) => {
-            eprintln!("{report:?}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr().lock(), "{report:?}");
             ExitCode::from(commands::exit_code(&report))
         }
     }

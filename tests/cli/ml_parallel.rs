@@ -151,6 +151,13 @@ fn an_interrupted_two_rank_run_resumes_to_the_uninterrupted_result() {
         !log.contains("\"resumed_from_step\":0"),
         "it resumed: {log}"
     );
+    // Its log says so, with its progress beside it.
+    assert!(log.contains("resumed from step "), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with('[') && l.contains("tokens")),
+        "{log}"
+    );
     // MPI sums in a fixed order on CPU, so the resumed run is the same run.
     let bytes = |s: &str| {
         std::fs::read(output_path(&env, "dp", s, "checkpoint").join("model.safetensors")).unwrap()

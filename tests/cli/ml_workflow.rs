@@ -96,8 +96,8 @@ fn an_ml_workflow_runs_caches_and_traces() {
     assert!(env.demix(&["run"]).ok().ran().is_empty());
     let l = env.demix(&["lineage", "eval"]).ok().stdout();
     assert!(
-        l.contains("step comp (train v2)")
-            && l.contains("step base (train v2)")
+        l.contains("step comp (train v3)")
+            && l.contains("step base (train v3)")
             && l.contains("sotu/train.jsonl"),
         "{l}"
     );
@@ -167,6 +167,133 @@ fn doctor_reports_libtorch() {
     let out = Env::new().demix(&["doctor"]).ok().stdout();
     assert!(out.contains("libtorch:     2.11.0"), "{out}");
     assert!(out.contains("cuda:"), "{out}");
+}
+
+/// A tokenizer, a tiny training with a budget checkpoint, and a merge of both
+/// checkpoints.
+fn cards_manifest() -> String {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    format!(
+        r#"version: 1
+name: cards
+datasets:
+  sotu: {{files: {d}/sotu/train.jsonl, validation: {d}/sotu/validation.jsonl}}
+  math: {{files: {d}/math/train.jsonl, validation: {d}/math/validation.jsonl}}
+steps:
+  - {{id: tok, kind: tokenizer, datasets: [sotu, math], vocab_size: 300, max_bytes: 100000}}
+  - id: base
+    kind: train
+    tokenizer: ${{steps.tok.tokenizer}}
+    model: {{hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1}}
+    data: {{sotu: 3, math: 1}}
+    tokens: 512
+    batch_size: 2
+    seq_len: 16
+    checkpoints: [256]
+    device: cpu
+    threads: 1
+  - id: merged
+    kind: merge
+    models:
+      - ${{steps.base.checkpoint}}
+      - ${{steps.base.tokens_256}}
+    weights: [1, 3]
+"#,
+        d = data.display()
+    )
+}
+
+/// Checkpoint folders are Hugging Face models that say where they came
+/// from: bos/eos are the tokenizer's end-of-text token (config.json and
+/// generation_config.json), and README.md is a model card with the data, the
+/// resolved hyperparameters and the step that wrote it, the same bytes when
+/// the step runs again.
+#[test]
+fn checkpoints_carry_special_ids_and_a_model_card() {
+    if !crate::harness::worker() {
+        return;
+    }
+    let env = Env::new();
+    env.write("demix.yaml", &cards_manifest());
+    let r = env.demix(&["run"]).ok();
+    assert_eq!(r.ran().len(), 3, "{}", r.stderr());
+    let json = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"))).unwrap()
+    };
+    let tok = json(output_path(&env, "cards", "tok", "tokenizer"));
+    let eos = tok["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["content"] == "<|endoftext|>")
+        .unwrap()["id"]
+        .clone();
+    let state = json(env.path("cache/state/cards/base.json"));
+    let key = state["key"].as_str().unwrap();
+    for (output, seen) in [("checkpoint", "512"), ("tokens_256", "256")] {
+        let ck = output_path(&env, "cards", "base", output);
+        let config = json(ck.join("config.json"));
+        assert_eq!(
+            (&config["bos_token_id"], &config["eos_token_id"]),
+            (&eos, &eos)
+        );
+        let g = json(ck.join("generation_config.json"));
+        assert_eq!((&g["bos_token_id"], &g["eos_token_id"]), (&eos, &eos));
+        let card = std::fs::read_to_string(ck.join("README.md")).unwrap();
+        for want in [
+            "---\nlibrary_name: transformers\n",
+            "- demix\n",
+            "datasets:\n- \"math\"\n- \"sotu\"\n---\n",
+            "| `math` | 0.25 |",
+            "| `sotu` | 0.75 |",
+            "| lr (peak) | `0.0003` |",
+            "| warmup_tokens | `5` |",
+            &format!("| tokens seen by this checkpoint | `{seen}` |"),
+            "| workflow | `cards` |",
+            "| step | `base` |",
+            &format!("| step key | `{key}` |"),
+            &format!("| demix version | `{}` |", env!("CARGO_PKG_VERSION")),
+            "`tok.tokenizer`",
+        ] {
+            assert!(
+                card.contains(want),
+                "{want:?} not in {output}'s card:\n{card}"
+            );
+        }
+        assert!(
+            !card.contains(&env.path("").display().to_string()),
+            "{card}"
+        );
+    }
+    let merged = output_path(&env, "cards", "merged", "checkpoint");
+    let card = std::fs::read_to_string(merged.join("README.md")).unwrap();
+    for want in [
+        "- \"merge\"",
+        "datasets:\n- \"math\"\n- \"sotu\"\n---\n",
+        "| `base.checkpoint` | 1 | 0.25 |",
+        "| `base.tokens_256` | 3 | 0.75 |",
+        "| step | `merged` |",
+    ] {
+        assert!(
+            card.contains(want),
+            "{want:?} not in the merge's card:\n{card}"
+        );
+    }
+    assert_eq!(
+        json(merged.join("generation_config.json"))["eos_token_id"],
+        eos
+    );
+    // Run again: the same files, byte for byte (the same tree).
+    let trees = |env: &Env| {
+        ["base", "merged"]
+            .map(|s| json(env.path(&format!("cache/state/cards/{s}.json")))["tree"].clone())
+    };
+    let before = trees(&env);
+    let r = env
+        .demix(&["run", "--force", "base", "--force", "merged"])
+        .ok();
+    assert_eq!(r.ran().len(), 2, "{}", r.stderr());
+    assert_eq!(trees(&env), before);
 }
 
 fn search_manifest() -> String {

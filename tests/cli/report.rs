@@ -8,6 +8,15 @@ use demix_mix::{SamplerConfig, Search, SearchConfig};
 
 use crate::harness::{Env, output_path};
 
+/// The 95 % Wilson interval, written out independently of the report's.
+fn wilson(p: f64, n: f64) -> (f64, f64) {
+    let z: f64 = 1.96;
+    let d = 1.0 + z * z / n;
+    let c = p + z * z / (2.0 * n);
+    let h = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    ((c - h) / d, (c + h) / d)
+}
+
 const DOMAINS: [&str; 3] = ["sotu", "math", "chat"];
 
 /// A real search over three candidates with two loss targets.
@@ -205,8 +214,43 @@ fn report_step_renders_a_self_contained_html_and_a_markdown_summary() {
     assert!(html.contains("sotu_cloze (task)"));
     assert!(html.contains("<td class=\"num best\">3.1000</td>"));
     assert!(html.contains("All 24 evaluated proxies"));
-    // Search cost and lineage: each input's producer, kind and key.
+    // It opens with the chosen mixture, before the run's details and sections.
+    let chosen = html
+        .find("<p class=\"chosen\"><strong>Chosen mixture:</strong> <span>sotu <strong>")
+        .expect("the chosen mixture under the title");
+    assert!(chosen < html.find("<nav>").unwrap() && chosen < html.find("<section").unwrap());
+    assert!(
+        html.find("<h2>Chosen mixture</h2>").unwrap()
+            < html.find("<h2>Training loss</h2>").unwrap()
+    );
+    assert!(md.find("## Chosen mixture").unwrap() < md.find("## Search").unwrap());
+    // The components' own losses, from the search's proxies.
+    assert!(html.contains("<h2>Components</h2>"));
+    assert!(
+        md.contains("## Components\n\n| component | measured on | sotu | math |"),
+        "{md}"
+    );
+    // Task accuracy with its Wilson interval over the 20 examples; no chance
+    // level, which the metrics do not record.
+    let (lo, hi) = wilson(0.6, 20.0);
+    assert!(
+        html.contains(&format!(
+            "0.6000<span class=\"ci\">[{lo:.2}, {hi:.2}]</span>"
+        )),
+        "{lo} {hi}"
+    );
+    assert!(html.contains("chance level is not shown"));
+    // Loss bars start near the losses and say so; rounds and the chosen mixture
+    // are marked on the predicted-vs-measured plots, with units.
+    assert!(html.contains("axis starts at "));
+    assert!(html.contains(">round 2</text>") && html.contains("chosen: predicted "));
+    assert!(html.contains(">predicted before evaluation (nats/token)</text>"));
+    // The proxies' columns are grouped.
+    assert!(html.contains("class=\"group\">weights</th>"));
+    // Search cost and lineage: each input's producer, kind and key. Command
+    // steps stand in for the components here, so their training is not counted.
     assert!(html.contains("proxies evaluated</dt><dd>24</dd>"));
+    assert!(html.contains("components&#39; training</dt><dd>not found in the lineage"));
     assert!(html.contains("16 + 8"));
     assert!(html.contains("${steps.eval[uniform].metrics}"));
     assert!(html.contains("eval[uniform].metrics (rep)"));
@@ -274,7 +318,7 @@ fn demix_report_before_the_report_has_run() {
         "plain.yaml",
         "version: 1\nname: plain\nsteps:\n  - id: a\n    kind: command\n    outputs: {o: o.txt}\n    run: [touch, \"${outputs.o}\"]\n",
     );
-    let r = env.demix(&["report", "plain.yaml"]).fails(1);
+    let r = env.demix(&["report", "plain.yaml"]).fails(2);
     assert!(
         r.stderr().contains("has no `report` step"),
         "{}",
@@ -341,4 +385,92 @@ fn report_fields_are_checked() {
         let r = env.demix(&["check", "bad.yaml"]).fails(2);
         assert!(r.stderr().contains(message), "{message}:\n{}", r.stderr());
     }
+}
+
+/// Real train steps: the lineage gives the components' training tokens (the
+/// search's cost) and where each continued training starts.
+#[test]
+fn the_report_counts_components_and_draws_continued_runs_from_their_start() {
+    if !crate::harness::worker() {
+        return;
+    }
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let manifest = format!(
+        r#"version: 1
+name: lin
+params:
+  candidates: [sotu, math]
+datasets:
+  sotu: {{files: {d}/sotu/train.jsonl, validation: {d}/sotu/validation.jsonl}}
+  math: {{files: {d}/math/train.jsonl, validation: {d}/math/validation.jsonl}}
+steps:
+  - id: tok
+    kind: tokenizer
+    datasets: [sotu, math]
+    vocab_size: 512
+    max_bytes: 200000
+  - id: base
+    kind: train
+    tokenizer: ${{steps.tok.tokenizer}}
+    model: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2}}
+    data: {{sotu: 1}}
+    tokens: 2048
+    batch_size: 4
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: comp
+    kind: train
+    foreach: ${{params.candidates}}
+    init: ${{steps.base.checkpoint}}
+    data: {{candidate: "${{item}}", general: sotu, beta: 0.5}}
+    tokens: 1024
+    batch_size: 4
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: search
+    kind: search
+    components: ${{steps.comp[*].checkpoint}}
+    candidates: ${{params.candidates}}
+    targets: [sotu, math]
+    rounds: [4, 2]
+    top_k: 2
+    pool: 50
+    max_tokens: 256
+    seq_len: 32
+    device: cpu
+    threads: 1
+  - id: report
+    kind: report
+    search: ${{steps.search.result}}
+    candidates: ${{params.candidates}}
+    training:
+      base: ${{steps.base.metrics}}
+      math: ${{steps.comp[math].metrics}}
+"#,
+        d = data.display()
+    );
+    let env = Env::new();
+    env.write("demix.yaml", &manifest);
+    let r = env.demix(&["run"]).ok();
+    assert!(r.ran().contains(&"report".to_string()), "{}", r.stderr());
+    let html = std::fs::read_to_string(output_path(&env, "lin", "report", "html")).unwrap();
+    // Two components of 1024 tokens each; merged proxies train nothing.
+    assert!(
+        html.contains("training tokens in all</dt><dd>2048 (components 2048 + proxies 0)"),
+        "{html}"
+    );
+    assert!(html.contains("2048 tokens (2 components, each from its own metrics)"));
+    // The component continues the base: its curve starts at the base's 2048 tokens.
+    assert!(
+        html.contains("<td>math</td><td>base (from 2048)</td>"),
+        "{html}"
+    );
+    assert!(html.contains("<td>base</td><td>–</td>"));
+    let md = std::fs::read_to_string(output_path(&env, "lin", "report", "markdown")).unwrap();
+    assert!(
+        md.contains("Training cost: 2048 tokens (2 components 2048, proxies 0)."),
+        "{md}"
+    );
 }

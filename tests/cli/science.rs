@@ -161,6 +161,18 @@ fn replicas_give_noise_ceilings_and_seeds_give_verdicts() {
         err.contains("no difference between `chosen` and `same`"),
         "{err}"
     );
+    // And `run --json` has them as fields, also when the step is fresh.
+    let j = env.demix(&["run", "--json"]).ok().json();
+    let verdicts = j["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 3, "{j:#}");
+    assert_eq!(verdicts[0]["step"], "validate");
+    assert!(
+        verdicts[0]["sentence"]
+            .as_str()
+            .unwrap()
+            .starts_with("`chosen` beats `weaker` on the objective (mean_loss) by 0.2"),
+        "{j:#}"
+    );
     let md = std::fs::read_to_string(output_path(&env, "science", "validate", "summary")).unwrap();
     assert!(
         md.contains("noise-dominated") && md.contains("ceiling"),

@@ -213,6 +213,39 @@ fn diff_maps(
     }
 }
 
+/// A value as it reads when interpolated into a string.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// The (old, new) texts of every scalar of the parameters that changed.
+fn param_changes(
+    old: &BTreeMap<String, Value>,
+    new: &BTreeMap<String, Value>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (k, b) in new {
+        let Some(a) = old.get(k).filter(|a| *a != b) else {
+            continue;
+        };
+        let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+        flatten("", a, &mut fa);
+        flatten("", b, &mut fb);
+        for (p, y) in &fb {
+            if let Some(x) = fa.get(p).filter(|x| *x != y) {
+                let (x, y) = (text(x), text(y));
+                if !y.is_empty() {
+                    out.push((x, y));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The reasons `new` differs from the `old` record of the same step.
 pub fn diff(old: &KeyRecord, new: &KeyRecord) -> Vec<Reason> {
     let mut out = Vec::new();
@@ -227,7 +260,23 @@ pub fn diff(old: &KeyRecord, new: &KeyRecord) -> Vec<Reason> {
     let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
     flatten("", &old.params, &mut a);
     flatten("", &new.params, &mut b);
-    diff_maps(&a, &b, "", &mut out);
+    // A field that changed only because a `params.*` it uses changed is that
+    // one cause: `params.top_k` is reported, its copy in `run[2]` is not.
+    let mut fields = Vec::new();
+    diff_maps(&a, &b, "", &mut fields);
+    let changed = param_changes(&old.params_used, &new.params_used);
+    out.extend(fields.into_iter().filter(|r| {
+        match r {
+            Reason::ParamChanged {
+                old: Some(x),
+                new: Some(y),
+                ..
+            } => !changed
+                .iter()
+                .any(|(pa, pb)| text(y).replace(pb.as_str(), pa) == text(x)),
+            _ => true,
+        }
+    }));
     for (name, inp) in &new.inputs {
         match old.inputs.get(name) {
             None => out.push(Reason::InputAdded {

@@ -11,6 +11,7 @@ pub mod hash;
 pub mod key;
 pub mod kind;
 pub mod lineage;
+pub mod live;
 pub mod maintenance;
 pub mod manifest;
 pub mod outcome;

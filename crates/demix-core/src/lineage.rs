@@ -47,6 +47,13 @@ pub struct InputLineage {
 #[serde(untagged)]
 pub enum Producer {
     Found(Box<Lineage>),
+    /// A result already shown earlier in the tree (a diamond in the workflow).
+    ShownAbove {
+        step: String,
+        key: String,
+        shown_above: bool,
+    },
+    /// A result whose record is no longer in the store.
     Missing {
         step: String,
         key: String,
@@ -160,7 +167,12 @@ fn build(store: &Store, r: &ResultRecord, seen: &mut BTreeSet<String>) -> Lineag
                         Some(up) if !seen.contains(&up.key) => {
                             Producer::Found(Box::new(build(store, &up, seen)))
                         }
-                        _ => Producer::Missing {
+                        Some(_) => Producer::ShownAbove {
+                            step: u.step.clone(),
+                            key: u.key.clone(),
+                            shown_above: true,
+                        },
+                        None => Producer::Missing {
                             step: u.step.clone(),
                             key: u.key.clone(),
                             missing: true,
@@ -217,7 +229,7 @@ pub fn render(l: &Lineage) -> String {
 fn render_into(l: &Lineage, depth: usize, out: &mut String) {
     let pad = "  ".repeat(depth);
     out.push_str(&format!(
-        "{pad}step {} ({} v{}) of workflow {}\n{pad}  key      {}\n{pad}  ran      {} on {}, {:.2}s, demix {}\n",
+        "{pad}step {} ({} v{}) of workflow {}\n{pad}  key      {}\n{pad}  ran      {} on {}, {}, demix {}\n",
         l.step,
         l.kind,
         l.kind_version,
@@ -225,7 +237,7 @@ fn render_into(l: &Lineage, depth: usize, out: &mut String) {
         l.key,
         l.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
         l.host,
-        l.duration_s,
+        crate::outcome::human_duration(l.duration_s),
         l.engine_version
     ));
     for (k, v) in &l.params_used {
@@ -271,6 +283,12 @@ fn render_into(l: &Lineage, depth: usize, out: &mut String) {
                 for p in &i.producers {
                     match p {
                         Producer::Found(up) => render_into(up, depth + 2, out),
+                        Producer::ShownAbove { step, key, .. } => {
+                            out.push_str(&format!(
+                                "{pad}    step {step} (key {}; shown above)\n",
+                                short(key)
+                            ));
+                        }
                         Producer::Missing { step, key, .. } => {
                             out.push_str(&format!("{pad}    step {step} (key {}; its record is no longer in the store)\n", short(key)));
                         }

@@ -135,7 +135,21 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, St
             store
                 .usage_lock(true)
                 .map_err(|e| e.to_string())?
-                .ok_or("another demix is using this store; run gc when it has finished")?,
+                .ok_or_else(|| {
+                    let runs: Vec<String> = crate::live::live_runs(store)
+                        .iter()
+                        .filter(|r| r.liveness() == crate::live::Liveness::Running)
+                        .map(|r| format!("{} ({}, pid {} on {})", r.id, r.manifest, r.pid, r.host))
+                        .collect();
+                    let which = if runs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (running: {})", runs.join(", "))
+                    };
+                    format!(
+                        "another demix is using this store{which}; run gc when it has finished (`gc --dry-run` works meanwhile)"
+                    )
+                })?,
         )
     };
     let all: BTreeMap<String, ResultRecord> = store
@@ -189,6 +203,18 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, St
             }
         }
     };
+    // Records of runs that died without finishing: with the store's lock
+    // held exclusively no run is going on, so every live record is stale
+    // (a dry run holds no lock: it leaves them, as it leaves everything).
+    if !dry_run {
+        for r in crate::live::live_runs(store) {
+            remove(
+                crate::live::live_dir(store).join(format!("{}.json", r.id)),
+                "stale run record",
+                &mut rep,
+            );
+        }
+    }
     for (k, _) in all.iter().filter(|(k, _)| !keep.contains(*k)) {
         remove(store.result_path(k), "result", &mut rep);
         rep.results += 1;

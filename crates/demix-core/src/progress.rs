@@ -1,6 +1,6 @@
 //! What a run shows: live progress bars on a terminal, plain lines otherwise.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::kind::Progress;
+use crate::live::LiveStep;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verbosity {
@@ -20,6 +21,8 @@ pub struct Reporter {
     verbosity: Verbosity,
     multi: Option<MultiProgress>,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    /// The steps running and their last progress, for the run's live record.
+    running: Mutex<BTreeMap<String, LiveStep>>,
 }
 
 impl Reporter {
@@ -30,6 +33,7 @@ impl Reporter {
             verbosity,
             multi: live.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             bars: Mutex::new(HashMap::new()),
+            running: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -51,7 +55,11 @@ impl Reporter {
             Some(m) => {
                 let _ = m.println(s);
             }
-            None => eprintln!("{s}"),
+            // A closed stderr (`demix run 2>&1 | head`) loses the line, not the run.
+            None => {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr().lock(), "{s}");
+            }
         }
     }
 
@@ -61,11 +69,23 @@ impl Reporter {
         }
     }
 
+    /// The steps running now, with their last progress.
+    pub fn running(&self) -> BTreeMap<String, LiveStep> {
+        self.running.lock().expect("running").clone()
+    }
+
     pub fn start(&self, step: &str) {
+        self.running.lock().expect("running").insert(
+            step.to_string(),
+            LiveStep {
+                started: Some(jiff::Timestamp::now()),
+                progress: None,
+            },
+        );
         let Some(m) = &self.multi else { return };
         let bar = m.add(ProgressBar::new_spinner());
         bar.set_style(
-            ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} [{elapsed}] {msg}")
+            ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} [{elapsed}] {wide_msg}")
                 .expect("valid template"),
         );
         bar.set_prefix(step.to_string());
@@ -77,6 +97,9 @@ impl Reporter {
     }
 
     pub fn progress(&self, step: &str, p: &Progress) {
+        if let Some(s) = self.running.lock().expect("running").get_mut(step) {
+            s.progress = Some(p.clone());
+        }
         let bars = self.bars.lock().expect("bars");
         let Some(bar) = bars.get(step) else {
             if let Some(msg) = &p.message {
@@ -89,7 +112,7 @@ impl Reporter {
                 bar.set_length(total);
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "{spinner:.cyan} {prefix:.bold} [{elapsed}] {bar:30} {human_pos}/{human_len} {msg}",
+                        "{spinner:.cyan} {prefix:.bold} [{elapsed}] {bar:20} {human_pos}/{human_len} {wide_msg}",
                     )
                     .expect("valid template"),
                 );
@@ -107,6 +130,7 @@ impl Reporter {
     }
 
     pub fn finish(&self, step: &str) {
+        self.running.lock().expect("running").remove(step);
         if let Some(bar) = self.bars.lock().expect("bars").remove(step) {
             bar.finish_and_clear();
             if let Some(m) = &self.multi {

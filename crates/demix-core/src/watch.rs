@@ -641,8 +641,8 @@ fn summary_line(cycle: u32, s: &RunSummary, end: &CycleEnd, took: Duration) -> S
         CycleEnd::Done => "FAILED",
     };
     format!(
-        "watch: cycle {cycle} {state} in {:.2}s: {}, {} fresh, {}, {}, {}",
-        took.as_secs_f64(),
+        "watch: cycle {cycle} {state} in {}: {}, {} fresh, {}, {}, {}",
+        crate::outcome::human_duration(took.as_secs_f64()),
         part("ran", ids(&|o| *o == Outcome::Ran)),
         s.count(|o| *o == Outcome::Fresh),
         part("failed", ids(&|o| matches!(o, Outcome::Failed { .. }))),

@@ -37,7 +37,8 @@ pub struct Evaluate;
 impl Kind for Evaluate {
     const NAME: &'static str = "evaluate";
     // 2: a seeded sample spread over the split, not its first documents.
-    const VERSION: u32 = 2;
+    // 3: multiple-choice tasks record their chance level.
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "evaluates a checkpoint: validation loss, perplexity, bits per byte, benchmark tasks";
     type Fields = EvalFields;

@@ -2,6 +2,7 @@
 //! its run. Every build plans every kind; the ML kinds run only where the
 //! `torch` feature is on (demix-worker), and say so elsewhere.
 
+pub mod card;
 pub mod command;
 pub mod evaluate;
 mod fields;

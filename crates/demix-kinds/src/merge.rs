@@ -12,8 +12,9 @@ use demix_core::key::Origin;
 use demix_core::kind::{CountCheck, Expected, Kind, Plan, RunCtx, StepError};
 use demix_core::manifest::template::{self, Piece, Ref};
 use demix_core::manifest::{Diags, listify};
-use demix_mix::merge::{Components, DareCombine, MergeSpec, Method};
+use demix_mix::merge::{Components, DareCombine, MergeReport, MergeSpec, Method};
 
+use crate::card;
 use crate::fields::span_of as field_span;
 
 /// How models are merged.
@@ -87,7 +88,9 @@ pub struct Merge;
 
 impl Kind for Merge {
     const NAME: &'static str = "merge";
-    const VERSION: u32 = 1;
+    // 2: the merged folder carries bos/eos ids, generation_config.json and a
+    // model card.
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str =
         "merges component checkpoints tensor by tensor (linear, task arithmetic, TIES, DARE)";
     type Fields = MergeFields;
@@ -188,7 +191,7 @@ impl Kind for Merge {
         for m in &f.models {
             let paths = ctx.input(m)?;
             models.extend(paths.iter().cloned());
-            labels.extend(input_labels(ctx, m, paths.len()));
+            labels.extend(card::input_labels(ctx, m, paths.len()));
         }
         if models.len() != f.weights.len() {
             return Err(StepError::Failed(format!(
@@ -206,25 +209,73 @@ impl Kind for Merge {
         let base_label = f
             .base
             .as_deref()
-            .and_then(|b| input_labels(ctx, b, 1).into_iter().next());
+            .and_then(|b| card::input_labels(ctx, b, 1).into_iter().next());
         let comps = Components::open(&models, base.as_deref())
             .map_err(StepError::library)?
-            .with_labels(labels, base_label);
-        comps
-            .merge_to_dir(&spec, ctx.out_dir.join("checkpoint"))
+            .with_labels(labels.clone(), base_label);
+        let out = ctx.out_dir.join("checkpoint");
+        let report = comps
+            .merge_to_dir(&spec, &out)
             .map_err(StepError::library)?;
-        Ok(())
+        write_card(ctx, &f, &models, &labels, &report, &out)
     }
 }
 
-/// How `merge.json` names an input: the step output it came from
-/// (`component[math].checkpoint`), or the path as the manifest wrote it.
-fn input_labels(ctx: &RunCtx, key: &str, n: usize) -> Vec<String> {
-    match ctx.spec.record.inputs.get(key).map(|i| &i.origin) {
-        Some(Origin::Steps { outputs }) if outputs.len() == n => outputs
-            .iter()
-            .map(|u| format!("{}.{}", u.step, u.output))
-            .collect(),
-        _ => vec![key.to_string(); n],
+/// The merged folder's special token ids, generation_config.json and model
+/// card (see [`crate::card`]).
+fn write_card(
+    ctx: &RunCtx,
+    f: &MergeFields,
+    models: &[PathBuf],
+    labels: &[String],
+    report: &MergeReport,
+    out: &std::path::Path,
+) -> Result<(), StepError> {
+    let config = card::finish_merged(out)?;
+    // Each input's content hash: one per reference, a `[*]` one per node.
+    let mut hashes = Vec::new();
+    for m in &f.models {
+        let n = ctx.input(m)?.len();
+        match ctx.spec.record.inputs.get(m).map(|i| &i.origin) {
+            Some(Origin::Steps { outputs }) if outputs.len() == n => {
+                hashes.extend(outputs.iter().map(|u| Some(u.hash.clone())));
+            }
+            _ if n == 1 => hashes.push(ctx.spec.record.inputs.get(m).map(|r| r.hash.clone())),
+            _ => hashes.extend(std::iter::repeat_n(None, n)),
+        }
     }
+    let method = serde_json::to_value(&report.spec.method).unwrap_or_default();
+    let mut datasets: Vec<String> = models.iter().flat_map(|m| card::card_datasets(m)).collect();
+    datasets.sort();
+    datasets.dedup();
+    let c = card::MergeCard {
+        provenance: card::provenance(ctx),
+        method: method["method"].as_str().unwrap_or_default().to_string(),
+        parameters: method
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.as_str() != "method")
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                )
+            })
+            .collect(),
+        inputs: labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| card::MergeInput {
+                label: l.clone(),
+                hash: hashes.get(i).cloned().flatten(),
+                weight: f.weights.get(i).copied().unwrap_or_default(),
+                coefficient: report.coefficients.get(i).copied().unwrap_or_default(),
+            })
+            .collect(),
+        base: f.base.as_deref().map(|b| card::describe_input(ctx, b)),
+        datasets,
+        config,
+    };
+    card::write_card(out, &c.render())
 }

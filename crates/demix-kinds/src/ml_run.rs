@@ -31,7 +31,7 @@ pub fn progress<'a>(ctx: &'a RunCtx) -> impl Fn(&ml::Progress) + 'a {
     }
 }
 
-fn dataset_key(name: &str, split: Split) -> String {
+pub fn dataset_key(name: &str, split: Split) -> String {
     Ref::Dataset {
         name: name.to_string(),
         split,

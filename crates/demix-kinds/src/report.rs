@@ -161,7 +161,8 @@ fn entries(
 impl Kind for ReportKind {
     const NAME: &'static str = "report";
     // 2: verdicts, the tokenizer's sample, noise tables, summary.json.
-    const VERSION: u32 = 2;
+    // 3: opens with the verdict and mixture; components, intervals, token costs.
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "renders a self-contained HTML report and a Markdown summary of a run: loss curves, mixtures, search, evaluations, lineage";
     type Fields = ReportFields;
     type Params = ReportSpec;
@@ -316,12 +317,16 @@ impl Kind for ReportKind {
         // Wall time from the record of the step that trained each run.
         let keys = training_keys(ctx, &spec.training);
         for t in &mut r.training {
-            t.data.duration_s = t
+            let record = t
                 .step
                 .as_ref()
                 .and_then(|s| keys.get(s))
-                .and_then(|k| ctx.store.read_result(k))
-                .map(|r| r.duration_s);
+                .and_then(|k| ctx.store.read_result(k));
+            t.data.duration_s = record.as_ref().map(|r| r.duration_s);
+            t.data.start = record.as_ref().and_then(|r| start_of(ctx.store, r, 0));
+        }
+        if let Some(key) = &spec.search {
+            r.components = component_runs(ctx.store, &ctx.spec.record, key);
         }
         r.evaluations = load_all(ctx, "evaluations", &spec.evaluations, data::read_evaluation)?;
         r.mixtures = load_all(ctx, "mixtures", &spec.mixtures, data::read_mixture)?;
@@ -399,6 +404,72 @@ fn verdicts(
                 &population,
             )
             .map_err(StepError::Failed)
+        })
+        .collect()
+}
+
+/// The results of the steps that made input `key` of `record`.
+fn upstream(store: &Store, record: &demix_core::key::KeyRecord, key: &str) -> Vec<ResultRecord> {
+    match record.inputs.get(key).map(|i| &i.origin) {
+        Some(Origin::Steps { outputs }) => outputs
+            .iter()
+            .filter_map(|u| store.read_result(&u.key))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A train step's metrics, from its committed `metrics` output.
+fn train_metrics(store: &Store, r: &ResultRecord) -> Option<data::Training> {
+    if r.kind != "train" {
+        return None;
+    }
+    let o = r.outputs.get("metrics")?;
+    data::read_training(&store.tree_dir(&r.tree).join(&o.path)).ok()
+}
+
+/// Where a train step's run started: the step whose checkpoint its `init`
+/// names and the tokens that checkpoint had seen (its run's last `tokens`,
+/// plus where that run started in turn).
+fn start_of(store: &Store, r: &ResultRecord, depth: usize) -> Option<(String, f64)> {
+    if r.kind != "train" || depth > 16 {
+        return None;
+    }
+    let init = r.record.params.get("init")?.as_str()?;
+    let from = upstream(store, &r.record, init).into_iter().next()?;
+    let own = train_metrics(store, &from)?.last()?.tokens;
+    let before = start_of(store, &from, depth + 1).map_or(0.0, |s| s.1);
+    Some((from.step.clone(), before + own))
+}
+
+/// The training runs of a merged search's components: the train steps whose
+/// checkpoints its `components` input names, labelled by step.
+fn component_runs(
+    store: &Store,
+    record: &demix_core::key::KeyRecord,
+    search_key: &str,
+) -> Vec<Labeled<data::Training>> {
+    let Some(search) = upstream(store, record, search_key).into_iter().next() else {
+        return Vec::new();
+    };
+    let Some(components) = search
+        .record
+        .params
+        .get("components")
+        .and_then(|v| v.as_str())
+    else {
+        return Vec::new();
+    };
+    upstream(store, &search.record, components)
+        .iter()
+        .filter_map(|c| {
+            let data = train_metrics(store, c)?;
+            Some(Labeled {
+                label: c.step.clone(),
+                file: format!("metrics.jsonl of step {}", c.step),
+                step: Some(c.step.clone()),
+                data,
+            })
         })
         .collect()
 }

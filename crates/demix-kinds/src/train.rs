@@ -61,8 +61,9 @@ pub struct Train;
 
 impl Kind for Train {
     const NAME: &'static str = "train";
-    // 2: metrics.jsonl holds only what the trajectory decides.
-    const VERSION: u32 = 2;
+    // 2: metrics.jsonl holds only what the trajectory decides. 3: checkpoints
+    // carry bos/eos ids, generation_config.json and a model card.
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "trains a Qwen3-architecture model on a mixture of datasets (AdamW, warmup + cosine), resumable";
     type Fields = TrainFields;
     type Params = TrainFields;
@@ -449,6 +450,7 @@ fn run(f: TrainFields, ctx: &RunCtx) -> Result<(), StepError> {
     if demix_spec::launch::launched().is_some_and(|r| !r.leads()) {
         return Ok(());
     }
+    write_cards(&f, ctx, &spec, &paths)?;
     std::fs::copy(&paths.metrics, ctx.out_dir.join("metrics.jsonl"))
         .map_err(StepError::io("copying metrics"))?;
     let _ = demix_core::store::remove_tree(&resume);
@@ -459,6 +461,87 @@ fn run(f: TrainFields, ctx: &RunCtx) -> Result<(), StepError> {
             serde_json::to_string(&summary).unwrap_or_default()
         ),
     );
+    Ok(())
+}
+
+/// A model card (README.md) in every checkpoint folder the training wrote:
+/// the final one and each `checkpoints` budget's (see [`crate::card`]).
+#[cfg(feature = "torch")]
+fn write_cards(
+    f: &TrainFields,
+    ctx: &RunCtx,
+    spec: &demix_ml::train::TrainSpec,
+    paths: &demix_ml::train::TrainPaths,
+) -> Result<(), StepError> {
+    use crate::card::{TrainCard, describe_input, provenance, write_card};
+    use demix_spec::card::code;
+    let start = match (&f.model, &f.init) {
+        (Some(_), _) => format!("a fresh model initialised with seed {}", f.train.seed),
+        (None, Some(i)) => format!("continued from {}", describe_input(ctx, i)),
+        (None, None) => "no model".into(),
+    };
+    let tokenizer = match &f.tokenizer {
+        Some(t) => describe_input(ctx, t),
+        None => "the starting checkpoint's".into(),
+    };
+    let mixture_source = match (&spec.data, &f.mixture) {
+        (_, Some(m)) => {
+            let mut s = format!("read from {}", describe_input(ctx, m));
+            if let Some(i) = f.pick {
+                s.push_str(&format!(" (mixture {i} of the list)"));
+            }
+            if let Some(g) = &f.general {
+                s.push_str(&format!(
+                    ", with {} mixed in at share {}",
+                    code(g),
+                    f.beta.unwrap_or(0.5)
+                ));
+            }
+            s
+        }
+        (DataMix::Component(c), None) => format!(
+            "candidate {} with general data {} at share beta = {}",
+            code(&c.candidate),
+            code(&c.general),
+            c.beta
+        ),
+        (DataMix::Weights(w), None) => format!(
+            "as the step's `data` says ({}), normalised",
+            code(&serde_json::to_string(w).unwrap_or_default())
+        ),
+    };
+    let weights = spec.data.weights().map_err(StepError::Failed)?;
+    let dataset_hashes: BTreeMap<String, String> = weights
+        .keys()
+        .filter_map(|n| {
+            let key = crate::ml_run::dataset_key(n, Split::Train);
+            let h = ctx.spec.record.inputs.get(&key)?.hash.clone();
+            Some((n.clone(), h))
+        })
+        .collect();
+    let tps = f.train.tokens_per_step().max(1);
+    let mut dirs = vec![(paths.output.clone(), f.train.total_steps() * tps)];
+    for &b in &f.train.checkpoints {
+        dirs.push((paths.checkpoint_dir(b), b.div_ceil(tps) * tps));
+    }
+    for (dir, tokens_seen) in dirs {
+        if !dir.join("config.json").is_file() {
+            continue; // not written: the engine's check of the outputs says so
+        }
+        let model = demix_ml::checkpoint::load_config(&dir).map_err(crate::ml_run::ml_err)?;
+        let card = TrainCard {
+            provenance: provenance(ctx),
+            start: start.clone(),
+            tokenizer: tokenizer.clone(),
+            mixture_source: mixture_source.clone(),
+            weights: weights.clone(),
+            dataset_hashes: dataset_hashes.clone(),
+            train: &f.train,
+            model: &model,
+            tokens_seen,
+        };
+        write_card(&dir, &card.render())?;
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 use demix_mix::checkpoint::{
     Checkpoint, Dtype, INDEX_FILE, MODEL_FILE, SafetensorsWriter, TensorSpec,
 };
+use demix_spec::card::{GENERATION_CONFIG, generation_config};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
@@ -60,7 +61,8 @@ fn kind_of(d: Dtype) -> Option<Kind> {
 
 impl Qwen3 {
     /// Saves a Hugging Face checkpoint directory atomically: config.json,
-    /// model.safetensors (in `config.torch_dtype`), and the tokenizer files.
+    /// generation_config.json, model.safetensors (in `config.torch_dtype`),
+    /// and the tokenizer files (see [`save_checkpoint`]).
     pub fn save(&self, dir: &Path, tokenizer_json: Option<&Path>) -> Result<()> {
         save_checkpoint(&self.config, &self.named_parameters(), dir, tokenizer_json)
     }
@@ -82,7 +84,12 @@ pub fn load_config(dir: &Path) -> Result<Qwen3Config> {
     Ok(c)
 }
 
-/// Writes a checkpoint directory from named tensors (e.g. a merged state dict).
+/// Writes a checkpoint directory from named tensors (e.g. a merged state
+/// dict): config.json, generation_config.json, the weights, and with a
+/// tokenizer its files. The config's `bos_token_id` and `eos_token_id` are
+/// the tokenizer's end-of-text token unless they already name one of its
+/// special tokens ([`Qwen3Config::set_special_ids`]); without a tokenizer they
+/// stay as given (nothing says which ids they are), `null` included.
 pub fn save_checkpoint(
     config: &Qwen3Config,
     tensors: &[(String, Tensor)],
@@ -91,8 +98,20 @@ pub fn save_checkpoint(
 ) -> Result<()> {
     config.validate()?;
     let kind = storage_kind(&config.torch_dtype)?;
+    let tok = tokenizer_json
+        .map(crate::tokenizer::Tok::load)
+        .transpose()?;
+    let mut config = config.clone();
+    if let Some(tok) = &tok {
+        tok.set_special_ids(&mut config);
+    }
+    let config = &config;
     util::write_dir_atomic(dir, |tmp| {
         util::write_json_atomic(&tmp.join("config.json"), config)?;
+        util::write_json_atomic(
+            &tmp.join(GENERATION_CONFIG),
+            &generation_config(config.bos_token_id, config.eos_token_id),
+        )?;
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         // A tied model's output projection is its embedding: not stored twice.
         let named: Vec<(String, Tensor)> = tensors
@@ -101,11 +120,11 @@ pub fn save_checkpoint(
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect();
         save_safetensors(&tmp.join(MODEL_FILE), &named, Some(kind), &meta)?;
-        if let Some(tj) = tokenizer_json {
+        if let (Some(tj), Some(tok)) = (tokenizer_json, &tok) {
             // Copied byte for byte (its hash ties shards to it), plus a
             // tokenizer_config.json so AutoTokenizer loads the directory.
             std::fs::copy(tj, tmp.join("tokenizer.json")).with_path(tj)?;
-            crate::tokenizer::Tok::load(tj)?.write_tokenizer_config(tmp)?;
+            tok.write_tokenizer_config(tmp)?;
         }
         Ok(())
     })
@@ -289,6 +308,80 @@ mod tests {
         assert!(e.contains("neither model.safetensors nor"), "{e}");
         let e = Qwen3::load(&t.path().join("nope"), Device::Cpu).unwrap_err();
         assert!(e.to_string().contains("config.json"), "{e}");
+    }
+
+    /// A checkpoint saved with a tokenizer says its end-of-text id as bos and
+    /// eos (config.json and generation_config.json); one without says what
+    /// its config says.
+    #[test]
+    fn saves_the_tokenizers_special_ids() {
+        use crate::data::SourceSpec;
+        use crate::tokenizer::{TokenizerSource, TokenizerSpec, train_tokenizer};
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("d.jsonl");
+        let docs: String = (0..20)
+            .map(|i| format!("{{\"id\":\"{i}\",\"text\":\"a b c {i}\"}}\n"))
+            .collect();
+        std::fs::write(&src, docs).unwrap();
+        let spec = TokenizerSpec {
+            vocab_size: 260,
+            special_tokens: vec!["<pad>".into(), "<|endoftext|>".into()],
+            ..Default::default()
+        };
+        let tj = t.path().join("tokenizer.json");
+        let one = [TokenizerSource::all("d", vec![SourceSpec::new(&src)])];
+        let no = std::sync::atomic::AtomicBool::new(false);
+        let (tok, _) =
+            train_tokenizer(&one, &spec, &tj, &crate::progress::no_progress, &no).unwrap();
+        assert_eq!(tok.eos_id(), 1);
+        let mut c = tiny_config();
+        c.vocab_size = tok.vocab_size() as i64;
+        let m = Qwen3::init(&c, 3, Device::Cpu).unwrap();
+        let read = |dir: &Path, f: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.join(f)).unwrap()).unwrap()
+        };
+        let ids = |dir: &Path| {
+            let (c, g) = (read(dir, "config.json"), read(dir, GENERATION_CONFIG));
+            assert_eq!(c["bos_token_id"], g["bos_token_id"]);
+            assert_eq!(c["eos_token_id"], g["eos_token_id"]);
+            (c["bos_token_id"].clone(), c["eos_token_id"].clone())
+        };
+        // A fresh config (ids null): the end-of-text token is both.
+        let a = t.path().join("a");
+        m.save(&a, Some(&tj)).unwrap();
+        assert_eq!(ids(&a), (1.into(), 1.into()));
+        assert_eq!(
+            read(&a, GENERATION_CONFIG),
+            serde_json::json!({"bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 1})
+        );
+        assert_eq!(
+            read(&a, "tokenizer_config.json")["bos_token"],
+            "<|endoftext|>"
+        );
+        // The same save, the same bytes.
+        let b = t.path().join("b");
+        m.save(&b, Some(&tj)).unwrap();
+        for f in ["config.json", GENERATION_CONFIG, "tokenizer_config.json"] {
+            assert_eq!(
+                std::fs::read(a.join(f)).unwrap(),
+                std::fs::read(b.join(f)).unwrap()
+            );
+        }
+        // An id naming another special token of this tokenizer stays; another
+        // tokenizer's id (Qwen3's, out of this vocabulary) does not.
+        let mut c2 = c.clone();
+        c2.bos_token_id = Some(151643);
+        c2.eos_token_id = Some(0);
+        let d = t.path().join("d");
+        save_checkpoint(&c2, &m.named_parameters(), &d, Some(&tj)).unwrap();
+        assert_eq!(ids(&d), (1.into(), 0.into()));
+        // Without a tokenizer nothing says which ids: as given, null included.
+        let e = t.path().join("e");
+        m.save(&e, None).unwrap();
+        assert_eq!(ids(&e), (serde_json::Value::Null, serde_json::Value::Null));
+        assert_eq!(read(&e, GENERATION_CONFIG), serde_json::json!({}));
+        save_checkpoint(&c2, &m.named_parameters(), &e, None).unwrap();
+        assert_eq!(ids(&e), (151643.into(), 0.into()));
     }
 
     /// Files stay byte for byte what the `safetensors` crate (the reference

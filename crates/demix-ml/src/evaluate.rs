@@ -663,10 +663,12 @@ fn task_rows(model: &Qwen3, tok: &Tok, examples: &[Example]) -> Result<(Vec<Row>
 /// (`scores` in the order of [`task_rows`]).
 fn mc_metrics(examples: &[Example], scores: &[(f64, usize)]) -> TaskMetrics {
     let (mut acc, mut acc_norm, mut next) = (0usize, 0usize, 0usize);
+    let mut chance = 0.0;
     for ex in examples {
         let Example::Mc { choices, label, .. } = ex else {
             continue;
         };
+        chance += 1.0 / choices.len().max(1) as f64;
         let mut best = (f64::NEG_INFINITY, 0);
         let mut best_norm = (f64::NEG_INFINITY, 0);
         for (j, c) in choices.iter().enumerate() {
@@ -689,6 +691,7 @@ fn mc_metrics(examples: &[Example], scores: &[(f64, usize)]) -> TaskMetrics {
         examples: n as u64,
         accuracy: Some(acc as f64 / n.max(1) as f64),
         accuracy_norm: Some(acc_norm as f64 / n.max(1) as f64),
+        chance: Some(chance / n.max(1) as f64),
         answer_logprob: None,
         exact_match: None,
     }
@@ -753,6 +756,7 @@ pub fn evaluate_task(
         examples: qa as u64,
         accuracy: None,
         accuracy_norm: None,
+        chance: None,
         answer_logprob: Some(lp_sum / qa as f64),
         exact_match: Some(em as f64 / qa as f64),
     })

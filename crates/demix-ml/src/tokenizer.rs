@@ -15,6 +15,7 @@ use crate::progress::Progress;
 use crate::util;
 use demix_spec::rng::fnv1a64;
 
+use demix_spec::card::EOS_NAMES;
 pub use demix_spec::tokenizer::{
     DEFAULT_EOS, DatasetSample, TokenizerConfig as TokenizerSpec, TokenizerSample,
 };
@@ -45,8 +46,9 @@ fn terr(e: impl std::fmt::Display) -> MlError {
 impl Tok {
     fn from_tokenizer(inner: Tokenizer, path: Option<PathBuf>) -> Result<Self> {
         let json = inner.to_string(false).map_err(terr)?;
-        // EOS: the usual names, else the first special token.
-        let eos = [DEFAULT_EOS, "</s>", "<eos>", "<|im_end|>"]
+        // EOS: the usual names, else the first special token (the rule
+        // `TokenizerSpecials` applies to a tokenizer.json).
+        let eos = EOS_NAMES
             .iter()
             .find_map(|t| inner.token_to_id(t))
             .or_else(|| {
@@ -79,6 +81,24 @@ impl Tok {
 
     pub fn eos_id(&self) -> u32 {
         self.eos
+    }
+
+    /// Whether `id` is one of the tokenizer's special (added) tokens.
+    pub fn is_special(&self, id: i64) -> bool {
+        u32::try_from(id).is_ok_and(|id| {
+            self.inner
+                .get_added_tokens_decoder()
+                .get(&id)
+                .is_some_and(|t| t.special)
+        })
+    }
+
+    /// Sets a model config's `bos_token_id` and `eos_token_id` for this
+    /// tokenizer: its end-of-text token, which starts every document of a
+    /// shard and so ends the one before (see
+    /// [`demix_spec::model::Qwen3Config::set_special_ids`]).
+    pub fn set_special_ids(&self, config: &mut demix_spec::model::Qwen3Config) {
+        config.set_special_ids(self.eos, &|id| self.is_special(id));
     }
 
     /// Vocabulary size including added tokens.
@@ -124,11 +144,13 @@ impl Tok {
     }
 
     /// A minimal `tokenizer_config.json` so `AutoTokenizer` loads the
-    /// directory and knows the EOS token.
+    /// directory and knows the end-of-text token, which is also what starts
+    /// a text (as the model config's `bos_token_id` says; nothing adds it).
     pub fn write_tokenizer_config(&self, dir: &Path) -> Result<()> {
         let eos = self.inner.id_to_token(self.eos).unwrap_or_default();
         let cfg = serde_json::json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": eos,
             "eos_token": eos,
             "pad_token": eos,
             "model_max_length": 1_000_000_000u64,
@@ -472,6 +494,16 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         assert_eq!(a.vocab_size(), 320);
         assert_eq!(a.eos_id(), 0);
+        assert!(a.is_special(0) && !a.is_special(1) && !a.is_special(-1));
+        // The torch-free reading of tokenizer.json (merges) agrees.
+        let j: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(t.path().join("a.json")).unwrap()).unwrap();
+        let sp = demix_spec::card::TokenizerSpecials::from_json(&j);
+        assert_eq!(sp.eos, Some(a.eos_id()));
+        assert_eq!(sp.special.into_iter().collect::<Vec<_>>(), [0]);
+        let mut c = demix_spec::model::Qwen3Config::qwen3_1_7b();
+        a.set_special_ids(&mut c);
+        assert_eq!((c.bos_token_id, c.eos_token_id), (Some(0), Some(0)));
         let text = "The lazy fox ✓ <|endoftext|> new";
         let ids = a.encode(text).unwrap();
         assert!(ids.contains(&a.eos_id()));

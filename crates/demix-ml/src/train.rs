@@ -298,11 +298,28 @@ pub fn train(
         checkpoints_done: vec![],
         saved: vec![],
         prior_elapsed: 0.0,
+        resumed_from: 0,
         started: Instant::now(),
         pending: vec![],
         last_loss: f64::NAN,
     };
     let start_step = run.start(resume.as_ref())?;
+    if start_step > 0 {
+        // The first progress of a resumed step says so, and from where (the
+        // engine copies it to the step's log).
+        let tps = spec.tokens_per_step();
+        progress(&Progress {
+            stage: "train",
+            current: start_step * tps,
+            total: spec.total_steps() * tps,
+            unit: "tokens",
+            message: format!(
+                "resumed from step {start_step}/{} ({} trained before)",
+                spec.total_steps(),
+                demix_fs::human_duration(run.prior_elapsed)
+            ),
+        });
+    }
     let mix: Vec<(f64, &Shard)> = shards.iter().map(|(w, s)| (*w, s)).collect();
     for step in start_step + 1..=spec.total_steps() {
         run.step(step, &mix)?;
@@ -479,6 +496,8 @@ struct Run<'a> {
     checkpoints_done: Vec<u64>,
     saved: Vec<PathBuf>,
     prior_elapsed: f64,
+    /// The step this process went on from (0 for a fresh start).
+    resumed_from: u64,
     started: Instant,
     pending: Vec<Pending>,
     last_loss: f64,
@@ -518,6 +537,7 @@ impl Run<'_> {
         }
         self.checkpoints_done = st.checkpoints_done.clone();
         self.prior_elapsed = st.elapsed_s;
+        self.resumed_from = st.step;
         Ok(st.step)
     }
 
@@ -672,12 +692,21 @@ impl Run<'_> {
         } else {
             String::new()
         };
+        // The time left at this run's own rate (steps before a resume ran
+        // in an earlier process and do not count towards it).
+        let here = step.saturating_sub(self.resumed_from) as f64 * tps as f64 / secs;
+        let eta = if step < total && here > 0.0 {
+            let left = (total - step) as f64 * tps as f64 / here;
+            format!(", ETA {}", demix_fs::human_duration(left))
+        } else {
+            String::new()
+        };
         progress(&Progress {
             stage: "train",
             current: step * tps,
             total: total * tps,
             unit: "tokens",
-            message: format!("step {step}/{total}{loss} lr {lr:.2e} {rate:.0} tokens/s"),
+            message: format!("step {step}/{total}{loss} lr {lr:.2e} {rate:.0} tokens/s{eta}"),
         });
     }
 

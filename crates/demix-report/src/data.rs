@@ -30,6 +30,10 @@ pub struct Training {
     /// Wall time of the step that trained it, from its result record (the
     /// metrics file holds only what the trajectory decides).
     pub duration_s: Option<f64>,
+    /// A continued training: the step whose checkpoint it started from and the
+    /// tokens that checkpoint had seen (its own run's plus what it continued),
+    /// from the lineage; the metrics count from 0.
+    pub start: Option<(String, f64)>,
 }
 
 impl Training {
@@ -51,6 +55,10 @@ impl Training {
 
     pub fn last(&self) -> Option<&TrainPoint> {
         self.points.last()
+    }
+    /// Tokens seen before this run: 0 unless it continued another.
+    pub fn start_tokens(&self) -> f64 {
+        self.start.as_ref().map_or(0.0, |s| s.1)
     }
     pub fn min_loss(&self) -> Option<f64> {
         self.points.iter().map(|p| p.loss).reduce(f64::min)
@@ -136,6 +144,7 @@ pub fn read_training(path: &Path) -> Result<Training, String> {
     Ok(Training {
         points,
         duration_s: None,
+        start: None,
     })
 }
 

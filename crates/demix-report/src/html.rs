@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::data::Producer;
-use super::svg::{BarChart, LinePlot, ScatterPlot, Series, escape};
+use super::svg::{BarChart, LinePlot, Mark, ScatterPlot, Series, escape};
 use super::{
     ANCESTOR_ROWS, MixtureView, PROXY_ROWS, Report, TableView, direction_word, fmt_num, fmt_secs,
     fmt_tokens, objective_words, objectives_table, seed_noise_table, short, verdict_table,
@@ -13,7 +13,8 @@ const CSS: &str = r#"
 :root { color-scheme: light; }
 body { margin: 0; background: #f6f7f9; color: #1d2330;
   font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 64px; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 64px; box-sizing: border-box; }
+p, dd, li { overflow-wrap: anywhere; }
 h1 { font-size: 26px; margin: 8px 0 4px; }
 h2 { font-size: 20px; margin: 0 0 10px; }
 h3 { font-size: 16px; margin: 18px 0 6px; }
@@ -24,18 +25,25 @@ nav ul { list-style: none; padding: 0; margin: 8px 0 0; display: flex; flex-wrap
 nav a { color: #0b5cad; text-decoration: none; }
 code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f0f2f5;
   padding: 1px 4px; border-radius: 3px; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
 th, td { border-bottom: 1px solid #e4e7ec; padding: 4px 10px; text-align: left; white-space: nowrap; }
 th { background: #f3f5f8; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.best { font-weight: 700; color: #0a6b3d; }
+th.group { text-align: center; border-bottom: 2px solid #c9ced6; }
+td.wrap { white-space: normal; min-width: 320px; }
+td.approx { font-style: italic; color: #5a6372; }
+td.own { background: #eaf3fb; }
+.ci { display: block; color: #5a6372; font-size: 11px; font-weight: 400; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; }
 svg.plot { max-width: 100%; height: auto; border: 1px solid #eef0f3; border-radius: 4px; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 8px 0; }
 dl.facts dt { color: #5a6372; }
 dl.facts dd { margin: 0; }
 p.verdict { font-size: 16px; font-weight: 600; margin: 10px 0; }
+p.chosen { font-size: 15px; margin: 10px 0; }
+p.chosen span { white-space: nowrap; margin-right: 12px; }
 "#;
 
 struct Section {
@@ -46,7 +54,27 @@ struct Section {
 
 /// A table: header cells and rows of (text, class) cells, all escaped.
 fn table(out: &mut String, head: &[(String, &str)], rows: &[Vec<(String, &str)>]) {
-    out.push_str("<div class=\"scroll\"><table><thead><tr>");
+    grouped_table(out, &[], head, rows);
+}
+
+/// A table whose header has a row of groups above the columns: (title, how
+/// many columns it spans); an empty title leaves its columns ungrouped.
+fn grouped_table(
+    out: &mut String,
+    groups: &[(String, usize)],
+    head: &[(String, &str)],
+    rows: &[Vec<(String, &str)>],
+) {
+    out.push_str("<div class=\"scroll\"><table><thead>");
+    if !groups.is_empty() {
+        out.push_str("<tr>");
+        for (g, span) in groups {
+            let class = if g.is_empty() { "" } else { " class=\"group\"" };
+            let _ = write!(out, "<th colspan=\"{span}\"{class}>{}</th>", escape(g));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("<tr>");
     for (h, class) in head {
         cell(out, "th", h, class);
     }
@@ -78,7 +106,20 @@ fn view(out: &mut String, t: &TableView) {
     table(out, &head, &rows);
 }
 
+/// Separates a cell's value from the interval shown under it.
+const CI_SEP: char = '\u{1f}';
+
 fn cell(out: &mut String, tag: &str, text: &str, class: &str) {
+    // A value with its interval: "0.6000{CI_SEP}[0.45, 0.74]" puts the interval under it.
+    if let Some((v, ci)) = text.split_once(CI_SEP) {
+        let _ = write!(
+            out,
+            "<{tag} class=\"{class}\">{}<span class=\"ci\">{}</span></{tag}>",
+            escape(v),
+            escape(ci)
+        );
+        return;
+    }
     if class.is_empty() {
         let _ = write!(out, "<{tag}>{}</{tag}>", escape(text));
     } else {
@@ -103,6 +144,8 @@ fn num(v: Option<f64>, decimals: usize) -> (String, &'static str) {
 }
 
 pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
+    // What a researcher asks first comes first: the verdict and the chosen
+    // mixture, then what explains them, then the details.
     let mut sections = Vec::new();
     if !r.verdicts.is_empty() {
         let mut b = String::new();
@@ -115,8 +158,24 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             body: b,
         });
     }
+    if let Some(m) = mixtures {
+        sections.push(mixture(r, m));
+    }
+    if let Some(c) = r.component_view() {
+        sections.push(components(r, &c));
+    }
+    if r.search.is_some() {
+        sections.push(predictions(r));
+    }
+    if !r.evaluations.is_empty() {
+        sections.push(evaluations(r));
+    }
     if !r.training.is_empty() {
         sections.push(training(r));
+    }
+    if r.search.is_some() {
+        sections.push(proxies(r));
+        sections.push(cost(r));
     }
     if let Some(t) = r.tokenizer_table() {
         let mut b = String::new();
@@ -130,19 +189,6 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             title: "Tokenizer sample",
             body: b,
         });
-    }
-    if let Some(m) = mixtures {
-        sections.push(mixture(r, m));
-    }
-    if r.search.is_some() {
-        sections.push(predictions(r));
-    }
-    if !r.evaluations.is_empty() {
-        sections.push(evaluations(r));
-    }
-    if r.search.is_some() {
-        sections.push(proxies(r));
-        sections.push(cost(r));
     }
     if let Some(v) = &r.validation {
         sections.push(validation(&v.data));
@@ -158,6 +204,12 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{t}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n<header>\n<h1>{t}</h1>\n",
         t = escape(&r.title)
     );
+    for v in r.all_verdicts() {
+        let _ = writeln!(out, "<p class=\"verdict\">{}</p>", escape(&v.sentence));
+    }
+    if let Some(m) = mixtures {
+        chosen_line(&mut out, m);
+    }
     let _ = writeln!(
         out,
         "<p class=\"meta\">Workflow <code>{}</code>, step <code>{}</code>, key <code>{}</code>; made by demix {}.</p>",
@@ -166,9 +218,6 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
         escape(short(&r.key)),
         escape(demix_core::VERSION)
     );
-    for v in r.all_verdicts() {
-        let _ = writeln!(out, "<p class=\"verdict\">{}</p>", escape(&v.sentence));
-    }
     if sections.is_empty() {
         note(&mut out, "This report was given no inputs.");
     } else {
@@ -197,19 +246,144 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
     out
 }
 
+/// The chosen mixture's weights on one line, under the title.
+fn chosen_line(out: &mut String, m: &MixtureView) {
+    if let Some((label, weights)) = m.columns.first() {
+        let _ = write!(
+            out,
+            "<p class=\"chosen\"><strong>{} mixture:</strong> ",
+            escape(&capitalise(label))
+        );
+        for (name, w) in m.candidates.iter().zip(weights) {
+            let _ = write!(
+                out,
+                "<span>{} <strong>{}</strong></span>",
+                escape(name),
+                w.map_or("–".into(), |w| fmt_num(w, 3))
+            );
+        }
+        out.push_str("</p>\n");
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map_or(String::new(), |f| f.to_uppercase().chain(c).collect())
+}
+
+/// The components' own scores per target: DeMix's first diagnostic.
+fn components(r: &Report, c: &super::ComponentView) -> Section {
+    use super::Measured;
+    let mut b = String::new();
+    let unit = loss_unit(r);
+    let mut head = vec![("component".to_string(), ""), ("measured on".into(), "")];
+    head.extend(c.targets.iter().map(|t| (t.clone(), "num")));
+    let best: Vec<Option<usize>> = (0..c.targets.len()).map(|t| c.best(t)).collect();
+    let rows: Vec<Vec<(String, &str)>> = c
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, (name, m, scores))| {
+            let (source, approx) = match m {
+                Measured::OneHot { round } => {
+                    (format!("itself (one-hot proxy, round {round})"), false)
+                }
+                Measured::Closest { round, weight } => (
+                    format!(
+                        "closest proxy: {} of weight (round {round})",
+                        fmt_num(*weight, 2)
+                    ),
+                    true,
+                ),
+            };
+            let mut row = vec![(name.clone(), ""), (source, "")];
+            row.extend(scores.iter().enumerate().map(|(t, x)| {
+                let class = if approx {
+                    "num approx"
+                } else if best[t] == Some(i) {
+                    "num best"
+                } else if c.targets[t] == *name {
+                    "num own"
+                } else {
+                    "num"
+                };
+                (fmt_num(*x, 4), class)
+            }));
+            row
+        })
+        .collect();
+    grouped_table(
+        &mut b,
+        &[
+            (String::new(), 2),
+            (format!("measured loss{unit}"), c.targets.len()),
+        ],
+        &head,
+        &rows,
+    );
+    let k = c.rows.len();
+    let own = c.one_hot();
+    let mut text = format!(
+        "Each component's own loss on every target, lower is better: a one-hot linear merge is the component itself, so a proxy that put all its weight on one component measured it. {own} of {k} components were measured so."
+    );
+    if own < k {
+        text.push_str(
+            " The search evaluated no one-hot mixture for the others: their rows (in italics) are the evaluated proxy with the most weight on them, a merge, not the component. Evaluate the components' checkpoints to see their own scores.",
+        );
+    }
+    if own >= 2 {
+        text.push_str(
+            " The best component on each target is in bold; a component's own domain is shaded.",
+        );
+    }
+    note(&mut b, &text);
+    Section {
+        id: "components",
+        title: "Components",
+        body: b,
+    }
+}
+
+/// The unit of a validation target's scores: validation losses.
+fn unit_of(d: demix_mix::stats::Direction) -> &'static str {
+    match d {
+        demix_mix::stats::Direction::LowerIsBetter => ": loss (nats/token)",
+        demix_mix::stats::Direction::HigherIsBetter => ": score",
+    }
+}
+
+/// " (nats/token)" when the search's targets are losses (every search target
+/// is a validation loss), else "".
+fn loss_unit(r: &Report) -> &'static str {
+    let lower = r.search.as_ref().is_some_and(|s| {
+        s.data
+            .targets
+            .iter()
+            .all(|t| t.direction == demix_mix::stats::Direction::LowerIsBetter)
+    });
+    if lower { " (nats/token)" } else { "" }
+}
+
 fn training(r: &Report) -> Section {
     let mut b = String::new();
     let plot = LinePlot {
         title: "Training loss".into(),
-        x_label: "tokens".into(),
-        y_label: "loss (nats per token)".into(),
+        x_label: "training tokens seen (a continued run from where its start checkpoint stopped)"
+            .into(),
+        y_label: "training loss (nats/token)".into(),
         series: r
             .training
             .iter()
             .map(|t| {
+                let start = t.data.start_tokens();
                 Series::new(
                     t.label.clone(),
-                    t.data.points.iter().map(|p| (p.tokens, p.loss)).collect(),
+                    t.data
+                        .points
+                        .iter()
+                        .map(|p| (start + p.tokens, p.loss))
+                        .collect(),
                 )
             })
             .collect(),
@@ -217,6 +391,7 @@ fn training(r: &Report) -> Section {
     b.push_str(&plot.svg());
     let head = [
         ("run".to_string(), ""),
+        ("continues".into(), ""),
         ("steps".into(), "num"),
         ("tokens".into(), "num"),
         ("final loss".into(), "num"),
@@ -231,6 +406,12 @@ fn training(r: &Report) -> Section {
             let last = t.data.last();
             vec![
                 (t.label.clone(), ""),
+                (
+                    t.data.start.as_ref().map_or("–".into(), |(step, tokens)| {
+                        format!("{step} (from {})", fmt_tokens(*tokens))
+                    }),
+                    "",
+                ),
                 num(last.and_then(|p| p.step).map(|s| s as f64), 0),
                 (last.map_or("–".into(), |p| fmt_tokens(p.tokens)), "num"),
                 num(last.map(|p| p.loss), 4),
@@ -241,6 +422,10 @@ fn training(r: &Report) -> Section {
         })
         .collect();
     table(&mut b, &head, &rows);
+    note(
+        &mut b,
+        "Tokens are the run's own; a run continued from another step's checkpoint (found through the lineage) is drawn from the tokens that checkpoint had seen.",
+    );
     Section {
         id: "training",
         title: "Training loss",
@@ -252,9 +437,10 @@ fn mixture(r: &Report, m: &MixtureView) -> Section {
     let mut b = String::new();
     let chart = BarChart {
         title: "Mixture weights".into(),
-        y_label: "weight".into(),
+        y_label: "weight (share of training tokens)".into(),
         categories: m.candidates.clone(),
         series: m.columns.clone(),
+        from_zero: true,
     };
     b.push_str(&chart.svg());
     let mut head = vec![("candidate".to_string(), "")];
@@ -295,23 +481,55 @@ fn predictions(r: &Report) -> Section {
         "Each point is a proxy of a round after the first: the score its round's predictor predicted before the proxy was evaluated (x) against the score measured on the merged proxy (y). The final predictors, fitted on every proxy, are judged by k-fold cross-validation.",
     );
     b.push_str("<div class=\"plots\">");
+    let unit = loss_unit(r);
     for v in &views {
         let annotation = match v.rho {
             Some(rho) => format!("Spearman ρ = {rho:.3} (n = {})", v.points.len()),
             None if v.points.is_empty() => "no proxy was predicted before evaluation".into(),
             None => format!("Spearman ρ undefined (n = {})", v.points.len()),
         };
+        // One series per round, each its own colour and shape.
+        let mut rounds: Vec<usize> = v.by_round.iter().map(|p| p.0).collect();
+        rounds.dedup();
+        let series = rounds
+            .iter()
+            .map(|round| {
+                Series::new(
+                    format!("round {round}"),
+                    v.by_round
+                        .iter()
+                        .filter(|p| p.0 == *round)
+                        .map(|p| (p.1, p.2))
+                        .collect(),
+                )
+            })
+            .collect();
+        let marks = v
+            .chosen_predicted
+            .map(|x| Mark {
+                label: format!("chosen: predicted {}", fmt_num(x, 3)),
+                x,
+                y: None,
+            })
+            .into_iter()
+            .collect();
         let plot = ScatterPlot {
             title: format!("{} ({})", v.name, direction_word(v.direction)),
-            x_label: "predicted".into(),
-            y_label: "measured".into(),
-            series: vec![Series::new("proxies", v.points.clone())],
+            x_label: format!("predicted before evaluation{unit}"),
+            y_label: format!("measured on the merged proxy{unit}"),
+            series,
             identity: true,
             annotation: Some(annotation),
+            marks,
+            legend: true,
         };
         b.push_str(&plot.svg());
     }
     b.push_str("</div>");
+    note(
+        &mut b,
+        "The dotted vertical line is the chosen mixture's predicted score: it is not a proxy, so it has no measured one; the final models' evaluations measure it.",
+    );
     let head = [
         ("target".to_string(), ""),
         ("direction".into(), ""),
@@ -366,7 +584,8 @@ fn evaluations(r: &Report) -> Section {
     if !losses.is_empty() {
         let chart = BarChart {
             title: "Validation loss by dataset".into(),
-            y_label: "loss (nats per token)".into(),
+            y_label: "validation loss (nats/token)".into(),
+            from_zero: false,
             categories: losses.iter().map(|x| x.name.clone()).collect(),
             series: r
                 .evaluations
@@ -388,22 +607,33 @@ fn evaluations(r: &Report) -> Section {
         .iter()
         .map(|x| {
             let best = x.best();
-            let mut row = vec![
-                (format!("{} ({})", x.name, x.group), ""),
-                (x.metric.replace('_', " "), ""),
-            ];
+            let metric = match x.chance {
+                Some(c) => format!("{} (chance {})", x.metric.replace('_', " "), fmt_num(c, 3)),
+                None => x.metric.replace('_', " "),
+            };
+            let mut row = vec![(format!("{} ({})", x.name, x.group), ""), (metric, "")];
             row.extend(x.values.iter().enumerate().map(|(i, v)| {
-                let (t, _) = num(*v, 4);
+                let (mut t, _) = num(*v, 4);
+                if let Some(Some((lo, hi))) = x.intervals.get(i) {
+                    let _ = write!(t, "{CI_SEP}[{}, {}]", fmt_num(*lo, 2), fmt_num(*hi, 2));
+                }
                 (t, if best == Some(i) { "num best" } else { "num" })
             }));
             row
         })
         .collect();
     table(&mut b, &head, &body);
-    note(
-        &mut b,
-        "Validation loss in nats per token, bits per byte across tokenizers; the best value of each row is in bold.",
-    );
+    let mut text = "Validation loss in nats per token, bits per byte across tokenizers; the best value of each row is in bold.".to_string();
+    if rows.iter().any(|x| x.intervals.iter().any(Option::is_some)) {
+        text.push_str(" Under each task accuracy, its 95% Wilson interval over the task's examples: accuracies whose intervals overlap are not told apart by these examples.");
+    }
+    let mc = rows
+        .iter()
+        .any(|x| x.metric == "accuracy" && x.chance.is_none());
+    if mc {
+        text.push_str(" The metrics do not record each task's number of choices, so the chance level is not shown.");
+    }
+    note(&mut b, &text);
     Section {
         id: "evaluations",
         title: "Evaluations",
@@ -439,7 +669,18 @@ fn proxies(r: &Report) -> Section {
             row
         })
         .collect();
-    table(&mut b, &head, &rows);
+    let unit = loss_unit(r);
+    grouped_table(
+        &mut b,
+        &[
+            (String::new(), 3),
+            ("weights".into(), names.len()),
+            (format!("measured losses{unit}"), s.data.targets.len()),
+            (String::new(), 1),
+        ],
+        &head,
+        &rows,
+    );
     let n = s.data.proxies.len();
     note(
         &mut b,
@@ -462,13 +703,42 @@ fn proxies(r: &Report) -> Section {
     }
 }
 
+/// The search's training cost: (the components' training, all training).
+fn training_cost(r: &Report, s: &demix_mix::search::SearchResult) -> (String, String) {
+    match r.component_tokens() {
+        Some((k, t)) => (
+            format!(
+                "{} tokens ({k} components, each from its own metrics)",
+                fmt_tokens(t)
+            ),
+            format!(
+                "{} (components {} + proxies {})",
+                fmt_tokens(t + s.cost.tokens_trained as f64),
+                fmt_tokens(t),
+                fmt_tokens(s.cost.tokens_trained as f64)
+            ),
+        ),
+        None if s.cost.tokens_trained > 0 => (
+            "none (trained proxies)".into(),
+            fmt_tokens(s.cost.tokens_trained as f64),
+        ),
+        None => (
+            "not found in the lineage".into(),
+            "unknown: the components' training is not counted".into(),
+        ),
+    }
+}
+
 fn cost(r: &Report) -> Section {
     let mut b = String::new();
     let s = &r.search.as_ref().expect("search given").data;
     let rounds: Vec<String> = s.rounds.iter().map(|x| x.proxies.to_string()).collect();
+    let (components, trained) = training_cost(r, s);
     facts(
         &mut b,
         &[
+            ("training tokens in all", trained),
+            ("components' training", components),
             ("proxies evaluated", s.cost.proxies_evaluated.to_string()),
             (
                 "rounds",
@@ -543,14 +813,14 @@ fn cost(r: &Report) -> Section {
             vec![
                 (x.round.to_string(), "num"),
                 (x.proxies.to_string(), "num"),
-                (by, ""),
+                (by, "wrap"),
             ]
         })
         .collect();
     table(&mut b, &head, &rows);
     note(
         &mut b,
-        "Times are the search step's own; the merges and evaluations of the proxies, when run as their own steps, are listed under Lineage.",
+        "DeMix's real cost is training the components (merged proxies cost no training); a trained-proxy search (RegMix) pays per proxy instead. Times are the search step's own; the components' training and any steps the proxies ran as are listed under Lineage.",
     );
     Section {
         id: "cost",
@@ -711,6 +981,8 @@ fn validation(v: &demix_mix::validate::Validation) -> Section {
                 Some(rho) => format!("Spearman ρ = {rho:.3} (n = {})", v.references),
                 None => "Spearman ρ undefined".into(),
             }),
+            marks: Vec::new(),
+            legend: false,
         };
         b.push_str(&plot.svg());
     }
@@ -726,13 +998,15 @@ fn validation(v: &demix_mix::validate::Validation) -> Section {
                 .collect();
             let plot = ScatterPlot {
                 title: format!("{} ({})", target.name, direction_word(target.direction)),
-                x_label: "merged proxy".into(),
-                y_label: "reference".into(),
+                x_label: format!("merged proxy{}", unit_of(target.direction)),
+                y_label: format!("reference model{}", unit_of(target.direction)),
                 series: vec![Series::new("references", points)],
                 identity: true,
                 annotation: v.predictors[k].targets[t]
                     .spearman
                     .map(|rho| format!("Spearman ρ = {rho:.3}")),
+                marks: Vec::new(),
+                legend: false,
             };
             b.push_str(&plot.svg());
         }

@@ -52,6 +52,9 @@ pub struct Report {
     pub verdicts: Vec<Verdict>,
     /// What the tokenizer was trained on.
     pub tokenizer: Option<Labeled<TokenizerSample>>,
+    /// The search's components' training runs, found through the search's
+    /// lineage (its `components` input): their tokens are DeMix's real cost.
+    pub components: Vec<Labeled<Training>>,
 }
 
 /// A table both renderers draw: header cells (text, right-aligned) and rows.
@@ -289,6 +292,8 @@ pub struct TargetView {
     pub direction: Direction,
     /// (predicted before evaluation, measured), for proxies of rounds after the first.
     pub points: Vec<(f64, f64)>,
+    /// The same points with their round: (round, predicted, measured), by round.
+    pub by_round: Vec<(usize, f64, f64)>,
     pub rho: Option<f64>,
     /// The final predictor, fitted on every proxy: model and cross-validation.
     pub model: Option<String>,
@@ -310,6 +315,68 @@ pub struct EvalRow {
     pub values: Vec<Option<f64>>,
     /// Which way is better, when the metric says.
     pub direction: Option<Direction>,
+    /// Accuracies: the 95 % Wilson interval over the task's examples, per value.
+    pub intervals: Vec<Option<(f64, f64)>>,
+    /// Accuracies: the chance level, when the metrics record it (`chance`).
+    pub chance: Option<f64>,
+}
+
+/// The 95 % Wilson score interval of a proportion `p` over `n` trials.
+pub fn wilson(p: f64, n: f64) -> Option<(f64, f64)> {
+    if !(n >= 1.0 && (0.0..=1.0).contains(&p)) {
+        return None;
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let z2n = z * z / n;
+    let centre = (p + z2n / 2.0) / (1.0 + z2n);
+    let half = z / (1.0 + z2n) * (p * (1.0 - p) / n + z2n / (4.0 * n)).sqrt();
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
+/// Where a component's own scores in [`ComponentView`] were measured.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Measured {
+    /// The search evaluated the one-hot mixture: a linear merge with all weight
+    /// on one component is that component, so these are its own scores.
+    OneHot { round: usize },
+    /// No one-hot proxy: the evaluated proxy with the most weight on it.
+    Closest { round: usize, weight: f64 },
+}
+
+/// The components' own per-target scores, from the search's proxies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ComponentView {
+    /// Target names, as columns.
+    pub targets: Vec<String>,
+    /// (component, where measured, one score per target).
+    pub rows: Vec<(String, Measured, Vec<f64>)>,
+}
+
+impl ComponentView {
+    /// Per target, the row of the lowest score among the components' own
+    /// (one-hot) rows, when two or more were measured.
+    pub fn best(&self, t: usize) -> Option<usize> {
+        let own: Vec<(usize, f64)> = self
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.1, Measured::OneHot { .. }))
+            .map(|(i, r)| (i, r.2[t]))
+            .collect();
+        if own.len() < 2 {
+            return None;
+        }
+        own.into_iter()
+            .reduce(|a, b| if b.1 < a.1 { b } else { a })
+            .map(|x| x.0)
+    }
+
+    pub fn one_hot(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| matches!(r.1, Measured::OneHot { .. }))
+            .count()
+    }
 }
 
 impl EvalRow {
@@ -353,7 +420,7 @@ pub fn metric_direction(metric: &str) -> Option<Direction> {
 /// Metrics shown first, in this order; other numeric fields follow, counts are left out.
 const DATASET_METRICS: &[&str] = &["loss", "bits_per_byte", "perplexity"];
 const TASK_METRICS: &[&str] = &["accuracy", "accuracy_norm", "exact_match", "answer_logprob"];
-const COUNTS: &[&str] = &["tokens", "documents", "bytes", "examples"];
+const COUNTS: &[&str] = &["tokens", "documents", "bytes", "examples", "chance"];
 
 /// How many proxies the tables list.
 pub const PROXY_ROWS: usize = 25;
@@ -454,12 +521,14 @@ impl Report {
             .iter()
             .enumerate()
             .map(|(t, target)| {
-                let points: Vec<(f64, f64)> = r
+                let mut by_round: Vec<(usize, f64, f64)> = r
                     .proxies
                     .iter()
-                    .filter_map(|p| Some((p.predicted.as_ref()?[t], p.scores[t])))
-                    .filter(|(a, b)| a.is_finite() && b.is_finite())
+                    .filter_map(|p| Some((p.round, p.predicted.as_ref()?[t], p.scores[t])))
+                    .filter(|(_, a, b)| a.is_finite() && b.is_finite())
                     .collect();
+                by_round.sort_by_key(|p| p.0);
+                let points: Vec<(f64, f64)> = by_round.iter().map(|p| (p.1, p.2)).collect();
                 let (xs, ys): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
                 let rho = spearman(&xs, &ys).ok().filter(|r| r.is_finite());
                 let fit = r.final_fits.iter().find(|f| f.target == target.name);
@@ -473,6 +542,7 @@ impl Report {
                     name: target.name.clone(),
                     direction: target.direction,
                     points,
+                    by_round,
                     rho,
                     model: fit.map(|f| {
                         serde_json::to_value(f.model)
@@ -525,15 +595,40 @@ impl Report {
                     )
                 });
                 for metric in metrics {
+                    let values: Vec<Option<f64>> = evals
+                        .iter()
+                        .map(|e| find(&e.data).and_then(|m| m.get(&metric)))
+                        .collect();
+                    // Proportions over the task's examples get an interval.
+                    let proportion =
+                        ["accuracy", "accuracy_norm", "exact_match"].contains(&metric.as_str());
+                    let intervals = if proportion {
+                        evals
+                            .iter()
+                            .zip(&values)
+                            .map(|(e, v)| {
+                                let n = find(&e.data).and_then(|m| m.get("examples"))?;
+                                wilson((*v)?, n)
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let chance = (metric == "accuracy" || metric == "accuracy_norm")
+                        .then(|| {
+                            evals
+                                .iter()
+                                .find_map(|e| find(&e.data).and_then(|m| m.get("chance")))
+                        })
+                        .flatten();
                     rows.push(EvalRow {
                         group,
                         name: name.clone(),
-                        values: evals
-                            .iter()
-                            .map(|e| find(&e.data).and_then(|m| m.get(&metric)))
-                            .collect(),
+                        values,
                         direction: metric_direction(&metric),
                         metric,
+                        intervals,
+                        chance,
                     });
                 }
             }
@@ -547,9 +642,58 @@ impl Report {
                 metric: "mean_loss".into(),
                 values: evals.iter().map(|e| e.data.mean_loss).collect(),
                 direction: Some(Direction::LowerIsBetter),
+                intervals: Vec::new(),
+                chance: None,
             });
         }
         rows
+    }
+
+    /// The components' own per-target scores: for each candidate, the proxy
+    /// that put all its weight on it (a one-hot linear merge is the component
+    /// itself), else the evaluated proxy with the most weight on it, marked as
+    /// such. `None` without a search.
+    pub fn component_view(&self) -> Option<ComponentView> {
+        let s = &self.search.as_ref()?.data;
+        let names = self.search_candidates()?;
+        let rows = names
+            .into_iter()
+            .enumerate()
+            .filter_map(|(c, name)| {
+                let p = s
+                    .proxies
+                    .iter()
+                    .max_by(|a, b| a.weights[c].total_cmp(&b.weights[c]))?;
+                let one_hot = p.weights[c] >= 1.0 - 1e-9;
+                let m = if one_hot {
+                    Measured::OneHot { round: p.round }
+                } else {
+                    Measured::Closest {
+                        round: p.round,
+                        weight: p.weights[c],
+                    }
+                };
+                Some((name, m, p.scores.clone()))
+            })
+            .collect();
+        Some(ComponentView {
+            targets: s.targets.iter().map(|t| t.name.clone()).collect(),
+            rows,
+        })
+    }
+
+    /// Tokens the search's components were trained on, when the lineage
+    /// found their training runs: (components, tokens in all).
+    pub fn component_tokens(&self) -> Option<(usize, f64)> {
+        if self.components.is_empty() {
+            return None;
+        }
+        let tokens = self
+            .components
+            .iter()
+            .filter_map(|c| c.data.last().map(|p| p.tokens))
+            .sum();
+        Some((self.components.len(), tokens))
     }
 
     /// Proxies by objective, best first, at most `n`.
@@ -801,6 +945,212 @@ mod tests {
             ..rows[0].clone()
         };
         assert_eq!(tie.best(), None, "a tie has no winner");
+    }
+
+    #[test]
+    fn wilson_intervals_match_the_formula() {
+        let (lo, hi) = wilson(0.5, 100.0).unwrap();
+        assert!(
+            (lo - 0.4038).abs() < 1e-4 && (hi - 0.5962).abs() < 1e-4,
+            "{lo} {hi}"
+        );
+        // At the edges the interval stays inside [0, 1] and is not empty.
+        let (lo, hi) = wilson(0.0, 20.0).unwrap();
+        assert_eq!(lo, 0.0);
+        assert!((hi - 0.1611).abs() < 1e-4, "{hi}");
+        let (lo, hi) = wilson(1.0, 20.0).unwrap();
+        assert!((lo - 0.8389).abs() < 1e-4 && hi == 1.0, "{lo}");
+        assert_eq!(wilson(0.5, 0.0), None);
+        assert_eq!(wilson(1.5, 10.0), None);
+    }
+
+    #[test]
+    fn task_accuracies_get_intervals_and_chance_when_recorded() {
+        let eval = |acc: f64, chance: Option<f64>| Evaluation {
+            tasks: vec![data::Metrics {
+                name: "cloze".into(),
+                kind: Some("multiple_choice".into()),
+                values: [("accuracy".to_string(), acc), ("examples".into(), 40.0)]
+                    .into_iter()
+                    .chain(chance.map(|c| ("chance".to_string(), c)))
+                    .collect(),
+            }],
+            ..Evaluation::default()
+        };
+        let r = Report {
+            evaluations: vec![
+                labeled("chosen", eval(0.6, Some(0.25))),
+                labeled("uniform", eval(0.3, None)),
+            ],
+            ..Report::default()
+        };
+        let rows = r.eval_rows();
+        assert_eq!(rows.len(), 1, "the chance level is no row of its own");
+        assert_eq!(rows[0].chance, Some(0.25));
+        assert_eq!(rows[0].intervals[0], wilson(0.6, 40.0));
+        let out = r.render().unwrap();
+        assert!(out.html.contains("accuracy (chance 0.250)"), "{}", out.html);
+        let (lo, hi) = wilson(0.6, 40.0).unwrap();
+        let ci = format!("<span class=\"ci\">[{lo:.2}, {hi:.2}]</span>");
+        assert!(out.html.contains(&ci), "{ci}");
+        assert!(
+            out.markdown
+                .contains(&format!("**0.6000** [{lo:.2}, {hi:.2}]"))
+        );
+        // Without examples there is no interval.
+        let mut bare = eval(0.6, None);
+        bare.tasks[0].values.retain(|v| v.0 != "examples");
+        let r = Report {
+            evaluations: vec![labeled("m", bare)],
+            ..Report::default()
+        };
+        assert_eq!(r.eval_rows()[0].intervals, vec![None]);
+        assert!(
+            r.render()
+                .unwrap()
+                .html
+                .contains("chance level is not shown")
+        );
+    }
+
+    #[test]
+    fn components_are_measured_by_one_hot_proxies_or_said_not_to_be() {
+        let mut s = search();
+        // Make proxy 0 the one-hot mixture of the second candidate.
+        s.proxies[0].weights = vec![0.0, 1.0, 0.0];
+        s.proxies[0].scores = vec![3.25, 1.5];
+        for p in &mut s.proxies[1..] {
+            p.weights[1] = p.weights[1].min(0.9);
+        }
+        let r = Report {
+            search: Some(labeled("search", s.clone())),
+            candidates: Some(vec!["sotu".into(), "math".into(), "chat".into()]),
+            ..Report::default()
+        };
+        let c = r.component_view().unwrap();
+        assert_eq!(c.targets, ["sotu", "math"]);
+        assert_eq!(c.rows.len(), 3);
+        assert_eq!(c.rows[1].0, "math");
+        assert_eq!(c.rows[1].1, Measured::OneHot { round: 1 });
+        assert_eq!(c.rows[1].2, vec![3.25, 1.5]);
+        assert_eq!(
+            c.one_hot(),
+            s.proxies
+                .iter()
+                .filter(|p| p.weights.contains(&1.0))
+                .count()
+        );
+        for (name, m, scores) in &c.rows {
+            let i = ["sotu", "math", "chat"]
+                .iter()
+                .position(|n| n == name)
+                .unwrap();
+            let top = s.proxies.iter().map(|p| p.weights[i]).fold(0.0, f64::max);
+            match m {
+                Measured::OneHot { .. } => assert_eq!(top, 1.0),
+                Measured::Closest { weight, .. } => {
+                    assert_eq!(*weight, top, "{name}");
+                    let p = s.proxies.iter().find(|p| p.weights[i] == top).unwrap();
+                    assert_eq!(scores, &p.scores, "the closest proxy's measured scores");
+                }
+            }
+        }
+        let out = r.render().unwrap();
+        assert!(out.html.contains("<h2>Components</h2>"));
+        assert!(out.html.contains("itself (one-hot proxy, round 1)"));
+        assert!(out.markdown.contains("## Components"));
+        assert!(
+            out.markdown
+                .contains("| math | itself (round 1) | 3.2500 | 1.5000 |"),
+            "{}",
+            out.markdown
+        );
+        // No search, no components.
+        assert!(Report::default().component_view().is_none());
+    }
+
+    #[test]
+    fn the_report_opens_with_the_verdict_and_the_chosen_mixture() {
+        let r = Report {
+            title: "t".into(),
+            search: Some(labeled("search", search())),
+            candidates: Some(vec!["sotu".into(), "math".into(), "chat".into()]),
+            training: vec![labeled(
+                "base",
+                Training {
+                    points: vec![data::TrainPoint {
+                        step: Some(1),
+                        tokens: 512.0,
+                        loss: 5.0,
+                        tokens_per_s: None,
+                        elapsed: None,
+                    }],
+                    ..Training::default()
+                },
+            )],
+            ..Report::default()
+        };
+        let out = r.render().unwrap();
+        let h = &out.html;
+        let chosen = h
+            .find("<p class=\"chosen\"><strong>Chosen mixture:</strong>")
+            .unwrap();
+        assert!(chosen < h.find("<p class=\"meta\">").unwrap());
+        let order: Vec<usize> = [
+            "mixture",
+            "components",
+            "predictions",
+            "training",
+            "proxies",
+            "cost",
+        ]
+        .iter()
+        .map(|id| h.find(&format!("<section id=\"{id}\">")).unwrap())
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        let md = &out.markdown;
+        assert!(md.find("## Chosen mixture").unwrap() < md.find("Workflow `").unwrap());
+        // The proxies table groups its columns: weights, then measured losses.
+        assert!(h.contains("<th colspan=\"3\"></th><th colspan=\"3\" class=\"group\">weights</th><th colspan=\"2\" class=\"group\">measured losses (nats/token)</th>"));
+        // Rounds after the first are told apart, the chosen mixture marked.
+        assert!(h.contains(">round 2<"));
+        assert!(h.contains("chosen: predicted "));
+        // Without the components' runs the cost says it cannot count them.
+        assert!(h.contains("not found in the lineage"));
+    }
+
+    #[test]
+    fn the_cost_counts_the_components_training_tokens() {
+        let run = |tokens: f64| Training {
+            points: vec![data::TrainPoint {
+                step: Some(4),
+                tokens,
+                loss: 4.0,
+                tokens_per_s: None,
+                elapsed: None,
+            }],
+            ..Training::default()
+        };
+        let r = Report {
+            search: Some(labeled("search", search())),
+            components: vec![
+                labeled("comp[a]", run(20_000.0)),
+                labeled("comp[b]", run(30_000.0)),
+            ],
+            ..Report::default()
+        };
+        assert_eq!(r.component_tokens(), Some((2, 50_000.0)));
+        let out = r.render().unwrap();
+        assert!(
+            out.html
+                .contains("training tokens in all</dt><dd>50.0K (components 50.0K + proxies 0)"),
+            "{}",
+            out.html
+        );
+        assert!(
+            out.markdown
+                .contains("Training cost: 50.0K tokens (2 components 50.0K, proxies 0).")
+        );
     }
 
     #[test]

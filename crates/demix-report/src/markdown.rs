@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::{
-    MixtureView, Report, TableView, direction_word, fmt_num, fmt_secs, fmt_tokens,
+    Measured, MixtureView, Report, TableView, direction_word, fmt_num, fmt_secs, fmt_tokens,
     objectives_table, seed_noise_table, short, verdict_table,
 };
 use demix_mix::validate::Validation;
@@ -54,13 +54,6 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# {}\n", r.title.replace('\n', " "));
-    let _ = writeln!(
-        out,
-        "Workflow `{}`, step `{}` (key `{}`); plots and details in report.html.\n",
-        r.workflow,
-        r.step,
-        short(&r.key)
-    );
     let verdicts = r.all_verdicts();
     if !verdicts.is_empty() {
         out.push_str("## Verdict\n\n");
@@ -90,6 +83,16 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             .collect();
         table(&mut out, &head, &right, &rows);
     }
+    let _ = writeln!(
+        out,
+        "Workflow `{}`, step `{}` (key `{}`); plots and details in report.html.\n",
+        r.workflow,
+        r.step,
+        short(&r.key)
+    );
+    if let Some(c) = r.component_view() {
+        components(&mut out, &c);
+    }
     if let Some(s) = &r.search {
         let d = &s.data;
         out.push_str("## Search\n\n");
@@ -104,6 +107,24 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             d.top.len(),
             fmt_secs(d.cost.total_seconds)
         );
+        let _ = match r.component_tokens() {
+            Some((k, t)) => writeln!(
+                out,
+                "Training cost: {} tokens ({k} components {}, proxies {}).\n",
+                fmt_tokens(t + d.cost.tokens_trained as f64),
+                fmt_tokens(t),
+                fmt_tokens(d.cost.tokens_trained as f64)
+            ),
+            None if d.cost.tokens_trained > 0 => writeln!(
+                out,
+                "Training cost: {} tokens (trained proxies).\n",
+                fmt_tokens(d.cost.tokens_trained as f64)
+            ),
+            None => writeln!(
+                out,
+                "Training cost: unknown (the components' training runs were not found in the lineage).\n"
+            ),
+        };
         let head: Vec<String> = [
             "target",
             "direction",
@@ -158,19 +179,33 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             .iter()
             .map(|x| {
                 let best = x.best();
-                let mut row = vec![x.name.clone(), x.metric.replace('_', " ")];
+                let metric = match x.chance {
+                    Some(c) => format!("{} (chance {})", x.metric.replace('_', " "), fmt_num(c, 3)),
+                    None => x.metric.replace('_', " "),
+                };
+                let mut row = vec![x.name.clone(), metric];
                 row.extend(x.values.iter().enumerate().map(|(i, v)| {
-                    let t = opt(*v, 4);
+                    let mut t = opt(*v, 4);
                     if best == Some(i) {
-                        format!("**{t}**")
-                    } else {
-                        t
+                        t = format!("**{t}**");
                     }
+                    if let Some(Some((lo, hi))) = x.intervals.get(i) {
+                        let _ = write!(t, " [{}, {}]", fmt_num(*lo, 2), fmt_num(*hi, 2));
+                    }
+                    t
                 }));
                 row
             })
             .collect();
         table(&mut out, &head, &right, &rows);
+        if r.eval_rows()
+            .iter()
+            .any(|x| x.intervals.iter().any(Option::is_some))
+        {
+            out.push_str(
+                "Task accuracies with their 95% Wilson interval over the task's examples.\n\n",
+            );
+        }
     }
     if !r.training.is_empty() {
         out.push_str("## Training\n\n");
@@ -209,6 +244,47 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
         );
     }
     out
+}
+
+/// The components' own losses per target.
+fn components(out: &mut String, c: &super::ComponentView) {
+    out.push_str("## Components\n\n");
+    let mut head = vec!["component".to_string(), "measured on".into()];
+    head.extend(c.targets.iter().cloned());
+    let mut right = vec![false, false];
+    right.extend(c.targets.iter().map(|_| true));
+    let rows: Vec<Vec<String>> = c
+        .rows
+        .iter()
+        .map(|(name, m, scores)| {
+            let (source, approx) = match m {
+                Measured::OneHot { round } => (format!("itself (round {round})"), false),
+                Measured::Closest { round, weight } => (
+                    format!(
+                        "closest proxy, weight {} (round {round})",
+                        fmt_num(*weight, 2)
+                    ),
+                    true,
+                ),
+            };
+            let mut row = vec![name.clone(), source];
+            row.extend(scores.iter().map(|x| {
+                if approx {
+                    format!("*{}*", fmt_num(*x, 4))
+                } else {
+                    fmt_num(*x, 4)
+                }
+            }));
+            row
+        })
+        .collect();
+    table(out, &head, &right, &rows);
+    let _ = writeln!(
+        out,
+        "Each component's own loss per target: {} of {} measured as the one-hot proxy (the component itself); rows in italics are the closest proxy, a merge.\n",
+        c.one_hot(),
+        c.rows.len()
+    );
 }
 
 fn opt3(x: Option<f64>) -> String {

@@ -317,6 +317,11 @@ fn axes(out: &mut String, f: &Frame, x: Option<&Axis>, y: &Axis, x_label: &str, 
 }
 
 fn legend(out: &mut String, f: &Frame, names: &[&str]) {
+    legend_with(out, f, names, false);
+}
+
+/// The legend; with `shapes`, each entry shows its series' marker.
+fn legend_with(out: &mut String, f: &Frame, names: &[&str], shapes: bool) {
     if names.is_empty() {
         return;
     }
@@ -332,10 +337,18 @@ fn legend(out: &mut String, f: &Frame, names: &[&str]) {
             );
             break;
         }
+        if shapes {
+            marker(out, i, x + 6.0, y + 6.0, color(i));
+        } else {
+            let _ = write!(
+                out,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="12" height="12" fill="{}"/>"#,
+                color(i)
+            );
+        }
         let _ = write!(
             out,
-            r#"<rect x="{x:.1}" y="{y:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            color(i),
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
             x + 18.0,
             y + 10.0,
             escape(&truncate(n, 32))
@@ -350,6 +363,50 @@ fn no_data(out: &mut String, f: &Frame) {
         (f.x0() + f.x1()) / 2.0,
         (f.y0() + f.y1()) / 2.0
     );
+}
+
+/// Marker shapes by series: circle, square, triangle, diamond, then again.
+pub const SHAPES: [&str; 4] = ["circle", "square", "triangle", "diamond"];
+
+/// Series `i`'s marker centred on (cx, cy), filled with `fill`.
+fn marker(out: &mut String, i: usize, cx: f64, cy: f64, fill: &str) {
+    let r = 4.0;
+    let _ = match SHAPES[i % SHAPES.len()] {
+        "circle" => write!(
+            out,
+            r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{r}" fill="{fill}"/>"#
+        ),
+        "square" => write!(
+            out,
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{fill}"/>"#,
+            cx - r * 0.85,
+            cy - r * 0.85,
+            r * 1.7,
+            r * 1.7
+        ),
+        "triangle" => write!(
+            out,
+            r#"<polygon points="{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}" fill="{fill}"/>"#,
+            cx,
+            cy - r * 1.1,
+            cx - r,
+            cy + r * 0.8,
+            cx + r,
+            cy + r * 0.8
+        ),
+        _ => write!(
+            out,
+            r#"<polygon points="{:.1},{:.1} {:.1},{:.1} {:.1},{:.1} {:.1},{:.1}" fill="{fill}"/>"#,
+            cx,
+            cy - r * 1.2,
+            cx + r,
+            cy,
+            cx,
+            cy + r * 1.2,
+            cx - r,
+            cy
+        ),
+    };
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -396,6 +453,19 @@ pub struct ScatterPlot {
     pub identity: bool,
     /// A line of text in the top-left corner of the plot area (e.g. the rho).
     pub annotation: Option<String>,
+    /// Marked values: a ringed point, or a vertical line where only x is known.
+    pub marks: Vec<Mark>,
+    /// Show the legend even for one series (it is always shown for several).
+    pub legend: bool,
+}
+
+/// A value to point out on a scatter plot (e.g. the chosen mixture).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mark {
+    pub label: String,
+    pub x: f64,
+    /// `None`: only x is known, drawn as a dashed vertical line.
+    pub y: Option<f64>,
 }
 
 /// Bars grouped by category, one bar per series in each group.
@@ -406,6 +476,10 @@ pub struct BarChart {
     pub categories: Vec<String>,
     /// (name, one value per category; `None` or non-finite leaves a gap).
     pub series: Vec<(String, Vec<Option<f64>>)>,
+    /// Bars rise from 0 (shares, counts). Otherwise the axis is scaled to the
+    /// values, so small differences between large numbers (losses) show, and
+    /// the plot says where the axis starts.
+    pub from_zero: bool,
 }
 
 impl LinePlot {
@@ -479,11 +553,26 @@ impl ScatterPlot {
             .iter()
             .map(|s| Series::new(s.name.clone(), s.finite().collect()))
             .collect();
+        let marks: Vec<&Mark> = self
+            .marks
+            .iter()
+            .filter(|m| m.x.is_finite() && m.y.is_none_or(f64::is_finite))
+            .collect();
         let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
-        let show_legend = series.len() > 1;
+        let show_legend = series.len() > 1 || (self.legend && !series.is_empty());
         let f = Frame::new(if show_legend { &names } else { &[] }, 44.0);
-        let xs = || series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
-        let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+        let xs = || {
+            series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .chain(marks.iter().map(|m| m.x))
+        };
+        let ys = || {
+            series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.1))
+                .chain(marks.iter().filter_map(|m| m.y))
+        };
         let (x, y) = if self.identity {
             let a = Axis::covering(xs().chain(ys()), false);
             (a.clone(), a)
@@ -494,7 +583,7 @@ impl ScatterPlot {
         open(&mut out, &f, &self.title);
         axes(&mut out, &f, Some(&x), &y, &self.x_label, &self.y_label);
         let empty = series.iter().all(|s| s.points.is_empty());
-        if empty {
+        if empty && marks.is_empty() {
             no_data(&mut out, &f);
         }
         if self.identity && !empty {
@@ -508,16 +597,44 @@ impl ScatterPlot {
             );
         }
         for (i, s) in series.iter().enumerate() {
-            let _ = write!(out, r#"<g fill="{}" fill-opacity="0.75">"#, color(i));
+            let _ = write!(out, r#"<g fill-opacity="0.75">"#);
             for (px, py) in &s.points {
-                let _ = write!(
-                    out,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5"/>"#,
-                    f.px(&x, *px),
-                    f.py(&y, *py)
-                );
+                marker(&mut out, i, f.px(&x, *px), f.py(&y, *py), color(i));
             }
             out.push_str("</g>");
+        }
+        for (k, m) in marks.iter().enumerate() {
+            let px = f.px(&x, m.x);
+            // Labels stack up from the bottom of the plot area, beside the
+            // line on the side away from the y = x diagonal's points.
+            let ly = f.y0() - 10.0 - k as f64 * 16.0;
+            match m.y {
+                Some(vy) => {
+                    let py = f.py(&y, vy);
+                    let _ = write!(
+                        out,
+                        r##"<circle cx="{px:.1}" cy="{py:.1}" r="8" fill="none" stroke="#000000" stroke-width="2"><title>{}</title></circle>"##,
+                        escape(&m.label)
+                    );
+                }
+                None => {
+                    let _ = write!(
+                        out,
+                        r##"<line x1="{px:.1}" y1="{:.1}" x2="{px:.1}" y2="{:.1}" stroke="#000000" stroke-width="1.5" stroke-dasharray="2 3"><title>{}</title></line>"##,
+                        f.y0(),
+                        f.y1(),
+                        escape(&m.label)
+                    );
+                }
+            }
+            let right = px < (f.x0() + f.x1()) / 2.0;
+            let _ = write!(
+                out,
+                r#"<text x="{:.1}" y="{ly:.1}" text-anchor="{}" font-size="12">{}</text>"#,
+                if right { px + 6.0 } else { px - 6.0 },
+                if right { "start" } else { "end" },
+                escape(&m.label)
+            );
         }
         if let Some(a) = &self.annotation {
             let _ = write!(
@@ -529,7 +646,7 @@ impl ScatterPlot {
             );
         }
         if show_legend {
-            legend(&mut out, &f, &names);
+            legend_with(&mut out, &f, &names, true);
         }
         out.push_str("</svg>");
         out
@@ -559,17 +676,45 @@ impl BarChart {
                 .flat_map(|s| s.1.iter().flatten().copied())
                 .filter(|v| v.is_finite())
         };
-        let y = Axis::covering(values(), true);
+        let y = if self.from_zero {
+            Axis::covering(values(), true)
+        } else {
+            // Room below the lowest bar, so it still shows.
+            let (lo, hi) = values().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+                (l.min(v), h.max(v))
+            });
+            let pad = if hi > lo {
+                (hi - lo) * 0.25
+            } else {
+                lo.abs() * 0.05
+            };
+            let mut a = Axis::covering(values().chain([lo - pad]), false);
+            // An axis that would reach 0 anyway starts there.
+            if a.min < 0.0 && lo >= 0.0 {
+                a = Axis::covering(values(), true);
+            }
+            a
+        };
         let mut out = String::new();
         open(&mut out, &f, &self.title);
         axes(&mut out, &f, None, &y, "", &self.y_label);
+        if y.min != 0.0 && values().next().is_some() {
+            let _ = write!(
+                out,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11" fill="#555555">axis starts at {}, not 0</text>"##,
+                f.x1(),
+                f.y1() - 4.0,
+                escape(&y.label(y.min))
+            );
+        }
         if self.categories.is_empty() || values().next().is_none() {
             no_data(&mut out, &f);
         }
         let n = self.categories.len().max(1) as f64;
         let group = (f.x1() - f.x0()) / n;
         let bar = group * 0.8 / self.series.len().max(1) as f64;
-        let zero = f.py(&y, 0.0);
+        // Bars rise from 0, or from the bottom of an axis that does not reach it.
+        let zero = f.py(&y, 0.0f64.clamp(y.min, y.max));
         for (c, cat) in self.categories.iter().enumerate() {
             let gx = f.x0() + c as f64 * group;
             for (s, (name, vals)) in self.series.iter().enumerate() {
@@ -820,6 +965,12 @@ mod tests {
             )],
             identity: true,
             annotation: Some("Spearman ρ = 1.00 (n = 3)".into()),
+            marks: vec![Mark {
+                label: "chosen".into(),
+                x: 5.0,
+                y: None,
+            }],
+            legend: false,
         };
         let s = p.svg();
         let names = check_xml(&s);
@@ -827,6 +978,66 @@ mod tests {
         assert!(s.contains("stroke-dasharray"), "y = x line");
         assert!(s.contains("Spearman ρ = 1.00 (n = 3)"));
         assert!(!s.contains("no data"));
+        // The mark widens the axes to reach it, and is labelled.
+        assert!(s.contains(">chosen</text>") && s.contains(r#"stroke-dasharray="2 3""#));
+        assert!(s.contains(">5</text>") || s.contains(">5.0</text>"), "{s}");
+        // Series get their own shapes, shown in the legend.
+        let rounds = ScatterPlot {
+            series: vec![
+                Series::new("round 2", vec![(1.0, 1.0)]),
+                Series::new("round 3", vec![(2.0, 2.0)]),
+            ],
+            ..ScatterPlot::default()
+        };
+        let s = rounds.svg();
+        let names = check_xml(&s);
+        assert_eq!(
+            names.iter().filter(|n| *n == "circle").count(),
+            2,
+            "point and swatch"
+        );
+        assert_eq!(
+            names.iter().filter(|n| *n == "rect").count(),
+            1 + 2,
+            "background, point, swatch"
+        );
+        assert!(s.contains(">round 2<") && s.contains(">round 3<"));
+    }
+
+    #[test]
+    fn loss_bars_are_scaled_to_the_values_and_say_so() {
+        let b = BarChart {
+            title: "loss".into(),
+            y_label: "loss (nats/token)".into(),
+            categories: vec!["a".into(), "b".into()],
+            series: vec![("m".into(), vec![Some(3.1), Some(3.3)])],
+            from_zero: false,
+        };
+        let s = b.svg();
+        check_xml(&s);
+        let start = s
+            .split("axis starts at ")
+            .nth(1)
+            .expect("says where")
+            .split(',')
+            .next()
+            .unwrap();
+        let start: f64 = start.parse().unwrap();
+        assert!(start > 2.5 && start < 3.1, "{start}");
+        // Each bar keeps some height.
+        for h in s
+            .split("height=\"")
+            .skip(2)
+            .map(|x| x.split('"').next().unwrap())
+        {
+            assert!(h.parse::<f64>().unwrap() > 5.0, "{h}");
+        }
+        // Shares start at 0 and say nothing.
+        let z = BarChart {
+            from_zero: true,
+            ..b
+        };
+        assert!(!z.svg().contains("axis starts at"));
     }
 
     #[test]
@@ -839,6 +1050,7 @@ mod tests {
                 ("chosen".into(), vec![Some(0.5), Some(0.3), Some(0.2)]),
                 ("uniform".into(), vec![Some(1.0 / 3.0); 3]),
             ],
+            from_zero: true,
         };
         let s = b.svg();
         let names = check_xml(&s);

@@ -156,6 +156,10 @@ pub struct TaskMetrics {
     /// Multiple choice: argmax of log-likelihood per UTF-8 byte of the choice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy_norm: Option<f64>,
+    /// Multiple choice: the accuracy of guessing, the mean over examples of
+    /// 1 / (number of choices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chance: Option<f64>,
     /// QA: mean over examples of the answer's mean token log-likelihood.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer_logprob: Option<f64>,

@@ -4,6 +4,7 @@
 //! formats of the files they exchange, and estimates made before anything is
 //! allocated.
 
+pub mod card;
 pub mod data;
 pub mod estimate;
 pub mod evaluate;

@@ -136,6 +136,25 @@ impl Qwen3Config {
         c
     }
 
+    /// Sets `bos_token_id` and `eos_token_id` for the tokenizer a checkpoint
+    /// is saved with, whose end-of-text token is `separator` (see
+    /// [`crate::card::token_id_for`]: ids that are special tokens of this
+    /// tokenizer stay, others become the separator). Without a tokenizer
+    /// nothing says which ids these are: they stay as they are, `null`
+    /// included.
+    pub fn set_special_ids(&mut self, separator: u32, is_special: &dyn Fn(i64) -> bool) {
+        self.bos_token_id = Some(crate::card::token_id_for(
+            self.bos_token_id,
+            separator,
+            is_special,
+        ));
+        self.eos_token_id = Some(crate::card::token_id_for(
+            self.eos_token_id,
+            separator,
+            is_special,
+        ));
+    }
+
     /// Rejects what this implementation does not compute.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));

@@ -67,7 +67,10 @@ fn main() -> ExitCode {
             command: Internal::ExecBatch { dir, names },
         } => demix_core::exec::slurm::exec_batch(&registry, &dir, &names),
         Command::Doctor => {
-            print!("{}", demix_ml::device::doctor());
+            // One line per item, the last one ended too.
+            let report = demix_ml::device::doctor().to_string();
+            let nl = if report.ends_with('\n') { "" } else { "\n" };
+            print!("{report}{nl}");
             0
         }
     };

@@ -263,13 +263,51 @@ fn run(
             done.host
         ),
     );
+    // Progress goes to the engine, and to the step's log at each new phase
+    // (unit and first word) and every 30 s, so a long quiet step (a search of
+    // many minutes) shows in its log how far it is.
+    let logged: std::sync::Mutex<Option<(Instant, String)>> = std::sync::Mutex::new(None);
+    let to_log = |p: &Progress| {
+        let phase = format!(
+            "{} {}",
+            p.unit,
+            p.message
+                .as_deref()
+                .unwrap_or("")
+                .split(' ')
+                .next()
+                .unwrap_or("")
+        );
+        let mut last = logged.lock().unwrap_or_else(|e| e.into_inner());
+        if last
+            .as_ref()
+            .is_some_and(|(t, ph)| *ph == phase && t.elapsed() < LOG_PROGRESS_EVERY)
+        {
+            return;
+        }
+        *last = Some((Instant::now(), phase));
+        let line = crate::live::describe(p);
+        if line.is_empty() {
+            return;
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+            let _ = writeln!(
+                f,
+                "[{:>7}] {line}",
+                demix_fs::human_duration(t0.elapsed().as_secs_f64())
+            );
+        }
+    };
     let ctx = RunCtx {
         spec,
         store,
         out_dir: &out,
         log,
         cancel: &CANCEL,
-        progress: &|p| emit(&p),
+        progress: &|p| {
+            to_log(&p);
+            emit(&p);
+        },
     };
     let result = kind.run(&ctx).and_then(|()| {
         if CANCEL.load(Ordering::SeqCst) {
@@ -407,6 +445,9 @@ fn check_inputs(spec: &StepSpec, store: &Store) -> Result<(), StepError> {
     }
     Ok(())
 }
+
+/// How often a step's progress is copied to its log.
+const LOG_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Progress goes to stdout as JSON lines; the scheduler reads them.
 fn emit(p: &Progress) {

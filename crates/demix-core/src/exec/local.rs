@@ -18,6 +18,7 @@ use crate::exec::scheduler::{End, Launch, Next, Policy, Pool, Scheduler, Verdict
 use crate::exec::slurm::Slurm;
 use crate::graph::{Graph, NodeId, Source};
 use crate::key::Reason;
+use crate::live::{LiveRecord, LiveRun};
 use crate::plan::{Assessment, Planner};
 use crate::progress::Reporter;
 use crate::protocol::{Completion, InputSpec, StepSpec};
@@ -195,7 +196,24 @@ pub async fn run_controlled(
             human_bytes(total)
         ));
     };
+    let id = crate::store::unique_name(&format!("{}-", started.strftime("%Y%m%dT%H%M%S")));
+    let live = LiveRecord::new(
+        store,
+        LiveRun {
+            id: id.clone(),
+            manifest: graph.manifest.name.clone(),
+            manifest_path: graph.manifest.path.clone(),
+            pid: 0,
+            host: crate::exec::child::hostname(),
+            started,
+            heartbeat: started,
+            command: opts.argv.clone(),
+            steps: Default::default(),
+        },
+    );
     let mut run = Run {
+        id,
+        live: Some(live),
         graph,
         store,
         opts,
@@ -216,6 +234,9 @@ pub async fn run_controlled(
 /// One run in progress: it walks the scheduler, hands the steps it starts to
 /// the executor, and reports.
 struct Run<'a> {
+    /// The run's id: its live record's name, then its run log's.
+    id: String,
+    live: Option<LiveRecord>,
     graph: &'a Graph,
     store: &'a Store,
     opts: &'a RunOptions,
@@ -236,6 +257,8 @@ impl Run<'_> {
     async fn drive(&mut self, mut control: Option<UnboundedReceiver<Control>>) {
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
+        let mut heartbeat = tokio::time::interval(crate::live::HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.decide();
             self.launch();
@@ -244,6 +267,12 @@ impl Run<'_> {
                 break;
             }
             tokio::select! {
+                _ = heartbeat.tick() => {
+                    let steps = self.rep.running();
+                    if let Some(l) = self.live.as_mut() {
+                        l.beat(steps);
+                    }
+                }
                 Some(joined) = self.running.join_next() => {
                     if let Ok((n, done)) = joined {
                         self.ended(n, done);
@@ -378,8 +407,11 @@ impl Run<'_> {
                     } else {
                         ""
                     };
-                    self.rep
-                        .line(&format!("ok     {} ({dur:.2}s{by})", self.id(n)));
+                    self.rep.line(&format!(
+                        "ok     {} ({}{by})",
+                        self.id(n),
+                        crate::outcome::human_duration(dur)
+                    ));
                     self.results.insert(n, r);
                     (c.cached.then_some(Outcome::Fresh), End::Done)
                 }
@@ -484,7 +516,7 @@ impl Run<'_> {
                 .iter()
                 .all(|s| matches!(s.outcome, Outcome::Ran | Outcome::Fresh));
         let summary = RunSummary {
-            id: crate::store::unique_name(&format!("{}-", started.strftime("%Y%m%dT%H%M%S"))),
+            id: self.id.clone(),
             manifest: graph.manifest.name.clone(),
             manifest_path: graph.manifest.path.clone(),
             started,
@@ -500,6 +532,9 @@ impl Run<'_> {
             &self.store.runs_dir().join(format!("{}.json", summary.id)),
             &summary,
         );
+        if let Some(l) = self.live.take() {
+            l.remove();
+        }
         summary
     }
 }

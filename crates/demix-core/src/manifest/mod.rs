@@ -30,11 +30,12 @@ pub const DEFAULT_MANIFESTS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LoadError {
-    #[error("cannot read manifest {path}: {source}")]
+    // The I/O error is in the message, not a `source`: miette would print it twice.
+    #[error("cannot read manifest {path}: {error}")]
     #[diagnostic(code(demix::manifest::io))]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0} is not a regular file; a manifest is a YAML file")]
     #[diagnostic(code(demix::manifest::io))]
@@ -449,9 +450,9 @@ pub const MAX_MANIFEST_BYTES: u64 = 8 << 20;
 
 fn read(path: &Path) -> Result<String, LoadError> {
     use std::io::Read;
-    let io = |source| LoadError::Io {
+    let io = |error| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let md = std::fs::metadata(path).map_err(io)?;
     if !md.is_file() {

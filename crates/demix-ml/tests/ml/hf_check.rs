@@ -1,5 +1,6 @@
 //! Our checkpoints load in Hugging Face `transformers` (Qwen3ForCausalLM) with
-//! the same logits, and our tokenizer.json tokenizes identically there.
+//! the same logits, our tokenizer.json tokenizes identically there, and
+//! `generate` stops at the tokenizer's end-of-text token.
 //! Needs the cache venv with transformers (`DEMIX_HF_CHECK=1 scripts/libtorch.sh`);
 //! skipped, saying why, when it is absent (a failure under `CI=true`).
 
@@ -65,7 +66,7 @@ fn transformers_loads_our_checkpoint_with_same_logits() {
         cfg.tie_word_embeddings = tied;
         cfg.rope_theta = 10000.0;
         cfg.initializer_range = 0.3; // far from uniform logits, so differences show
-        cfg.eos_token_id = Some(f.tok.eos_id() as i64);
+        // bos/eos left null: saving with the tokenizer sets them.
         let m = Qwen3::init(&cfg, 11, Device::Cpu).unwrap();
         let ck = f.dir.path().join(format!("hf-{tied}"));
         m.save(&ck, Some(&f.tokenizer_json)).unwrap();
@@ -83,7 +84,7 @@ fn transformers_loads_our_checkpoint_with_same_logits() {
         .unwrap();
         let text = "the cat eats two apples in math. Ünïcode ✓";
         let text_ids = f.tok.encode(text).unwrap();
-        let j = serde_json::json!({"ids": [ids[..20].to_vec(), ids[20..].to_vec()], "text": text, "text_ids": text_ids});
+        let j = serde_json::json!({"ids": [ids[..20].to_vec(), ids[20..].to_vec()], "text": text, "text_ids": text_ids, "eos": f.tok.eos_id()});
         std::fs::write(exp.join("ids.json"), j.to_string()).unwrap();
         let out = Command::new(&py)
             .arg(&script)

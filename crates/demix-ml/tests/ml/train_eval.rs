@@ -220,7 +220,7 @@ fn evaluation_matches_hand_computation_and_in_memory() {
         concat!(
             r#"{"id":"1","prompt":"the cat eats","choices":[" the fish"," zzzz qq"],"label":0}"#,
             "\n",
-            r#"{"id":"2","prompt":"a dog sees","choices":[" xq"," two apples"],"label":1}"#,
+            r#"{"id":"2","prompt":"a dog sees","choices":[" xq"," two apples"," one"," a"],"label":1}"#,
             "\n"
         ),
     )
@@ -240,6 +240,9 @@ fn evaluation_matches_hand_computation_and_in_memory() {
     assert_eq!(r.datasets["math"], got);
     assert_eq!(r.tasks["mc"].examples, 2);
     assert!(r.tasks["mc"].accuracy.is_some() && r.tasks["qa"].exact_match.is_some());
+    // Guessing: (1/2 + 1/4) / 2.
+    assert_eq!(r.tasks["mc"].chance, Some(0.375));
+    assert_eq!(r.tasks["qa"].chance, None);
     let sd = load_checkpoint_tensors(&p.output, Device::Cpu).unwrap();
     let r2 = evaluate_state_dict(
         &m.config,
