@@ -377,3 +377,66 @@ fn bad_data_is_refused_with_its_file_and_reason() {
         assert!(!env.path("cache/state/bad/tok.json").exists());
     }
 }
+
+/// `mixture: uniform` weighs `datasets` equally: it trains what the same
+/// weights written out train, and it is checked where it is written.
+#[test]
+fn a_uniform_mixture_trains_what_equal_weights_train() {
+    if !crate::harness::worker() {
+        return;
+    }
+    let env = Env::new();
+    let step = |id: &str, mix: &str| {
+        format!(
+            r#"  - id: {id}
+    kind: train
+    init: ${{steps.base.checkpoint}}
+{mix}
+    tokens: 1024
+    batch_size: 8
+    seq_len: 32
+    device: cpu
+    threads: 1
+"#
+        )
+    };
+    let extra = step("uni", "    mixture: uniform\n    datasets: [sotu, math]")
+        + &step("written", "    data: {sotu: 1, math: 1}")
+        + &step(
+            "uni_g",
+            "    mixture: uniform\n    datasets: [math]\n    general: sotu\n    beta: 0.5",
+        );
+    env.write("demix.yaml", &train_manifest(&extra));
+    env.demix(&["run"]).ok();
+    let bytes = |s: &str| {
+        std::fs::read(output_path(&env, "t", s, "checkpoint").join("model.safetensors")).unwrap()
+    };
+    assert!(
+        bytes("uni") == bytes("written"),
+        "uniform differs from equal weights"
+    );
+    assert!(
+        bytes("uni_g") == bytes("written"),
+        "uniform over math with sotu at 0.5 is the same mixture"
+    );
+    let card =
+        std::fs::read_to_string(output_path(&env, "t", "uni", "checkpoint").join("README.md"))
+            .unwrap();
+    assert!(card.contains("uniform"), "{card}");
+    // Without `datasets`, or with `pick`: located errors before anything runs.
+    env.write(
+        "demix.yaml",
+        &train_manifest(
+            &(step("a", "    mixture: uniform")
+                + &step(
+                    "b",
+                    "    mixture: uniform\n    datasets: [sotu]\n    pick: 1",
+                )),
+        ),
+    );
+    let r = env.demix(&["check"]).fails(2);
+    let err = r.stderr();
+    assert!(err.contains("`mixture: uniform` needs `datasets`"), "{err}");
+    assert!(err.contains("`pick` takes one mixture of a list"), "{err}");
+    assert!(err.contains("demix.yaml:"), "{err}");
+}

@@ -36,7 +36,8 @@ pub struct TrainFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataMix>,
     /// Or a mixture chosen by another step: `${steps.ID.mixture}` (a JSON object of
-    /// weights by dataset name), over the datasets listed in `datasets`.
+    /// weights by dataset name), over the datasets listed in `datasets`; or
+    /// `uniform`: equal weights over `datasets`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mixture: Option<String>,
     /// The datasets a `mixture` file may weight.
@@ -58,6 +59,9 @@ pub struct TrainFields {
 }
 
 pub struct Train;
+
+/// `mixture: uniform`: equal weights over `datasets`.
+const UNIFORM: &str = "uniform";
 
 impl Kind for Train {
     const NAME: &'static str = "train";
@@ -247,13 +251,30 @@ fn check_mixture(
             "train",
         ),
         (None, Some(m)) => {
-            check_ref_or_path(d, body, "mixture", m, paths);
-            if f.datasets.is_empty() {
-                d.error(
-                    &span_of(body, "mixture"),
-                    "a `mixture` file needs `datasets`: the datasets it may weight",
-                    "mixture",
-                );
+            if m == UNIFORM {
+                if f.datasets.is_empty() {
+                    d.error(
+                        &span_of(body, "mixture"),
+                        "`mixture: uniform` needs `datasets`: the datasets it weighs equally",
+                        "mixture",
+                    );
+                }
+                if f.pick.is_some() {
+                    d.error(
+                        &span_of(body, "pick"),
+                        "`pick` takes one mixture of a list; `mixture: uniform` is one mixture",
+                        "pick",
+                    );
+                }
+            } else {
+                check_ref_or_path(d, body, "mixture", m, paths);
+                if f.datasets.is_empty() {
+                    d.error(
+                        &span_of(body, "mixture"),
+                        "a `mixture` file needs `datasets`: the datasets it may weight",
+                        "mixture",
+                    );
+                }
             }
             datasets.extend(dataset_names(body, "datasets", &f.datasets, Split::Train));
             if let Some(g) = &f.general {
@@ -403,7 +424,15 @@ fn run(f: TrainFields, ctx: &RunCtx) -> Result<(), StepError> {
     let tok_hash = tokenizer_hash(ctx, f.tokenizer.as_deref(), &tok_path)?;
     let data = match (&f.data, &f.mixture) {
         (Some(d), _) => d.clone(),
-        (None, Some(m)) => DataMix::Weights(mixture_weights(&f, one_path(ctx, m)?)?),
+        (None, Some(m)) if m == UNIFORM => {
+            let equal = f.datasets.iter().map(|d| (d.clone(), 1.0)).collect();
+            DataMix::Weights(mixture_weights(&f, equal, "the uniform mixture")?)
+        }
+        (None, Some(m)) => {
+            let p = one_path(ctx, m)?;
+            let w = read_mixture(p, f.pick)?;
+            DataMix::Weights(mixture_weights(&f, w, &p.display().to_string())?)
+        }
         (None, None) => return Err(StepError::Failed("no mixture".into())),
     };
     let names: Vec<String> = match &data {
@@ -486,7 +515,11 @@ fn write_cards(
     };
     let mixture_source = match (&spec.data, &f.mixture) {
         (_, Some(m)) => {
-            let mut s = format!("read from {}", describe_input(ctx, m));
+            let mut s = if m == UNIFORM {
+                "uniform: equal weights over `datasets`".to_string()
+            } else {
+                format!("read from {}", describe_input(ctx, m))
+            };
             if let Some(i) = f.pick {
                 s.push_str(&format!(" (mixture {i} of the list)"));
             }
@@ -548,27 +581,27 @@ fn write_cards(
 /// A `mixture` file's weights over `datasets`, with the general data mixed in
 /// at share `beta` as the components' recipe does.
 #[cfg(feature = "torch")]
-fn mixture_weights(f: &TrainFields, p: &Path) -> Result<BTreeMap<String, f64>, StepError> {
-    let w = read_mixture(p, f.pick)?;
+fn mixture_weights(
+    f: &TrainFields,
+    w: BTreeMap<String, f64>,
+    from: &str,
+) -> Result<BTreeMap<String, f64>, StepError> {
     if let Some(bad) = w.keys().find(|k| !f.datasets.contains(k)) {
         return Err(StepError::Failed(format!(
-            "{}: the mixture weights `{bad}`, which is not in `datasets`",
-            p.display()
+            "{from}: the mixture weights `{bad}`, which is not in `datasets`"
         )));
     }
     // The same rule as a mixture written in the manifest.
     if let Some((name, x)) = w.iter().find(|(_, x)| !(x.is_finite() && **x >= 0.0)) {
         return Err(StepError::Failed(format!(
-            "{}: mixture weight of `{name}` must be a finite number >= 0, not {x}",
-            p.display()
+            "{from}: mixture weight of `{name}` must be a finite number >= 0, not {x}"
         )));
     }
     let mut w: BTreeMap<String, f64> = w.into_iter().filter(|(_, x)| *x > 0.0).collect();
     let total: f64 = w.values().sum();
     if !(total > 0.0 && total.is_finite()) {
         return Err(StepError::Failed(format!(
-            "{}: the mixture's weights do not add up to a positive number",
-            p.display()
+            "{from}: the mixture's weights do not add up to a positive number"
         )));
     }
     if let Some(g) = &f.general {
