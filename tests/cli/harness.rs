@@ -94,6 +94,29 @@ pub fn mpi() -> bool {
     false
 }
 
+/// A Python with transformers for tests of external evaluators:
+/// `DEMIX_HF_PYTHON` (scripts/test sets it to the libtorch cache's venv).
+/// Without it they print a line and pass; under `CI=true` they fail.
+pub fn hf_python() -> Option<PathBuf> {
+    let py = std::env::var_os("DEMIX_HF_PYTHON").map(PathBuf::from);
+    let ok = py.as_ref().is_some_and(|p| {
+        Command::new(p)
+            .args(["-c", "import transformers, torch"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if ok {
+        return py;
+    }
+    let why = "no DEMIX_HF_PYTHON with transformers (scripts/test sets it)";
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
 /// Whether the worker (libtorch) is there for tests of ML steps. Without it they
 /// print a line and pass; under `CI=true` they fail.
 pub fn worker() -> bool {

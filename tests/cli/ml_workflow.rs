@@ -550,3 +550,49 @@ steps:
         "{a:?}"
     );
 }
+
+/// workflows/external-eval.yaml: an evaluator outside demix (transformers, in
+/// a command step) writes demix's metrics format, and a report reads it beside
+/// demix's own evaluation of the same checkpoint.
+#[test]
+fn an_external_evaluator_feeds_the_report() {
+    if !crate::harness::worker() {
+        return;
+    }
+    let Some(py) = crate::harness::hf_python() else {
+        return;
+    };
+    let env = Env::new();
+    let wf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/external-eval.yaml");
+    let cache = env.path("cache");
+    let r = env
+        .cmd(&[
+            "--cache",
+            cache.to_str().unwrap(),
+            "run",
+            wf.to_str().unwrap(),
+        ])
+        .env("DEMIX_PYTHON", &py)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let read = |step: &str| -> serde_json::Value {
+        let p = output_path(&env, "external-eval", step, "metrics");
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let (ext, own) = (read("hf_eval"), read("eval"));
+    assert_eq!(ext["format"], "demix-metrics-v1");
+    for d in ["sotu", "math"] {
+        let a = ext["datasets"][d]["loss"].as_f64().unwrap();
+        let b = own["datasets"][d]["loss"].as_f64().unwrap();
+        let se = own["datasets"][d]["loss_se"].as_f64().unwrap();
+        // Other windows of the same split: within a few standard errors.
+        assert!(
+            (a - b).abs() < 6.0 * se + 0.02,
+            "{d}: transformers {a}, demix {b} (se {se})"
+        );
+    }
+    let md =
+        std::fs::read_to_string(output_path(&env, "external-eval", "report", "markdown")).unwrap();
+    assert!(md.contains("| transformers | demix |"), "{md}");
+}

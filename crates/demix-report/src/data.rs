@@ -192,6 +192,16 @@ pub fn read_evaluation(path: &Path) -> Result<Evaluation, String> {
             path.display()
         ));
     };
+    // Files without `format` predate it, and read as its first version.
+    if let Some(f) = o.get("format")
+        && f.as_str() != Some(demix_spec::evaluate::METRICS_FORMAT)
+    {
+        return Err(format!(
+            "{}: metrics format {f}, but this demix reads `{}` (docs/metrics.md)",
+            path.display(),
+            demix_spec::evaluate::METRICS_FORMAT
+        ));
+    }
     Ok(Evaluation {
         datasets: metrics_map(path, o.get("datasets"), "datasets")?,
         tasks: metrics_map(path, o.get("tasks"), "tasks")?,
@@ -472,11 +482,23 @@ mod tests {
         assert_eq!(e.tasks[0].kind.as_deref(), Some("qa"));
         assert_eq!(e.tasks[0].get("exact_match"), Some(0.2));
         assert_eq!(e.mean_loss, Some(3.5));
+        let v1 = r#"{"format": "demix-metrics-v1", "datasets": {"a": {"loss": 2.0}}, "tasks": {}}"#;
+        assert_eq!(
+            read_evaluation(&file(&d, "v1.json", v1))
+                .unwrap()
+                .datasets
+                .len(),
+            1
+        );
         for (name, text) in [
             ("list.json", "[1, 2]"),
             ("other.json", r#"{"chosen": [0.5, 0.5]}"#),
             ("shape.json", r#"{"datasets": [1]}"#),
             ("broken.json", "{\"datasets\": "),
+            (
+                "future.json",
+                r#"{"format": "demix-metrics-v2", "datasets": {}}"#,
+            ),
         ] {
             let err = read_evaluation(&file(&d, name, text)).unwrap_err();
             assert!(err.contains(name), "{err}");
