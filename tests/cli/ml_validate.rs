@@ -356,8 +356,20 @@ fn a_killed_merge_search_resumes_its_scored_proxies() {
     use std::os::unix::process::CommandExt;
     let reference = Env::new();
     reference.write("demix.yaml", &shared_base());
-    reference.demix(&["run", "--target", "search"]).ok();
+    let r = reference.demix(&["-v", "run", "--target", "search"]).ok();
     let want = json(&reference, "search", "result");
+    // Its progress: the rate, the time left, and from round 2 the best
+    // objective so far.
+    let err = r.stderr();
+    let last = err
+        .lines()
+        .rfind(|l| l.contains("search: ") && l.contains("round 2/2"));
+    let last = last.unwrap_or_else(|| panic!("no progress of round 2: {err}"));
+    assert!(
+        last.contains("proxies/min") && last.contains("best mean_loss "),
+        "{last}"
+    );
+    assert!(err.contains("ETA "), "{err}");
 
     let env = Env::new();
     env.write("demix.yaml", &shared_base());

@@ -466,16 +466,34 @@ mod run {
         let mut done = 0usize;
         let mut tokens_evaluated = 0u64;
         let mut round1: Vec<Proxied> = Vec::new();
+        // Proxies scored by this process, for its rate (not those a journal
+        // of an interrupted attempt restored).
+        let (started, mut scored_here) = (std::time::Instant::now(), 0usize);
+        let rounds = f.rounds.len();
         while let Some(batch) = search.next_batch().map_err(StepError::library)? {
             let mixtures = batch.mixtures.clone();
             let round = batch.round;
-            let mut tick = || {
+            let best = search
+                .best_so_far()
+                .map(|(name, v)| format!(", best {name} {v:.4}"))
+                .unwrap_or_default();
+            let mut tick = |fresh: bool| {
                 done += 1;
+                scored_here += usize::from(fresh);
+                let mins = started.elapsed().as_secs_f64() / 60.0;
+                let rate = if scored_here > 0 && mins > 0.0 {
+                    let per_min = scored_here as f64 / mins;
+                    let eta =
+                        demix_core::outcome::human_duration((total - done) as f64 / per_min * 60.0);
+                    format!(", {per_min:.1} proxies/min, ETA {eta}")
+                } else {
+                    String::new()
+                };
                 (ctx.progress)(Progress {
                     done: done as u64,
                     total: Some(total as u64),
                     unit: "proxies".into(),
-                    message: Some(format!("round {round}")),
+                    message: Some(format!("round {round}/{rounds}{rate}{best}")),
                 });
             };
             // What an interrupted run of this step scored already is not scored again.
@@ -485,13 +503,13 @@ mod run {
                 .cloned()
                 .collect();
             for _ in 0..mixtures.len() - todo.len() {
-                tick();
+                tick(false);
             }
             match &mut proxy {
                 Proxy::Merged(workers) => {
                     eval_parallel(workers, &todo, ctx.cancel, &mut |i, p| {
                         journal.add(&todo[i], p)?;
-                        tick();
+                        tick(true);
                         Ok(())
                     })?;
                 }
@@ -499,7 +517,7 @@ mod run {
                     for w in &todo {
                         let p = e.eval(w)?;
                         journal.add(w, &p)?;
-                        tick();
+                        tick(true);
                     }
                 }
             }

@@ -671,6 +671,19 @@ impl Search {
         Ok(())
     }
 
+    /// The objective's name and its best (lowest) value among the proxies
+    /// recorded so far, for progress; `None` before the first round.
+    pub fn best_so_far(&self) -> Option<(&'static str, f64)> {
+        let rows: Vec<Vec<f64>> = self.proxies.iter().map(|p| p.scores.clone()).collect();
+        let best = self
+            .config
+            .objective
+            .values(&self.config.targets, &rows)
+            .into_iter()
+            .min_by(f64::total_cmp)?;
+        Some((self.config.objective.name(), best))
+    }
+
     /// Refits on every proxy and chooses the mixture.
     pub fn finish(mut self) -> Result<SearchResult, SearchError> {
         if self.pending.is_some() {

@@ -772,8 +772,29 @@ pub fn evaluate_model(
     progress: &dyn Fn(&Progress),
     cancel: &AtomicBool,
 ) -> Result<EvalReport> {
+    // One overall bar over the datasets and tasks; each one's own progress
+    // goes in the message, named (not its path).
+    let n = paths.validation.len() + paths.tasks.len();
+    let item = |k: usize, what: &'static str, name: &str| {
+        let name = name.to_string();
+        move |p: &Progress| {
+            let within = if p.total > 0 {
+                format!("{}/{} {}", p.current, p.total, p.unit)
+            } else {
+                format!("{} {}", p.current, p.unit)
+            };
+            progress(&Progress {
+                stage: "evaluate",
+                current: k as u64,
+                total: n as u64,
+                unit: "datasets and tasks",
+                message: format!("{} of {n}: {what} {name}, {within}", k + 1),
+            });
+        }
+    };
     let mut datasets = BTreeMap::new();
-    for (name, dir) in &paths.validation {
+    for (k, (name, dir)) in paths.validation.iter().enumerate() {
+        let progress = item(k, "dataset", name);
         let sh = Shard::open(dir)?;
         if let Some(t) = tok
             && sh.meta.tokenizer_hash != t.hash()
@@ -785,16 +806,17 @@ pub fn evaluate_model(
         }
         datasets.insert(
             name.clone(),
-            validation_metrics(model, &sh, spec, progress, cancel)?,
+            validation_metrics(model, &sh, spec, &progress, cancel)?,
         );
     }
     let mut tasks = BTreeMap::new();
     if !paths.tasks.is_empty() {
         let tok = tok.ok_or_else(|| MlError::Spec("tasks need a tokenizer".into()))?;
-        for (name, p) in &paths.tasks {
+        for (k, (name, p)) in paths.tasks.iter().enumerate() {
+            let progress = item(paths.validation.len() + k, "task", name);
             tasks.insert(
                 name.clone(),
-                evaluate_task(model, tok, p, spec, progress, cancel)?,
+                evaluate_task(model, tok, p, spec, &progress, cancel)?,
             );
         }
     }
