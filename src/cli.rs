@@ -51,6 +51,11 @@ pub enum Command {
     Schema,
     /// Print the libtorch version, whether CUDA is usable, the devices and threads.
     Doctor,
+    /// Look at the manifest's corpora before training on them.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
     #[command(hide = true)]
     Internal {
         #[command(subcommand)]
@@ -155,6 +160,32 @@ fn gpu_ids(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Documents, bytes, tokens, empty and oversized documents, duplicates and
+    /// train/validation overlap of each dataset (exit 1 if a split is empty or
+    /// the splits share documents).
+    Check(DataCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DataCheckArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Check only these datasets (default: all).
+    #[arg(long = "dataset", value_name = "NAME")]
+    pub datasets: Vec<String>,
+    /// Count tokens with this tokenizer: a tokenizer.json, or the id of a
+    /// tokenizer step whose result is in the store.
+    #[arg(long, value_name = "PATH|STEP")]
+    pub tokenizer: Option<String>,
+    /// Count documents over this many bytes as oversized.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_document_bytes: u64,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     #[command(flatten)]
@@ -185,6 +216,14 @@ pub struct LineageArgs {
     /// The manifest whose step ids to use [default: as for `run`, if present]
     #[arg(long, short = 'm')]
     pub manifest: Option<PathBuf>,
+    /// The whole provenance tree, every result down to the source files,
+    /// instead of the summary.
+    #[arg(long)]
+    pub full: bool,
+    /// The tree down to this many levels of producers (implies --full).
+    #[arg(long, value_name = "N")]
+    pub depth: Option<usize>,
+    /// The full tree and the summary as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -43,6 +43,8 @@ macro_rules! errln {
     }};
 }
 
+mod data_check;
+
 /// Errors at the edge, each with its exit code.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum CliError {
@@ -200,7 +202,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         Command::Gc(a) => {
             let s = store(&cache);
             let r = demix_core::maintenance::gc(&s, a.keep_runs, a.dry_run)
-                .map_err(CliError::Failed)?;
+                .map_err(|e| CliError::Failed(e.to_string()))?;
             if a.json {
                 outln!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
             } else {
@@ -226,7 +228,8 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         }
         Command::Verify(a) => {
             let s = store(&cache);
-            let r = demix_core::maintenance::verify(&s, &|_, _| {}).map_err(CliError::Failed)?;
+            let r = demix_core::maintenance::verify(&s, &|_, _| {})
+                .map_err(|e| CliError::Failed(e.to_string()))?;
             if a.json {
                 outln!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
             } else {
@@ -267,6 +270,9 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Data {
+            command: crate::cli::DataCommand::Check(a),
+        } => data_check::run(a, &cache),
         Command::Doctor => {
             outln!("demix {}", demix_core::VERSION);
             doctor()
@@ -348,10 +354,10 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
                     let why: Vec<String> = a.reasons.iter().map(|r| r.to_string()).collect();
                     outln!("run    {id} ({})", why.join("; "));
                 }
-                Err(e) if e.contains(demix_core::graph::NO_FILES) => {
+                Err(e) if e.is_missing_data() => {
                     would += 1;
                     outln!("run    {id} (once its data exists)");
-                    missing.entry(e).or_default().push(id.clone());
+                    missing.entry(e.to_string()).or_default().push(id.clone());
                 }
                 Err(e) => {
                     problems += 1;
@@ -546,7 +552,7 @@ fn slurm_config(
         }
         return Ok(None);
     }
-    exec::slurm::check_commands().map_err(CliError::Usage)?;
+    exec::slurm::check_commands().map_err(|e| CliError::Usage(e.to_string()))?;
     let mut cfg = exec::slurm::SlurmConfig::from_decl(decl);
     if let Some(p) = &c.slurm_partition {
         cfg.partition = Some(p.clone());
@@ -587,7 +593,7 @@ fn status(
         let node = &g[*n];
         let (state, reasons, key, error) = match a {
             Ok(a) => (Some(a.state), a.reasons.clone(), a.key.clone(), None),
-            Err(e) => (None, vec![], None, Some(e.clone())),
+            Err(e) => (None, vec![], None, Some(e.to_string())),
         };
         match state {
             Some(State::Fresh) => counts[0] += 1,
@@ -751,8 +757,8 @@ fn dag(g: &Graph, format: DagFormat) -> String {
 fn lineage(a: crate::cli::LineageArgs, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
     let s = store(cache);
     // Step ids are looked up in the manifest's workflow when there is one.
-    let manifest = match a.manifest {
-        Some(p) => Some(Manifest::load(&p).map_err(CliError::Manifest)?),
+    let manifest = match &a.manifest {
+        Some(p) => Some(Manifest::load(p).map_err(CliError::Manifest)?),
         None => manifest_path(None)
             .ok()
             .and_then(|p| Manifest::load(&p).ok()),
@@ -765,11 +771,31 @@ fn lineage(a: crate::cli::LineageArgs, cache: &Option<PathBuf>) -> miette::Resul
             .unwrap_or_default();
         CliError::Usage(format!("{e}{}", step_hint(&a.what, &ids)))
     })?;
-    let l = demix_core::lineage::lineage(&s, &r);
+    // Relative paths in the records are relative to the manifest's folder.
+    let base = a
+        .manifest
+        .as_deref()
+        .or(manifest.as_ref().map(|m| m.path.as_path()))
+        .and_then(|p| p.parent())
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        });
     if a.json {
-        outln!("{}", serde_json::to_string_pretty(&l).expect("serializes"));
+        let l = demix_core::lineage::lineage(&s, &r);
+        let mut v = serde_json::to_value(&l).expect("serializes");
+        v["summary"] =
+            serde_json::to_value(demix_core::lineage::summary(&s, &r, base)).expect("serializes");
+        outln!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+    } else if a.full || a.depth.is_some() {
+        let l = demix_core::lineage::lineage(&s, &r);
+        out!("{}", demix_core::lineage::render_to_depth(&l, a.depth));
     } else {
-        out!("{}", demix_core::lineage::render(&l));
+        let sum = demix_core::lineage::summary(&s, &r, base);
+        out!("{}", demix_core::lineage::render_summary(&sum));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -817,7 +843,7 @@ fn report(a: crate::cli::ReportArgs, cache: &Option<PathBuf>) -> miette::Result<
     for id in steps {
         match demix_kinds::report::latest(&s, &g.manifest.name, id) {
             Ok((r, html, md)) => found.push((r, show(&html), show(&md))),
-            Err(e) => missing.push((id, e)),
+            Err(e) => missing.push((id, e.to_string())),
         }
     }
     if a.json {

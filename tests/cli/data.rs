@@ -162,3 +162,107 @@ fn workflows_point_at_every_shipped_domain() {
     }
     assert_eq!(seen.len(), domains.len());
 }
+
+/// `demix data check` reads a user's corpora as training reads them: counts,
+/// tokens under a tokenizer step's output, empty, oversized and duplicate
+/// documents, and train/validation overlap (a failure, exit 1).
+#[test]
+fn data_check_reports_a_users_corpora() {
+    if !crate::harness::worker() {
+        return;
+    }
+    let env = crate::harness::Env::new();
+    let big = "word ".repeat(300);
+    env.write(
+        "d/a.jsonl",
+        &format!(
+            "{}\n{}\n{}\n{}\n",
+            r#"{"id": "a1", "text": "the first document of a"}"#,
+            r#"{"id": "a2", "text": "   "}"#,
+            r#"{"id": "a3", "text": "the first document of a"}"#,
+            serde_json::json!({"id": "a4", "text": big})
+        ),
+    );
+    env.write(
+        "d/a-val.jsonl",
+        &format!(
+            "{}\n{}\n",
+            r#"{"id": "v1", "text": "the first document of a"}"#,
+            r#"{"id": "v2", "text": "held out text"}"#
+        ),
+    );
+    env.write(
+        "d/b.txt",
+        "plain text, split by document into train and validation\n",
+    );
+    env.write(
+        "demix.yaml",
+        r#"version: 1
+name: dc
+datasets:
+  a: {files: d/a.jsonl, validation: d/a-val.jsonl}
+  b: {files: d/b.txt, format: text, validation_fraction: 0.5}
+steps:
+  - {id: tok, kind: tokenizer, datasets: [a], vocab_size: 300, max_bytes: 100000}
+"#,
+    );
+    let r = env.demix(&[
+        "data",
+        "check",
+        "--dataset",
+        "a",
+        "--max-document-bytes",
+        "1000",
+        "--json",
+    ]);
+    assert_eq!(r.code(), 1, "the splits share a text: {}", r.stderr());
+    let j = r.json();
+    let a = &j["datasets"][0];
+    assert_eq!(a["name"], "a");
+    let train = &a["splits"][0];
+    assert_eq!(
+        (train["split"].as_str(), train["documents"].as_u64()),
+        (Some("train"), Some(4))
+    );
+    assert_eq!(train["empty"], 1);
+    assert_eq!(train["duplicates"], 1);
+    assert_eq!(train["oversized"], 1);
+    assert_eq!(train["largest"][0], "a4");
+    assert_eq!(train["bytes"].as_u64(), Some(23 + 3 + 23 + 1500));
+    assert!(train["tokens"].is_null(), "no tokenizer given");
+    assert_eq!(a["overlap"], 1);
+    assert_eq!(a["overlap_examples"][0], "v1");
+    assert!(
+        j["problems"][0].as_str().unwrap().contains("also in train"),
+        "{j}"
+    );
+    // With the tokenizer step's output: tokens per split.
+    env.demix(&["run"]).ok();
+    let r = env.demix(&["data", "check", "--tokenizer", "tok"]);
+    let out = r.stdout();
+    assert_eq!(r.code(), 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("a ") && l.contains("train"))
+        .unwrap();
+    let tokens: u64 = line.split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert!(tokens > 300, "{line}");
+    assert!(
+        out.contains("problem: `a`: 1 document(s) of validation are also in train (e.g. v1)"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("b ") && l.contains("validation")),
+        "{out}"
+    );
+    // A name that is not a dataset is a usage error.
+    let r = env
+        .demix(&["data", "check", "--dataset", "nosuch"])
+        .fails(2);
+    assert!(
+        r.stderr().contains("`nosuch` is not a dataset"),
+        "{}",
+        r.stderr()
+    );
+}

@@ -363,7 +363,7 @@ fn target_force_and_dry_run() {
 fn lineage_traces_outputs_to_source_files() {
     let env = pipeline();
     env.demix(&["run"]).ok();
-    let text = env.demix(&["lineage", "join"]).ok().stdout();
+    let text = env.demix(&["lineage", "join", "--full"]).ok().stdout();
     for needle in [
         "step join (command v1) of workflow pipe",
         "step greet[a]",

@@ -5,6 +5,7 @@ mod harness;
 mod data;
 mod engine;
 mod invalid;
+mod lineage;
 mod outcome;
 mod reliability;
 mod report;

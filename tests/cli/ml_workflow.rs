@@ -94,7 +94,7 @@ fn an_ml_workflow_runs_caches_and_traces() {
     );
     // Nothing changed: nothing runs. Lineage reaches the corpus files.
     assert!(env.demix(&["run"]).ok().ran().is_empty());
-    let l = env.demix(&["lineage", "eval"]).ok().stdout();
+    let l = env.demix(&["lineage", "eval", "--full"]).ok().stdout();
     assert!(
         l.contains("step comp (train v3)")
             && l.contains("step base (train v3)")

@@ -223,7 +223,7 @@ fn a_run_ends_with_its_report() {
 fn lineage_of_a_diamond_shows_each_result_once_and_missing_only_when_missing() {
     let env = diamond();
     env.demix(&["run"]).ok();
-    let text = env.demix(&["lineage", "final"]).ok().stdout();
+    let text = env.demix(&["lineage", "final", "--full"]).ok().stdout();
     assert_eq!(text.matches("step base (command v1)").count(), 1, "{text}");
     assert_eq!(text.matches("step left (command v1)").count(), 1, "{text}");
     assert_eq!(text.matches("; shown above)").count(), 2, "{text}");
@@ -249,7 +249,7 @@ fn lineage_of_a_diamond_shows_each_result_once_and_missing_only_when_missing() {
         .unwrap()
         .to_string();
     std::fs::remove_file(env.path(&format!("cache/results/{}/{key}.json", &key[..2]))).unwrap();
-    let text = env.demix(&["lineage", "final"]).ok().stdout();
+    let text = env.demix(&["lineage", "final", "--full"]).ok().stdout();
     assert_eq!(
         text.matches("its record is no longer in the store").count(),
         2,

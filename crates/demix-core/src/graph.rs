@@ -796,7 +796,7 @@ fn substitute(
             let pieces = match template::parse(s.as_str()) {
                 Ok(p) => p,
                 Err(e) => {
-                    d.error(&span, e, "template");
+                    d.error(&span, e.to_string(), "template");
                     return;
                 }
             };

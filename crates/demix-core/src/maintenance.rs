@@ -122,35 +122,51 @@ impl RunLog {
     }
 }
 
+/// Why `gc` or `verify` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Another demix holds the store's lock; `running` lists its live runs.
+    #[error(
+        "another demix is using this store{}; run gc when it has finished (`gc --dry-run` works meanwhile)",
+        running_list(.running)
+    )]
+    Busy { running: Vec<String> },
+    #[error("{}: {source}", path.display())]
+    Hash {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// ` (running: a, b)`, or nothing.
+fn running_list(runs: &[String]) -> String {
+    if runs.is_empty() {
+        String::new()
+    } else {
+        format!(" (running: {})", runs.join(", "))
+    }
+}
+
 /// Removes everything no kept run references. Kept: each step's latest result, the
 /// results of each workflow's last `keep_runs` runs, and everything upstream of them
 /// (so lineage stays complete).
-pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, String> {
-    store.check_marker().map_err(|e| e.to_string())?;
+pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, MaintenanceError> {
+    store.check_marker()?;
     // A dry run only reads: it needs no lock and works while runs are going on.
     let _guard = if dry_run {
         None
     } else {
-        Some(
-            store
-                .usage_lock(true)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                    let runs: Vec<String> = crate::live::live_runs(store)
-                        .iter()
-                        .filter(|r| r.liveness() == crate::live::Liveness::Running)
-                        .map(|r| format!("{} ({}, pid {} on {})", r.id, r.manifest, r.pid, r.host))
-                        .collect();
-                    let which = if runs.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (running: {})", runs.join(", "))
-                    };
-                    format!(
-                        "another demix is using this store{which}; run gc when it has finished (`gc --dry-run` works meanwhile)"
-                    )
-                })?,
-        )
+        Some(store.usage_lock(true)?.ok_or_else(|| {
+            MaintenanceError::Busy {
+                running: crate::live::live_runs(store)
+                    .iter()
+                    .filter(|r| r.liveness() == crate::live::Liveness::Running)
+                    .map(|r| format!("{} ({}, pid {} on {})", r.id, r.manifest, r.pid, r.host))
+                    .collect(),
+            }
+        })?)
     };
     let all: BTreeMap<String, ResultRecord> = store
         .all_results()
@@ -244,7 +260,7 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, St
     }
     // Resumable state (training, a search's journal) of steps whose key no kept
     // run has: a changed step will never resume from it. Only key-named folders.
-    let own = |name: &str| store.own_dir(name).map_err(|e| e.to_string());
+    let own = |name: &str| store.own_dir(name);
     if let Some(dir) = own("resume")? {
         for p in read_dir_sorted(&dir) {
             let key = p
@@ -336,8 +352,11 @@ fn bad_records<T: serde::de::DeserializeOwned>(
 /// tree links are removed so the steps that made them are stale and rerun;
 /// every result downstream of a corrupt object is removed too (it may have
 /// consumed the bad bytes); corrupt records are removed and named.
-pub fn verify(store: &Store, progress: &dyn Fn(usize, usize)) -> Result<VerifyReport, String> {
-    store.check_marker().map_err(|e| e.to_string())?;
+pub fn verify(
+    store: &Store,
+    progress: &dyn Fn(usize, usize),
+) -> Result<VerifyReport, MaintenanceError> {
+    store.check_marker()?;
     let mut rep = VerifyReport::default();
     let records = [
         bad_records::<ResultRecord>(&store.root.join("results"), false),
@@ -355,7 +374,10 @@ pub fn verify(store: &Store, progress: &dyn Fn(usize, usize)) -> Result<VerifyRe
     for (i, (h, p)) in objects.iter().enumerate() {
         progress(i, objects.len());
         let actual =
-            crate::hash::hash_file(p, &|_, _| {}).map_err(|e| format!("{}: {e}", p.display()))?;
+            crate::hash::hash_file(p, &|_, _| {}).map_err(|source| MaintenanceError::Hash {
+                path: p.clone(),
+                source,
+            })?;
         rep.objects += 1;
         rep.bytes += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         if &actual != h {

@@ -8,7 +8,53 @@ use serde::Serialize;
 
 use crate::graph::{self, Graph, NodeId, Source};
 use crate::key::{InputRecord, KeyRecord, Origin, Reason, UpstreamOutput, diff};
-use crate::store::{self, Health, ResultRecord, Store};
+use crate::store::{self, Health, ResultRecord, Store, StoreError};
+
+/// Why a step's key cannot be computed: an input that cannot be read or hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot hash {}: {source}", path.display())]
+    Hash {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `location` is the input's place in the manifest.
+    #[error("{location}: input `{input}` {}", graph::NO_FILES)]
+    InputMissing { location: String, input: String },
+    #[error("{location}: input `{input}`: {source}")]
+    Input {
+        location: String,
+        input: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A dataset's files, as [`graph::dataset_files`] resolves them.
+    #[error("{0}")]
+    Dataset(String),
+    #[error("step `{step}` has no output `{output}` in its result")]
+    NoOutput { step: String, output: String },
+}
+
+impl PlanError {
+    /// Whether the error is data that is not there (yet): a path or a dataset
+    /// glob that matches no files, rather than a broken plan.
+    pub fn is_missing_data(&self) -> bool {
+        match self {
+            PlanError::InputMissing { .. } => true,
+            PlanError::Dataset(e) => e.contains(graph::NO_FILES),
+            _ => false,
+        }
+    }
+}
+
+/// A step's key record, or the upstream step that must run first.
+#[derive(Clone, Debug)]
+pub enum Keyed {
+    Record(KeyRecord),
+    /// The id of an upstream step that has no result yet.
+    Pending(String),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,7 +113,7 @@ impl<'a> Planner<'a> {
             .to_string()
     }
 
-    fn hash_files(&self, files: &[PathBuf]) -> Result<Vec<(String, String)>, String> {
+    fn hash_files(&self, files: &[PathBuf]) -> Result<Vec<(String, String)>, PlanError> {
         files
             .iter()
             .map(|f| {
@@ -75,14 +121,17 @@ impl<'a> Planner<'a> {
                     .store
                     .stat
                     .hash(f, &|done, total| (self.on_hash)(f, done, total))
-                    .map_err(|e| format!("cannot hash {}: {e}", f.display()))?;
+                    .map_err(|source| PlanError::Hash {
+                        path: f.clone(),
+                        source,
+                    })?;
                 Ok((self.rel(f), h))
             })
             .collect()
     }
 
     /// The content record of a dataset or workspace path, hashed once per plan.
-    fn source_record(&self, input: &graph::Input) -> Result<InputRecord, String> {
+    fn source_record(&self, input: &graph::Input) -> Result<InputRecord, PlanError> {
         let cache_key = match &input.source {
             Source::Path { written, .. } => format!("path:{written}"),
             Source::Dataset { name, split } => format!("dataset:{name}:{split:?}"),
@@ -93,17 +142,22 @@ impl<'a> Planner<'a> {
         }
         let rec = match &input.source {
             Source::Path { abs, written } => {
-                let md = std::fs::metadata(abs).map_err(|e| {
-                    let loc = self.graph.manifest.src.location(&input.span);
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        format!("{loc}: input `{written}` {}", graph::NO_FILES)
+                let md = std::fs::metadata(abs).map_err(|source| {
+                    let location = self.graph.manifest.src.location(&input.span);
+                    let input = written.clone();
+                    if source.kind() == std::io::ErrorKind::NotFound {
+                        PlanError::InputMissing { location, input }
                     } else {
-                        format!("{loc}: input `{written}`: {e}")
+                        PlanError::Input {
+                            location,
+                            input,
+                            source,
+                        }
                     }
                 })?;
                 let files = if md.is_dir() {
                     let mut rels = Vec::new();
-                    store::walk_files(abs, abs, &mut rels).map_err(|e| e.to_string())?;
+                    store::walk_files(abs, abs, &mut rels)?;
                     let paths: Vec<PathBuf> = rels.iter().map(|r| abs.join(r)).collect();
                     self.hash_files(&paths)?
                 } else {
@@ -128,7 +182,8 @@ impl<'a> Planner<'a> {
                 }
             }
             Source::Dataset { name, split } => {
-                let paths = graph::dataset_files(&self.graph.manifest, name, *split)?;
+                let paths = graph::dataset_files(&self.graph.manifest, name, *split)
+                    .map_err(PlanError::Dataset)?;
                 let files = self.hash_files(&paths)?;
                 // How the files are read is part of the dataset's identity.
                 let how = serde_json::to_string(&crate::protocol::DatasetInput::of(
@@ -161,13 +216,13 @@ impl<'a> Planner<'a> {
         Ok(rec)
     }
 
-    /// The key record of node `n`, given the results of the nodes it depends on.
-    /// `Ok(Err(step))` means upstream `step` has no result yet.
+    /// The key record of node `n`, given the results of the nodes it depends on,
+    /// or [`Keyed::Pending`] naming an upstream step that has no result yet.
     pub fn key_record(
         &self,
         n: NodeId,
         results: &HashMap<NodeId, ResultRecord>,
-    ) -> Result<Result<KeyRecord, String>, String> {
+    ) -> Result<Keyed, PlanError> {
         let node = &self.graph[n];
         let mut inputs = std::collections::BTreeMap::new();
         for inp in &node.inputs {
@@ -176,10 +231,11 @@ impl<'a> Planner<'a> {
                     let mut outs = Vec::new();
                     for &u in nodes {
                         let Some(r) = results.get(&u) else {
-                            return Ok(Err(self.graph[u].id.clone()));
+                            return Ok(Keyed::Pending(self.graph[u].id.clone()));
                         };
-                        let o = r.outputs.get(output).ok_or_else(|| {
-                            format!("step `{}` has no output `{output}` in its result", r.step)
+                        let o = r.outputs.get(output).ok_or_else(|| PlanError::NoOutput {
+                            step: r.step.clone(),
+                            output: output.clone(),
                         })?;
                         outs.push(UpstreamOutput {
                             step: r.step.clone(),
@@ -204,7 +260,7 @@ impl<'a> Planner<'a> {
             };
             inputs.insert(inp.key.clone(), rec);
         }
-        Ok(Ok(KeyRecord {
+        Ok(Keyed::Record(KeyRecord {
             kind: node.kind.name().to_string(),
             kind_version: node.kind.version(),
             params: node.plan.params.clone(),
@@ -289,7 +345,7 @@ impl<'a> Planner<'a> {
         &self,
         force: &[NodeId],
         only: Option<&std::collections::BTreeSet<NodeId>>,
-    ) -> Vec<(NodeId, Result<Assessment, String>)> {
+    ) -> Vec<(NodeId, Result<Assessment, PlanError>)> {
         let mut results: HashMap<NodeId, ResultRecord> = HashMap::new();
         let mut out = Vec::new();
         for &n in self.graph.order() {
@@ -298,8 +354,8 @@ impl<'a> Planner<'a> {
             }
             let a = match self.key_record(n, &results) {
                 Err(e) => Err(e),
-                Ok(Err(up)) => Ok(self.pending(n, up)),
-                Ok(Ok(rec)) => Ok(self.assess(n, rec, force.contains(&n))),
+                Ok(Keyed::Pending(up)) => Ok(self.pending(n, up)),
+                Ok(Keyed::Record(rec)) => Ok(self.assess(n, rec, force.contains(&n))),
             };
             if let Ok(Assessment {
                 result: Some(r), ..

@@ -64,16 +64,30 @@ pub struct CommandSpec {
     pub workdir: Option<String>,
 }
 
+/// Why an output path is not a path inside the step's output directory; each
+/// variant but `Empty` holds the path as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OutputPathError {
+    #[error("output path is empty")]
+    Empty,
+    #[error("output path `{0}` is absolute; outputs are paths inside the step's output directory")]
+    Absolute(String),
+    #[error("output path `{0}` escapes the step's output directory")]
+    Escapes(String),
+    #[error("output path `{0}` is not a relative path")]
+    NotRelative(String),
+    #[error("output path `{0}` names the output directory itself")]
+    OutputDir(String),
+}
+
 /// Checks that an output path stays inside the output directory.
-pub fn check_output_path(p: &str) -> Result<String, String> {
+pub fn check_output_path(p: &str) -> Result<String, OutputPathError> {
     if p.is_empty() {
-        return Err("output path is empty".into());
+        return Err(OutputPathError::Empty);
     }
     let path = Path::new(p);
     if path.is_absolute() {
-        return Err(format!(
-            "output path `{p}` is absolute; outputs are paths inside the step's output directory"
-        ));
+        return Err(OutputPathError::Absolute(p.to_string()));
     }
     let mut depth = 0i32;
     let mut parts = Vec::new();
@@ -88,18 +102,14 @@ pub fn check_output_path(p: &str) -> Result<String, String> {
                 depth -= 1;
                 parts.pop();
                 if depth < 0 {
-                    return Err(format!(
-                        "output path `{p}` escapes the step's output directory"
-                    ));
+                    return Err(OutputPathError::Escapes(p.to_string()));
                 }
             }
-            _ => return Err(format!("output path `{p}` is not a relative path")),
+            _ => return Err(OutputPathError::NotRelative(p.to_string())),
         }
     }
     if parts.is_empty() {
-        return Err(format!(
-            "output path `{p}` names the output directory itself"
-        ));
+        return Err(OutputPathError::OutputDir(p.to_string()));
     }
     let mut s = parts.join("/");
     if p.ends_with('/') {
@@ -140,7 +150,7 @@ impl Kind for Command {
                 Ok(p) => {
                     outputs.insert(name.clone(), p);
                 }
-                Err(e) => d.error(v.span(), e, "output path"),
+                Err(e) => d.error(v.span(), e.to_string(), "output path"),
             }
         }
         check_runtime_refs(&f, map, body, d);
@@ -189,7 +199,7 @@ impl Kind for Command {
         };
         // Expands one template; a lone multi-path reference yields several argv words.
         let expand = |s: &str| -> Result<Vec<String>, StepError> {
-            let pieces = template::parse(s).map_err(StepError::Failed)?;
+            let pieces = template::parse(s).map_err(StepError::library)?;
             let value = |r: &Ref| -> Result<Vec<String>, StepError> {
                 Ok(match r {
                     Ref::Input(n) => input_paths(n)?,
@@ -408,7 +418,7 @@ fn check_names(f: &CommandFields, map: &Map, body: &Node, d: &mut Diags) {
 fn check_input(name: &str, v: &Spanned<String>, d: &mut Diags, paths: &mut Vec<Spanned<String>>) {
     let pieces = match template::parse(v.as_str()) {
         Ok(p) => p,
-        Err(e) => return d.error(v.span(), e, "input"),
+        Err(e) => return d.error(v.span(), e.to_string(), "input"),
     };
     match pieces.as_slice() {
         [Piece::Ref(Ref::Step { .. } | Ref::Dataset { .. })] => {}
@@ -450,7 +460,7 @@ fn check_runtime_refs(f: &CommandFields, map: &Map, body: &Node, d: &mut Diags) 
     }
     for (t, span) in &texts {
         if let Err(e) = template::parse(t) {
-            d.error(span, e, "template");
+            d.error(span, e.to_string(), "template");
             continue;
         }
         for r in runtime_refs(t) {

@@ -43,7 +43,7 @@ pub fn check_ref_or_path(
                 key,
             ),
         },
-        Err(e) => d.error(&span, e, key),
+        Err(e) => d.error(&span, e.to_string(), key),
     }
 }
 

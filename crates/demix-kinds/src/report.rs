@@ -15,7 +15,7 @@ use demix_core::manifest::template::{self, Piece, Ref};
 use demix_core::store::{ResultRecord, Store};
 use demix_mix::search::SearchResult;
 use demix_mix::verdict::Verdict;
-use demix_report::{Labeled, Report, data};
+use demix_report::{Labeled, ReadError, Report, data};
 
 use crate::fields::span_of;
 use crate::validate::{VerdictFields, check_verdict, verdict_counts};
@@ -117,7 +117,7 @@ fn input_key(
             }
         },
         Err(e) => {
-            d.error(&span, e, what);
+            d.error(&span, e.to_string(), what);
             None
         }
     }
@@ -334,7 +334,7 @@ impl Kind for ReportKind {
             r.verdicts = verdicts(ctx, &spec, v, &search.data)?;
         }
         r.lineage = Some(data::lineage_summary(ctx.store, &ctx.spec.record, &fields));
-        let out = r.render().map_err(StepError::Failed)?;
+        let out = r.render().map_err(StepError::library)?;
         write(ctx, "html", &out.html)?;
         write(ctx, "markdown", &out.markdown)?;
         let chosen = r.search.as_ref().map(|s| {
@@ -403,7 +403,7 @@ fn verdicts(
                 &search.objective,
                 &population,
             )
-            .map_err(StepError::Failed)
+            .map_err(StepError::library)
         })
         .collect()
 }
@@ -513,7 +513,7 @@ fn load<T>(
     field: &str,
     label: &str,
     key: &str,
-    read: fn(&Path) -> Result<T, String>,
+    read: fn(&Path) -> Result<T, ReadError>,
 ) -> Result<Vec<Labeled<T>>, StepError> {
     let paths: Vec<PathBuf> = ctx.input(key)?.to_vec();
     let steps = producers(ctx, key);
@@ -553,7 +553,7 @@ fn load_all<T>(
     ctx: &RunCtx,
     field: &str,
     entries: &[Entry],
-    read: fn(&Path) -> Result<T, String>,
+    read: fn(&Path) -> Result<T, ReadError>,
 ) -> Result<Vec<Labeled<T>>, StepError> {
     let mut out: Vec<Labeled<T>> = Vec::new();
     for e in entries {
@@ -571,29 +571,42 @@ fn load_all<T>(
     Ok(out)
 }
 
+/// Why a report step has no report to show.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LatestError {
+    #[error("report step `{step}` has not run yet")]
+    NotRun { step: String },
+    #[error("the latest run of `{step}` recorded no `{output}` output")]
+    NoOutput { step: String, output: String },
+    #[error("the latest report of `{step}` ({}) is no longer in the store", path.display())]
+    Gone { step: String, path: PathBuf },
+}
+
 /// The report step's committed outputs, from the store's record of its latest
 /// run: (html, markdown) paths, or why there are none.
 pub fn latest(
     store: &Store,
     workflow: &str,
     step: &str,
-) -> Result<(ResultRecord, PathBuf, PathBuf), String> {
+) -> Result<(ResultRecord, PathBuf, PathBuf), LatestError> {
     let r = store
         .read_state(workflow, step)
-        .ok_or_else(|| format!("report step `{step}` has not run yet"))?;
-    let path = |name: &str| -> Result<PathBuf, String> {
-        let o = r
-            .outputs
-            .get(name)
-            .ok_or_else(|| format!("the latest run of `{step}` recorded no `{name}` output"))?;
+        .ok_or_else(|| LatestError::NotRun {
+            step: step.to_string(),
+        })?;
+    let path = |name: &str| -> Result<PathBuf, LatestError> {
+        let o = r.outputs.get(name).ok_or_else(|| LatestError::NoOutput {
+            step: step.to_string(),
+            output: name.to_string(),
+        })?;
         let p = store.tree_dir(&r.tree).join(&o.path);
         if p.is_file() {
             Ok(p)
         } else {
-            Err(format!(
-                "the latest report of `{step}` ({}) is no longer in the store",
-                p.display()
-            ))
+            Err(LatestError::Gone {
+                step: step.to_string(),
+                path: p,
+            })
         }
     };
     let (html, md) = (path("html")?, path("markdown")?);
@@ -621,7 +634,7 @@ fn literal_title(t: &str, body: &Node, d: &mut Diags) -> Option<String> {
             Some(out)
         }
         Err(e) => {
-            d.error(&span_of(body, "title"), e, "title");
+            d.error(&span_of(body, "title"), e.to_string(), "title");
             None
         }
     }

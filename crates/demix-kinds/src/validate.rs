@@ -440,7 +440,7 @@ fn losses(paths: &[PathBuf], targets: &[String]) -> Result<Vec<Vec<f64>>, StepEr
     paths
         .iter()
         .map(|p| {
-            let e = read_evaluation(p).map_err(StepError::Failed)?;
+            let e = read_evaluation(p).map_err(StepError::library)?;
             targets
                 .iter()
                 .map(|t| {
@@ -526,7 +526,7 @@ fn run_with(
     }
     for (label, key) in &f.searches {
         let path = one(ctx, key)?;
-        let r = read_search(path).map_err(StepError::Failed)?;
+        let r = read_search(path).map_err(StepError::library)?;
         if !r.candidates.is_empty() && r.candidates != f.candidates {
             return Err(StepError::Failed(format!(
                 "{}: the search's candidates are {:?}, this step names {:?}: give them in the search's order",

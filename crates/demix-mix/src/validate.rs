@@ -549,7 +549,7 @@ pub fn validate(
             &headline,
             &references,
         )
-        .map_err(ValidateError::Input)?;
+        .map_err(|e| ValidateError::Input(e.to_string()))?;
         verdicts.push(v);
     }
     Ok(Validation {

@@ -8,7 +8,7 @@
 //! difference but no verdict.
 
 use serde::{Deserialize, Serialize};
-use statrs::distribution::{ContinuousCDF, StudentsT};
+use statrs::distribution::{ContinuousCDF, StudentsT, StudentsTError};
 
 use super::search::{Objective, Target};
 use super::stats::Direction;
@@ -27,17 +27,34 @@ pub struct Difference {
     pub pairs: usize,
 }
 
+/// Why two sides cannot be compared.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VerdictError {
+    /// The sides' model counts (seeds), which must be equal and not 0.
+    #[error("{0} against {1} models: compare as many seeds on each side, in the same order")]
+    Unpaired(usize, usize),
+    #[error("a score is not a finite number")]
+    NotFinite,
+    #[error("{0}")]
+    Interval(#[from] StudentsTError),
+    #[error("a model has {scores} scores for {targets} targets")]
+    Scores { scores: usize, targets: usize },
+    /// The comparison on the objective of `chosen` against `baseline`.
+    #[error("`{chosen}` against `{baseline}`: {source}")]
+    Objective {
+        chosen: String,
+        baseline: String,
+        source: Box<VerdictError>,
+    },
+}
+
 /// The mean of `a - b` with a two-sided t interval at `level`.
-pub fn paired(a: &[f64], b: &[f64], level: f64) -> Result<Difference, String> {
+pub fn paired(a: &[f64], b: &[f64], level: f64) -> Result<Difference, VerdictError> {
     if a.len() != b.len() || a.is_empty() {
-        return Err(format!(
-            "{} against {} models: compare as many seeds on each side, in the same order",
-            a.len(),
-            b.len()
-        ));
+        return Err(VerdictError::Unpaired(a.len(), b.len()));
     }
     if a.iter().chain(b).any(|x| !x.is_finite()) {
-        return Err("a score is not a finite number".into());
+        return Err(VerdictError::NotFinite);
     }
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     let n = d.len() as f64;
@@ -51,9 +68,7 @@ pub fn paired(a: &[f64], b: &[f64], level: f64) -> Result<Difference, String> {
         });
     }
     let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    let t = StudentsT::new(0.0, 1.0, n - 1.0)
-        .map_err(|e| e.to_string())?
-        .inverse_cdf(0.5 + level / 2.0);
+    let t = StudentsT::new(0.0, 1.0, n - 1.0)?.inverse_cdf(0.5 + level / 2.0);
     let half = t * (var / n).sqrt();
     Ok(Difference {
         mean,
@@ -155,16 +170,23 @@ pub fn verdict(
     targets: &[Target],
     objective: &Objective,
     population: &[Vec<f64>],
-) -> Result<Verdict, String> {
+) -> Result<Verdict, VerdictError> {
     let (cn, c) = chosen;
     let (bn, b) = baseline;
     let t = targets.len();
     if let Some(r) = c.iter().chain(b).find(|r| r.len() != t) {
-        return Err(format!("a model has {} scores for {t} targets", r.len()));
+        return Err(VerdictError::Scores {
+            scores: r.len(),
+            targets: t,
+        });
     }
     let oc = objective_of(objective, targets, population, c);
     let ob = objective_of(objective, targets, population, b);
-    let difference = paired(&oc, &ob, LEVEL).map_err(|e| format!("`{cn}` against `{bn}`: {e}"))?;
+    let difference = paired(&oc, &ob, LEVEL).map_err(|e| VerdictError::Objective {
+        chosen: cn.to_string(),
+        baseline: bn.to_string(),
+        source: Box::new(e),
+    })?;
     let out = outcome(&difference, Direction::LowerIsBetter);
     let mut per_target = Vec::new();
     for (k, target) in targets.iter().enumerate() {
@@ -246,8 +268,14 @@ mod tests {
         assert!((d.hi.unwrap() - (2.0 + half)).abs() < 1e-5, "{d:?}");
         let one = paired(&[1.0], &[0.5], 0.9).unwrap();
         assert_eq!((one.lo, one.hi, one.pairs), (None, None, 1));
-        assert!(paired(&[1.0, 2.0], &[1.0], 0.9).is_err());
-        assert!(paired(&[f64::NAN], &[1.0], 0.9).is_err());
+        assert_eq!(
+            paired(&[1.0, 2.0], &[1.0], 0.9).unwrap_err().to_string(),
+            "2 against 1 models: compare as many seeds on each side, in the same order"
+        );
+        assert_eq!(
+            paired(&[f64::NAN], &[1.0], 0.9).unwrap_err().to_string(),
+            "a score is not a finite number"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! flag; every spec is a serde struct that the engine fills from the manifest.
 
 pub mod checkpoint;
+pub mod corpus;
 pub mod data;
 pub mod device;
 pub mod dist;

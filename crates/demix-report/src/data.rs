@@ -5,7 +5,7 @@
 //! Evaluation and training files are read as plain JSON, not through the `ml`
 //! module's types, so the report builds and runs without libtorch.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -94,12 +94,85 @@ pub struct Mixture {
     pub weights: Vec<(String, f64)>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+/// Why one of the report's input files cannot be read: the file, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct ReadError {
+    pub path: PathBuf,
+    #[source]
+    pub problem: Problem,
 }
 
-fn parse_json(path: &Path, bytes: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))
+/// What is wrong with a report input file.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("cannot read: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("not valid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("not UTF-8 text")]
+    NotUtf8,
+    /// Line `line` (from 1) of a training metrics file.
+    #[error(
+        "line {line}: {why} (expected a train step's metrics.jsonl: one object per line with numeric `tokens` and `loss`)"
+    )]
+    TrainingLine {
+        line: usize,
+        #[source]
+        why: LineProblem,
+    },
+    #[error("`{what}` is not an object of name -> metrics")]
+    NotMetricsMap { what: String },
+    #[error("`{what}.{name}` is not an object of metrics")]
+    NotMetrics { what: String, name: String },
+    #[error(
+        "not an evaluation (expected an evaluate step's metrics.json with `datasets` and `tasks`)"
+    )]
+    NotEvaluation,
+    /// The file's `format` (as JSON) is not the one this demix reads.
+    #[error(
+        "metrics format {0}, but this demix reads `{format}` (docs/metrics.md)",
+        format = demix_spec::evaluate::METRICS_FORMAT
+    )]
+    MetricsFormat(String),
+    #[error("not a mixture (expected a JSON object of dataset name -> weight >= 0)")]
+    NotMixture,
+    #[error("not a tokenizer sample (expected a tokenizer step's tokenizer-sample.json): {0}")]
+    NotTokenizerSample(#[source] serde_json::Error),
+    #[error("not a search result (expected a search step's search.json): {0}")]
+    NotSearch(#[source] serde_json::Error),
+    #[error("inconsistent search result: {0}")]
+    InconsistentSearch(String),
+    #[error("not a validation (expected a validate step's validation.json): {0}")]
+    NotValidation(#[source] serde_json::Error),
+}
+
+/// What is wrong with one line of a training metrics file.
+#[derive(Debug, thiserror::Error)]
+pub enum LineProblem {
+    #[error("not valid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("no numeric `tokens` and `loss`")]
+    NoTokensAndLoss,
+}
+
+impl Problem {
+    fn at(self, path: &Path) -> ReadError {
+        ReadError {
+            path: path.to_path_buf(),
+            problem: self,
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ReadError> {
+    std::fs::read(path).map_err(|e| Problem::Io(e).at(path))
+}
+
+fn parse_json(path: &Path, bytes: &[u8]) -> Result<Value, ReadError> {
+    serde_json::from_slice(bytes).map_err(|e| Problem::Json(e).at(path))
 }
 
 fn number(v: &Value) -> Option<f64> {
@@ -108,30 +181,20 @@ fn number(v: &Value) -> Option<f64> {
 
 /// Reads a train step's `metrics.jsonl`: one JSON object per line with numeric
 /// `tokens` and `loss` (other fields optional).
-pub fn read_training(path: &Path) -> Result<Training, String> {
+pub fn read_training(path: &Path) -> Result<Training, ReadError> {
     let bytes = read(path)?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| Problem::NotUtf8.at(path))?;
     let mut points = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |why: String| {
-            format!(
-                "{}: line {}: {why} (expected a train step's metrics.jsonl: one object per line with numeric `tokens` and `loss`)",
-                path.display(),
-                i + 1
-            )
-        };
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let o = v
-            .as_object()
-            .ok_or_else(|| bad("not a JSON object".into()))?;
+        let bad = |why: LineProblem| Problem::TrainingLine { line: i + 1, why }.at(path);
+        let v: Value = serde_json::from_str(line).map_err(|e| bad(LineProblem::Json(e)))?;
+        let o = v.as_object().ok_or_else(|| bad(LineProblem::NotAnObject))?;
         let field = |k: &str| o.get(k).and_then(number);
         let (Some(tokens), Some(loss)) = (field("tokens"), field("loss")) else {
-            return Err(bad("no numeric `tokens` and `loss`".into()));
+            return Err(bad(LineProblem::NoTokensAndLoss));
         };
         points.push(TrainPoint {
             step: o.get("step").and_then(Value::as_u64),
@@ -148,23 +211,24 @@ pub fn read_training(path: &Path) -> Result<Training, String> {
     })
 }
 
-fn metrics_map(path: &Path, v: Option<&Value>, what: &str) -> Result<Vec<Metrics>, String> {
+fn metrics_map(path: &Path, v: Option<&Value>, what: &str) -> Result<Vec<Metrics>, ReadError> {
     let Some(v) = v else {
         return Ok(Vec::new());
     };
     let o = v.as_object().ok_or_else(|| {
-        format!(
-            "{}: `{what}` is not an object of name -> metrics",
-            path.display()
-        )
+        Problem::NotMetricsMap {
+            what: what.to_string(),
+        }
+        .at(path)
     })?;
     let mut out = Vec::new();
     for (name, m) in o {
         let m = m.as_object().ok_or_else(|| {
-            format!(
-                "{}: `{what}.{name}` is not an object of metrics",
-                path.display()
-            )
+            Problem::NotMetrics {
+                what: what.to_string(),
+                name: name.clone(),
+            }
+            .at(path)
         })?;
         out.push(Metrics {
             name: name.clone(),
@@ -181,26 +245,19 @@ fn metrics_map(path: &Path, v: Option<&Value>, what: &str) -> Result<Vec<Metrics
 /// Reads an evaluate step's `metrics.json`: `datasets` (name -> loss,
 /// perplexity, bits_per_byte, ...), `tasks` (name -> kind, accuracy, ...) and
 /// `mean_loss`.
-pub fn read_evaluation(path: &Path) -> Result<Evaluation, String> {
+pub fn read_evaluation(path: &Path) -> Result<Evaluation, ReadError> {
     let v = parse_json(path, &read(path)?)?;
     let o = v.as_object().filter(|o| {
         o.contains_key("datasets") || o.contains_key("tasks") || o.contains_key("mean_loss")
     });
     let Some(o) = o else {
-        return Err(format!(
-            "{}: not an evaluation (expected an evaluate step's metrics.json with `datasets` and `tasks`)",
-            path.display()
-        ));
+        return Err(Problem::NotEvaluation.at(path));
     };
     // Files without `format` predate it, and read as its first version.
     if let Some(f) = o.get("format")
         && f.as_str() != Some(demix_spec::evaluate::METRICS_FORMAT)
     {
-        return Err(format!(
-            "{}: metrics format {f}, but this demix reads `{}` (docs/metrics.md)",
-            path.display(),
-            demix_spec::evaluate::METRICS_FORMAT
-        ));
+        return Err(Problem::MetricsFormat(f.to_string()).at(path));
     }
     Ok(Evaluation {
         datasets: metrics_map(path, o.get("datasets"), "datasets")?,
@@ -210,14 +267,9 @@ pub fn read_evaluation(path: &Path) -> Result<Evaluation, String> {
 }
 
 /// Reads a mixture: a JSON object of dataset name -> weight (>= 0).
-pub fn read_mixture(path: &Path) -> Result<Mixture, String> {
+pub fn read_mixture(path: &Path) -> Result<Mixture, ReadError> {
     let v = parse_json(path, &read(path)?)?;
-    let bad = || {
-        format!(
-            "{}: not a mixture (expected a JSON object of dataset name -> weight >= 0)",
-            path.display()
-        )
-    };
+    let bad = || Problem::NotMixture.at(path);
     let o = v.as_object().filter(|o| !o.is_empty()).ok_or_else(bad)?;
     let mut weights = Vec::new();
     for (k, w) in o {
@@ -230,26 +282,17 @@ pub fn read_mixture(path: &Path) -> Result<Mixture, String> {
 /// Reads a tokenizer step's `tokenizer-sample.json`.
 pub fn read_tokenizer_sample(
     path: &Path,
-) -> Result<demix_spec::tokenizer::TokenizerSample, String> {
-    serde_json::from_slice(&read(path)?).map_err(|e| {
-        format!(
-            "{}: not a tokenizer sample (expected a tokenizer step's tokenizer-sample.json): {e}",
-            path.display()
-        )
-    })
+) -> Result<demix_spec::tokenizer::TokenizerSample, ReadError> {
+    serde_json::from_slice(&read(path)?).map_err(|e| Problem::NotTokenizerSample(e).at(path))
 }
 
 /// Reads a search step's `search.json` and checks its parts agree.
-pub fn read_search(path: &Path) -> Result<SearchResult, String> {
+pub fn read_search(path: &Path) -> Result<SearchResult, ReadError> {
     let bytes = read(path)?;
-    let r: SearchResult = serde_json::from_slice(&bytes).map_err(|e| {
-        format!(
-            "{}: not a search result (expected a search step's search.json): {e}",
-            path.display()
-        )
-    })?;
+    let r: SearchResult =
+        serde_json::from_slice(&bytes).map_err(|e| Problem::NotSearch(e).at(path))?;
     let (k, t) = (r.chosen.len(), r.targets.len());
-    let bad = |why: String| format!("{}: inconsistent search result: {why}", path.display());
+    let bad = |why: String| Problem::InconsistentSearch(why).at(path);
     if k == 0 || t == 0 {
         return Err(bad("no candidates or no targets".into()));
     }
@@ -424,13 +467,8 @@ pub fn lineage_summary(
 }
 
 /// Reads a validate step's `validation.json`.
-pub fn read_validation(path: &Path) -> Result<demix_mix::validate::Validation, String> {
-    serde_json::from_slice(&read(path)?).map_err(|e| {
-        format!(
-            "{}: not a validation (expected a validate step's validation.json): {e}",
-            path.display()
-        )
-    })
+pub fn read_validation(path: &Path) -> Result<demix_mix::validate::Validation, ReadError> {
+    serde_json::from_slice(&read(path)?).map_err(|e| Problem::NotValidation(e).at(path))
 }
 
 #[cfg(test)]
@@ -461,9 +499,11 @@ mod tests {
             "bad.jsonl",
             "{\"tokens\":1,\"loss\":2}\n{\"tokens\":\"x\"}\n",
         );
-        let e = read_training(&bad).unwrap_err();
+        let e = read_training(&bad).unwrap_err().to_string();
         assert!(e.contains("bad.jsonl: line 2"), "{e}");
-        let e = read_training(&file(&d, "nojson.jsonl", "{oops\n")).unwrap_err();
+        let e = read_training(&file(&d, "nojson.jsonl", "{oops\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nojson.jsonl: line 1: not valid JSON"), "{e}");
     }
 
@@ -500,7 +540,9 @@ mod tests {
                 r#"{"format": "demix-metrics-v2", "datasets": {}}"#,
             ),
         ] {
-            let err = read_evaluation(&file(&d, name, text)).unwrap_err();
+            let err = read_evaluation(&file(&d, name, text))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(name), "{err}");
         }
     }
@@ -511,7 +553,9 @@ mod tests {
         let m = read_mixture(&file(&d, "m.json", r#"{"sotu": 0.6, "math": 0.4}"#)).unwrap();
         assert_eq!(m.weights, vec![("sotu".into(), 0.6), ("math".into(), 0.4)]);
         for text in [r#"{"a": -1}"#, r#"{"a": "x"}"#, "{}", "[0.5]"] {
-            let e = read_mixture(&file(&d, "bad.json", text)).unwrap_err();
+            let e = read_mixture(&file(&d, "bad.json", text))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("bad.json: not a mixture"), "{e}");
         }
     }
@@ -519,7 +563,9 @@ mod tests {
     #[test]
     fn search_results_must_be_consistent() {
         let d = tempfile::tempdir().unwrap();
-        let e = read_search(&file(&d, "s.json", r#"{"chosen": [1.0]}"#)).unwrap_err();
+        let e = read_search(&file(&d, "s.json", r#"{"chosen": [1.0]}"#))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("s.json: not a search result"), "{e}");
     }
 }

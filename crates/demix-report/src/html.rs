@@ -935,7 +935,7 @@ fn lineage(l: &super::LineageSummary) -> Section {
         if l.ancestors.len() > ANCESTOR_ROWS {
             let _ = write!(
                 text,
-                " The first {ANCESTOR_ROWS} by start time are listed; `demix lineage` shows them all."
+                " The first {ANCESTOR_ROWS} by start time are listed; `demix lineage STEP --full` shows them all."
             );
         }
         note(&mut b, &text);

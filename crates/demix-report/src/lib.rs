@@ -18,7 +18,24 @@ use demix_mix::validate::Validation;
 use demix_mix::verdict::Verdict;
 use demix_spec::tokenizer::TokenizerSample;
 
-pub use data::{Evaluation, LineageSummary, Mixture, Training};
+pub use data::{Evaluation, LineageSummary, Mixture, ReadError, Training};
+
+/// Why the report's inputs do not fit together.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReportError {
+    /// `candidates` does not name one dataset per weight of the search's mixture.
+    #[error(
+        "`candidates` names {} datasets ({}) but the search result {file} mixes {mixes}",
+        candidates.len(),
+        candidates.join(", ")
+    )]
+    Candidates {
+        candidates: Vec<String>,
+        /// The search result's file.
+        file: String,
+        mixes: usize,
+    },
+}
 
 /// One labelled input: what the manifest called it and where it came from.
 #[derive(Clone, Debug)]
@@ -429,7 +446,7 @@ pub const ANCESTOR_ROWS: usize = 60;
 
 impl Report {
     /// Checks the inputs agree with each other and renders both files.
-    pub fn render(&self) -> Result<Rendered, String> {
+    pub fn render(&self) -> Result<Rendered, ReportError> {
         let mixtures = self.mixture_view()?;
         Ok(Rendered {
             html: html::render(self, mixtures.as_ref()),
@@ -448,17 +465,15 @@ impl Report {
 
     /// The mixtures to compare: the `mixtures` files, else the search's chosen
     /// mixture; and the uniform one. `None` when neither was given.
-    pub fn mixture_view(&self) -> Result<Option<MixtureView>, String> {
+    pub fn mixture_view(&self) -> Result<Option<MixtureView>, ReportError> {
         if let (Some(s), Some(c)) = (&self.search, &self.candidates)
             && c.len() != s.data.chosen.len()
         {
-            return Err(format!(
-                "`candidates` names {} datasets ({}) but the search result {} mixes {}",
-                c.len(),
-                c.join(", "),
-                s.file,
-                s.data.chosen.len()
-            ));
+            return Err(ReportError::Candidates {
+                candidates: c.clone(),
+                file: s.file.clone(),
+                mixes: s.data.chosen.len(),
+            });
         }
         // Mixture files name their weights (a search step's are sorted by name),
         // so the search's `c0, c1, ...` are used only for its own mixture.
@@ -857,7 +872,7 @@ mod tests {
         assert!(out.html.contains("<svg"));
         // Candidates that do not match the search are an error.
         r.candidates = Some(vec!["a".into()]);
-        let e = r.render().unwrap_err();
+        let e = r.render().unwrap_err().to_string();
         assert!(e.contains("search.json mixes 3"), "{e}");
     }
 

@@ -237,7 +237,7 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
         let total: f64 = l.ancestors.iter().map(|a| a.duration_s).sum();
         let _ = writeln!(
             out,
-            "## Lineage\n\n{} step results upstream, {} of step time in all; `demix lineage {}` traces each.\n",
+            "## Lineage\n\n{} step results upstream, {} of step time in all; `demix lineage {}` summarises its inputs (data and weights, settings, the chain of checkpoints) and `--full` traces each.\n",
             l.ancestors.len(),
             fmt_secs(total),
             r.step

@@ -5,6 +5,7 @@
 //! allocated.
 
 pub mod card;
+pub mod corpus;
 pub mod data;
 pub mod estimate;
 pub mod evaluate;

@@ -20,9 +20,14 @@ pub enum DeviceChoice {
     Cuda(u32),
 }
 
+/// A device that is not `auto`, `cpu`, `cuda` or `cuda:N`; holds it as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown device `{0}` (auto, cpu, cuda or cuda:N)")]
+pub struct UnknownDevice(pub String);
+
 impl FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownDevice;
+    fn from_str(s: &str) -> Result<Self, UnknownDevice> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" | "" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
@@ -31,7 +36,7 @@ impl FromStr for DeviceChoice {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceChoice::Cuda)
-                .ok_or_else(|| format!("unknown device `{s}` (auto, cpu, cuda or cuda:N)")),
+                .ok_or_else(|| UnknownDevice(s.to_string())),
         }
     }
 }

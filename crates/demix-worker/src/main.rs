@@ -43,6 +43,9 @@ enum Internal {
     },
     /// Run several specs of a batch folder one after another (a Slurm job).
     ExecBatch { dir: PathBuf, names: Vec<String> },
+    /// `demix data check`: read the corpora of a check spec (JSON), print
+    /// the report (JSON) on stdout.
+    DataCheck { spec: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,9 @@ fn main() -> ExitCode {
         Command::Internal {
             command: Internal::ExecBatch { dir, names },
         } => demix_core::exec::slurm::exec_batch(&registry, &dir, &names),
+        Command::Internal {
+            command: Internal::DataCheck { spec },
+        } => data_check(&spec),
         Command::Doctor => {
             // One line per item, the last one ended too.
             let report = demix_ml::device::doctor().to_string();
@@ -77,4 +83,25 @@ fn main() -> ExitCode {
     // A rank of a data-parallel step ends MPI with the others (or ends them).
     demix_ml::dist::finish(code == 0);
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn data_check(spec: &std::path::Path) -> i32 {
+    let run = || -> Result<String, String> {
+        let text = std::fs::read(spec).map_err(|e| format!("{}: {e}", spec.display()))?;
+        let spec: demix_ml::corpus::CheckSpec =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", spec.display()))?;
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let report = demix_ml::corpus::check(&spec, &cancel).map_err(|e| e.to_string())?;
+        serde_json::to_string(&report).map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(json) => {
+            println!("{json}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
 }

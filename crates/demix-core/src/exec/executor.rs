@@ -3,6 +3,7 @@
 //! ([`super::slurm::Slurm`]). The run loop holds one as a `Box<dyn Executor>`.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 
 use crate::graph::NodeId;
@@ -22,6 +23,31 @@ pub struct Done {
 /// A started step: it resolves when the step has ended.
 pub type StepFuture = Pin<Box<dyn Future<Output = Done> + Send + 'static>>;
 
+/// Why a step could not be started (it never ran).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A dataset input's files, as [`crate::graph::dataset_files`] resolves them.
+    #[error("{0}")]
+    Inputs(String),
+    #[error(transparent)]
+    MissingWorker(#[from] super::programs::MissingWorker),
+    #[error("cannot write step spec: {0}")]
+    WriteSpec(#[source] std::io::Error),
+    #[error("cannot start {}: {source}", program.display())]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "`{step}` asks for {nodes} nodes, and this machine is one: run it with `--executor slurm`"
+    )]
+    TooManyNodes { step: String, nodes: u32 },
+    #[error(
+        "`{step}` trains on {ranks} ranks, which Open MPI's `mpirun` starts, and there is none on PATH: install Open MPI (Debian: openmpi-bin) or set DEMIX_MPIRUN"
+    )]
+    NoMpirun { step: String, ranks: u32 },
+}
+
 /// Runs the steps the scheduler starts.
 pub trait Executor: Send {
     /// Steps that may be in flight at once.
@@ -37,7 +63,7 @@ pub trait Executor: Send {
         node: NodeId,
         spec: StepSpec,
         gpus: &[String],
-    ) -> Result<StepFuture, String>;
+    ) -> Result<StepFuture, StartError>;
 
     /// Asks these running steps to cancel; each still ends through its future.
     fn cancel(&mut self, nodes: &[NodeId]);

@@ -12,14 +12,14 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 
-use crate::exec::executor::{Done, Executor};
+use crate::exec::executor::{Done, Executor, StartError};
 use crate::exec::process::Processes;
 use crate::exec::scheduler::{End, Launch, Next, Policy, Pool, Scheduler, Verdict};
 use crate::exec::slurm::Slurm;
 use crate::graph::{Graph, NodeId, Source};
 use crate::key::Reason;
 use crate::live::{LiveRecord, LiveRun};
-use crate::plan::{Assessment, Planner};
+use crate::plan::{Assessment, Keyed, Planner};
 use crate::progress::Reporter;
 use crate::protocol::{Completion, InputSpec, StepSpec};
 use crate::store::{ResultRecord, Store, human_bytes, write_json_atomic};
@@ -330,11 +330,12 @@ impl Run<'_> {
     /// Whether `n`, its upstream nodes done, is fresh or has to run.
     fn assess(&mut self, n: NodeId) -> Verdict<Box<Assessment>> {
         let rec = match self.planner.key_record(n, &self.results) {
-            Ok(Ok(rec)) => rec,
-            Ok(Err(_)) => unreachable!("all upstream steps are done"),
+            Ok(Keyed::Record(rec)) => rec,
+            Ok(Keyed::Pending(_)) => unreachable!("all upstream steps are done"),
             Err(e) => {
-                self.rep.always(&format!("FAILED {}: {e}", self.id(n)));
-                self.report(n, None, Outcome::Failed { error: e }, vec![]);
+                let error = e.to_string();
+                self.rep.always(&format!("FAILED {}: {error}", self.id(n)));
+                self.report(n, None, Outcome::Failed { error }, vec![]);
                 return Verdict::Failed;
             }
         };
@@ -384,8 +385,9 @@ impl Run<'_> {
                 self.rep.start(&self.graph[n].id);
             }
             Err(e) => {
-                self.rep.always(&format!("FAILED {}: {e}", self.id(n)));
-                self.report(n, a.key, Outcome::Failed { error: e }, a.reasons);
+                let error = e.to_string();
+                self.rep.always(&format!("FAILED {}: {error}", self.id(n)));
+                self.report(n, a.key, Outcome::Failed { error }, a.reasons);
                 self.sched.start_failed(n);
             }
         }
@@ -562,7 +564,7 @@ pub fn build_spec(
     results: &HashMap<NodeId, ResultRecord>,
     n: NodeId,
     a: &Assessment,
-) -> Result<StepSpec, String> {
+) -> Result<StepSpec, StartError> {
     let node = &graph[n];
     let mut inputs = std::collections::BTreeMap::new();
     for inp in &node.inputs {
@@ -571,7 +573,8 @@ pub fn build_spec(
             Source::Path { abs, .. } => vec![abs.clone()],
             Source::Dataset { name, split } => {
                 dataset = crate::protocol::DatasetInput::of(&graph.manifest, name, *split);
-                crate::graph::dataset_files(&graph.manifest, name, *split)?
+                crate::graph::dataset_files(&graph.manifest, name, *split)
+                    .map_err(StartError::Inputs)?
             }
             Source::Steps { nodes, output } => nodes
                 .iter()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::exec::Programs;
-use crate::exec::executor::{Done, Executor, StepFuture};
+use crate::exec::executor::{Done, Executor, StartError, StepFuture};
 use crate::graph::NodeId;
 use crate::progress::Reporter;
 use crate::protocol::{Completion, StepSpec};
@@ -54,11 +54,11 @@ impl Executor for Processes {
         node: NodeId,
         spec: StepSpec,
         gpus: &[String],
-    ) -> Result<StepFuture, String> {
+    ) -> Result<StepFuture, StartError> {
         let base = crate::store::unique_name(&format!("{}-", &spec.key[..12]));
         let spec_path = self.specs.join(format!("{base}.json"));
         let done_path = self.specs.join(format!("{base}.done.json"));
-        write_json_atomic(&spec_path, &spec).map_err(|e| format!("cannot write step spec: {e}"))?;
+        write_json_atomic(&spec_path, &spec).map_err(StartError::WriteSpec)?;
         let program = self
             .programs
             .for_runner(spec.runner, &spec.kind)?
@@ -89,7 +89,7 @@ impl Executor for Processes {
         };
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+            .map_err(|source| StartError::Spawn { program, source })?;
         if let Some(pid) = child.id() {
             self.pids.insert(node, (pid, spec.ranks > 1));
         }
@@ -153,22 +153,20 @@ fn launcher(
     program: &Path,
     spec: &StepSpec,
     gpus: &[String],
-) -> Result<tokio::process::Command, String> {
+) -> Result<tokio::process::Command, StartError> {
     let nodes = spec.resources.nodes();
     if nodes > 1 {
-        return Err(format!(
-            "`{}` asks for {nodes} nodes, and this machine is one: run it with `--executor slurm`",
-            spec.step
-        ));
+        return Err(StartError::TooManyNodes {
+            step: spec.step.clone(),
+            nodes,
+        });
     }
     if spec.ranks <= 1 {
         return Ok(tokio::process::Command::new(program));
     }
-    let mpirun = mpirun().ok_or_else(|| {
-        format!(
-            "`{}` trains on {} ranks, which Open MPI's `mpirun` starts, and there is none on PATH: install Open MPI (Debian: openmpi-bin) or set DEMIX_MPIRUN",
-            spec.step, spec.ranks
-        )
+    let mpirun = mpirun().ok_or_else(|| StartError::NoMpirun {
+        step: spec.step.clone(),
+        ranks: spec.ranks,
     })?;
     let mut c = tokio::process::Command::new(mpirun);
     c.args([

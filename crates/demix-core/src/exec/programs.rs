@@ -32,19 +32,34 @@ impl Programs {
     }
 
     /// The program that runs a step of `kind` with this runner, or why there is none.
-    pub fn for_runner(&self, runner: Runner, kind: &str) -> Result<&Path, String> {
+    pub fn for_runner(&self, runner: Runner, kind: &str) -> Result<&Path, MissingWorker> {
         match runner {
             Runner::Engine => Ok(&self.engine),
             Runner::Worker if self.worker.is_file() => Ok(&self.worker),
-            Runner::Worker => Err(missing_worker(kind, &self.worker)),
+            Runner::Worker => Err(MissingWorker {
+                kind: kind.to_string(),
+                path: self.worker.clone(),
+            }),
         }
     }
 }
 
+/// A step that needs libtorch, and no worker at `path` to run it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "`{kind}` steps run in {WORKER}, the binary with libtorch, and there is none at {}: build it with `scripts/demix` (or `cargo build --release -p {WORKER}`), or point DEMIX_WORKER at it",
+    path.display()
+)]
+pub struct MissingWorker {
+    pub kind: String,
+    pub path: PathBuf,
+}
+
 /// Why a step that needs libtorch cannot run.
 pub fn missing_worker(kind: &str, path: &Path) -> String {
-    format!(
-        "`{kind}` steps run in {WORKER}, the binary with libtorch, and there is none at {}: build it with `scripts/demix` (or `cargo build --release -p {WORKER}`), or point DEMIX_WORKER at it",
-        path.display()
-    )
+    MissingWorker {
+        kind: kind.to_string(),
+        path: path.to_path_buf(),
+    }
+    .to_string()
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::exec::executor::{Done, Executor, StepFuture};
+use crate::exec::executor::{Done, Executor, StartError, StepFuture};
 use crate::graph::NodeId;
 use crate::manifest::{ExecutorDecl, parse_duration};
 use crate::progress::Reporter;
@@ -108,8 +108,36 @@ impl SlurmConfig {
     }
 }
 
+/// A Slurm command demix uses that is not on `PATH`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--executor slurm needs `{0}` on PATH, and it is not there; run demix on a Slurm login node (or load the Slurm module)"
+)]
+pub struct MissingCommand(pub &'static str);
+
+/// Why a Slurm command (sbatch, squeue, scancel, scontrol) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    /// It failed and said nothing on standard error.
+    #[error("{program} exited with {status}")]
+    Exit {
+        program: String,
+        status: std::process::ExitStatus,
+    },
+    /// It failed: its standard error, trimmed.
+    #[error("{0}")]
+    Stderr(String),
+    #[error("sbatch printed no job id")]
+    NoJobId,
+}
+
 /// Checks that the Slurm commands demix uses are on `PATH`.
-pub fn check_commands() -> Result<(), String> {
+pub fn check_commands() -> Result<(), MissingCommand> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for cmd in ["sbatch", "squeue", "scancel", "scontrol"] {
         let found = std::env::split_paths(&path).any(|d| {
@@ -120,9 +148,7 @@ pub fn check_commands() -> Result<(), String> {
                 })
         });
         if !found {
-            return Err(format!(
-                "--executor slurm needs `{cmd}` on PATH, and it is not there; run demix on a Slurm login node (or load the Slurm module)"
-            ));
+            return Err(MissingCommand(cmd));
         }
     }
     Ok(())
@@ -219,7 +245,7 @@ impl Executor for Slurm {
         node: NodeId,
         spec: StepSpec,
         _gpus: &[String],
-    ) -> Result<StepFuture, String> {
+    ) -> Result<StepFuture, StartError> {
         Ok(Box::pin(self.submit(node, spec)))
     }
 
@@ -446,21 +472,27 @@ fn absolutize(spec: &mut StepSpec) {
     }
 }
 
-async fn command(program: &str, args: &[String]) -> Result<String, String> {
+async fn command(program: &str, args: &[String]) -> Result<String, CommandError> {
     let out = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|source| CommandError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
         Err(if err.is_empty() {
-            format!("{program} exited with {}", out.status)
+            CommandError::Exit {
+                program: program.to_string(),
+                status: out.status,
+            }
         } else {
-            err
+            CommandError::Stderr(err)
         })
     }
 }
@@ -510,7 +542,7 @@ impl Actor {
             Err(e) => {
                 let _ = reply.send(Done {
                     completion: None,
-                    stderr: e,
+                    stderr: e.to_string(),
                     status: None,
                 });
                 return;
@@ -732,7 +764,7 @@ impl Actor {
             .map(|out| out.trim().split(';').next().unwrap_or("").to_string())
             .and_then(|j| {
                 if j.is_empty() {
-                    Err("sbatch printed no job id".into())
+                    Err(CommandError::NoJobId)
                 } else {
                     Ok(j)
                 }
@@ -837,7 +869,7 @@ impl Actor {
         let rows = match command("squeue", &args).await {
             Ok(out) => parse_squeue(&out),
             // A single unknown id is an error; several are an empty answer.
-            Err(e) if e.contains("Invalid job id") => Vec::new(),
+            Err(CommandError::Stderr(e)) if e.contains("Invalid job id") => Vec::new(),
             Err(e) => {
                 let since = *self.squeue_failing.get_or_insert_with(Instant::now);
                 if since.elapsed() > LOST_CONTACT {

@@ -153,8 +153,17 @@ impl Resources {
     }
 }
 
+/// Why a string is not a size in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("`{0}` is not a size (expected e.g. 512MiB, 4GiB)")]
+    NotASize(String),
+    #[error("unknown size unit `{unit}` in `{size}`")]
+    UnknownUnit { unit: String, size: String },
+}
+
 /// Parses `4GiB`, `512M`, `1.5G`, `1000` into bytes.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, SizeError> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -162,7 +171,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a size (expected e.g. 512MiB, 4GiB)"))?;
+        .map_err(|_| SizeError::NotASize(s.to_string()))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -173,7 +182,12 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "t" | "tb" => 1e12,
         "tib" => 1024f64.powi(4),
-        other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+        other => {
+            return Err(SizeError::UnknownUnit {
+                unit: other.to_string(),
+                size: s.to_string(),
+            });
+        }
     };
     Ok((n * mult) as u64)
 }
@@ -749,7 +763,7 @@ fn param_glob(
     let pieces = match template::parse(g.as_str()) {
         Ok(p) => p,
         Err(e) => {
-            d.error(g.span(), e, "glob");
+            d.error(g.span(), e.to_string(), "glob");
             return None;
         }
     };
@@ -962,7 +976,7 @@ fn check_resources(d: &mut Diags, node: &Node, r: &Resources) {
         match parse_bytes(m) {
             Ok(0) => d.error(&at("memory"), "`memory` must be more than 0", "memory"),
             Ok(_) => {}
-            Err(e) => d.error(&at("memory"), e, "memory"),
+            Err(e) => d.error(&at("memory"), e.to_string(), "memory"),
         }
     }
     if let Some(t) = &r.time
@@ -1018,7 +1032,7 @@ fn fanout_values(
             let pieces = match template::parse(s.as_str()) {
                 Ok(p) => p,
                 Err(e) => {
-                    d.error(&span, e, what);
+                    d.error(&span, e.to_string(), what);
                     return None;
                 }
             };
@@ -1060,14 +1074,14 @@ fn fanout_values(
             // `{range: N}`: the items 0 .. N-1, e.g. one per reference model.
             let n = match (m.len(), m.get_node("range")) {
                 (1, Some(Node::Scalar(s))) => range_len(s.as_str(), params),
-                _ => Err(format!(
-                    "`{what}` takes a list, `${{params.NAME}}` naming a list, or `{{range: N}}`"
-                )),
+                _ => Err(FanoutError::NotAList {
+                    what: what.to_string(),
+                }),
             };
             match n {
                 Ok(n) => (0..n).map(|i| Value::from(i as u64)).collect(),
                 Err(e) => {
-                    d.error(&span, e, what);
+                    d.error(&span, e.to_string(), what);
                     return None;
                 }
             }
@@ -1075,18 +1089,43 @@ fn fanout_values(
     })
 }
 
+/// Why a `foreach` or `matrix` value does not expand to items.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+enum FanoutError {
+    #[error("`{what}` items must be plain names or numbers")]
+    NotAName { what: String },
+    #[error("`{what}` item `{item}` is not a plain name (letters, digits, `_-.:+@`)")]
+    BadItem { what: String, item: String },
+    #[error("`{what}` takes a list, `${{params.NAME}}` naming a list, or `{{range: N}}`")]
+    NotAList { what: String },
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+    #[error("unknown parameter `params.{}`", .0.join("."))]
+    UnknownParam(Vec<String>),
+    #[error("`range: {0}` is more than the {MAX_FANOUT} nodes a step may expand to")]
+    RangeTooLarge(u64),
+    /// Holds the value as written.
+    #[error("`range` takes a positive integer or `${{params.NAME}}` naming one, not `{0}`")]
+    BadRange(String),
+}
+
 /// A fan-out value as an item name, or why it cannot be one.
-fn item_name(v: &Value, what: &str) -> Result<String, String> {
+fn item_name(v: &Value, what: &str) -> Result<String, FanoutError> {
     let s = match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        _ => return Err(format!("`{what}` items must be plain names or numbers")),
+        _ => {
+            return Err(FanoutError::NotAName {
+                what: what.to_string(),
+            });
+        }
     };
     if !template::valid_item(&s) {
-        return Err(format!(
-            "`{what}` item `{s}` is not a plain name (letters, digits, `_-.:+@`)"
-        ));
+        return Err(FanoutError::BadItem {
+            what: what.to_string(),
+            item: s,
+        });
     }
     Ok(s)
 }
@@ -1106,7 +1145,7 @@ fn parse_foreach(
         let s = match item_name(&v, "foreach") {
             Ok(s) => s,
             Err(e) => {
-                d.error(&span, e, "foreach");
+                d.error(&span, e.to_string(), "foreach");
                 return None;
             }
         };
@@ -1191,7 +1230,7 @@ fn parse_matrix(
                 }
                 Ok(n) => named.push((n, x)),
                 Err(e) => {
-                    d.error(v.span(), e, "matrix");
+                    d.error(v.span(), e.to_string(), "matrix");
                     return None;
                 }
             }
@@ -1235,14 +1274,11 @@ fn parse_matrix(
 }
 
 /// The N of `foreach: {range: N}`: a positive integer or `${params.NAME}` naming one.
-fn range_len(s: &str, params: &serde_json::Map<String, Value>) -> Result<usize, String> {
-    let bad = |what: String| {
-        format!("`range` takes a positive integer or `${{params.NAME}}` naming one, not {what}")
-    };
-    let v = match template::parse(s).map_err(|e| e.to_string())?.as_slice() {
+fn range_len(s: &str, params: &serde_json::Map<String, Value>) -> Result<usize, FanoutError> {
+    let v = match template::parse(s)?.as_slice() {
         [template::Piece::Ref(template::Ref::Param(path))] => match lookup_param(params, path) {
             Some(v) => v.clone(),
-            None => return Err(format!("unknown parameter `params.{}`", path.join("."))),
+            None => return Err(FanoutError::UnknownParam(path.clone())),
         },
         _ => Value::String(s.to_string()),
     };
@@ -1253,10 +1289,10 @@ fn range_len(s: &str, params: &serde_json::Map<String, Value>) -> Result<usize, 
     };
     match n {
         Some(n) if n > 0 && n <= MAX_FANOUT as u64 => Ok(n as usize),
-        Some(n) if n > 0 => Err(format!(
-            "`range: {n}` is more than the {MAX_FANOUT} nodes a step may expand to"
+        Some(n) if n > 0 => Err(FanoutError::RangeTooLarge(n)),
+        _ => Err(FanoutError::BadRange(
+            v.to_string().trim_matches('"').to_string(),
         )),
-        _ => Err(bad(format!("`{}`", v.to_string().trim_matches('"')))),
     }
 }
 

@@ -83,8 +83,19 @@ impl fmt::Display for Ref {
     }
 }
 
+/// Why a string is not a valid template.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// A `${` without its `}`; holds the whole string.
+    #[error("unclosed `${{` in {0:?}")]
+    Unclosed(String),
+    /// A `${...}` whose body is not a reference.
+    #[error("bad reference `${{{expr}}}`: {why}")]
+    BadRef { expr: String, why: String },
+}
+
 /// Splits a string into literal text and references. `$${` is a literal `${`.
-pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
+pub fn parse(s: &str) -> Result<Vec<Piece>, TemplateError> {
     let mut pieces = Vec::new();
     let mut lit = String::new();
     let mut rest = s;
@@ -97,7 +108,7 @@ pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body
                 .find('}')
-                .ok_or_else(|| format!("unclosed `${{` in {s:?}"))?;
+                .ok_or_else(|| TemplateError::Unclosed(s.to_string()))?;
             if !lit.is_empty() {
                 pieces.push(Piece::Lit(std::mem::take(&mut lit)));
             }
@@ -126,8 +137,11 @@ fn is_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn parse_ref(expr: &str) -> Result<Ref, String> {
-    let bad = |why: &str| format!("bad reference `${{{expr}}}`: {why}");
+fn parse_ref(expr: &str) -> Result<Ref, TemplateError> {
+    let bad = |why: &str| TemplateError::BadRef {
+        expr: expr.to_string(),
+        why: why.to_string(),
+    };
     if expr == "item" {
         return Ok(Ref::Item);
     }
@@ -245,5 +259,17 @@ mod tests {
         );
         assert!(parse("${nope}").is_err());
         assert!(parse("${params.x").is_err());
+    }
+
+    #[test]
+    fn errors_read_as_before() {
+        assert_eq!(
+            parse("a ${params.x").unwrap_err().to_string(),
+            "unclosed `${` in \"a ${params.x\""
+        );
+        assert_eq!(
+            parse("${steps.a[b.out}").unwrap_err().to_string(),
+            "bad reference `${steps.a[b.out}`: unclosed `[`"
+        );
     }
 }
