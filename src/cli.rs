@@ -239,8 +239,8 @@ pub struct ReportArgs {
 
 #[derive(Args, Debug)]
 pub struct LogArgs {
-    /// Show the last N runs.
-    #[arg(short = 'n', long, default_value = "20")]
+    /// Show the last N runs (`-l`, not `-n`: `-n` is a dry run elsewhere).
+    #[arg(short = 'l', long, default_value = "20")]
     pub limit: usize,
     #[arg(long)]
     pub json: bool,

@@ -52,14 +52,11 @@ pub enum CliError {
     #[diagnostic(transparent)]
     Manifest(#[from] LoadError),
     #[error("{0}")]
-    #[diagnostic(code(demix_core::usage))]
     Usage(String),
     #[error("{0}")]
-    #[diagnostic(code(demix_core::failed))]
     Failed(String),
     /// Writing to stdout failed; a broken pipe (the reader left) is a quiet exit.
     #[error("cannot write to stdout: {0}")]
-    #[diagnostic(code(demix_core::output))]
     Output(std::io::Error),
 }
 
@@ -193,7 +190,7 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         }
         Command::Dag(a) => {
             let g = load_graph(a.manifest.manifest)?;
-            out!("{}", dag(&g, a.format));
+            out!("{}", dag(&g, a.format, &store(&cache)));
             Ok(ExitCode::SUCCESS)
         }
         Command::Lineage(a) => lineage(a, &cache),
@@ -704,17 +701,64 @@ fn status(
     })
 }
 
-fn dag(g: &Graph, format: DagFormat) -> String {
-    let mut out = String::new();
+/// The step graph with each step's datasets, outputs and state (fresh, stale,
+/// new, as `status` says); datasets are nodes of their own in dot and Mermaid.
+fn dag(g: &Graph, format: DagFormat, s: &Store) -> String {
+    let no_progress = |_: &Path, _: u64, _: u64| {};
+    let states: BTreeMap<NodeId, String> = Planner::new(g, s, &no_progress)
+        .assess_all(&[], None)
+        .into_iter()
+        .map(|(n, a)| {
+            (
+                n,
+                a.map_or_else(|_| "error".into(), |a| a.state.to_string()),
+            )
+        })
+        .collect();
+    let datasets = |i: NodeId| -> Vec<String> {
+        let mut v: Vec<String> = g[i]
+            .inputs
+            .iter()
+            .filter_map(|inp| match &inp.source {
+                demix_core::graph::Source::Dataset { name, split } => Some(format!(
+                    "{name} ({})",
+                    match split {
+                        demix_core::manifest::template::Split::Train => "train",
+                        demix_core::manifest::template::Split::Validation => "validation",
+                    }
+                )),
+                _ => None,
+            })
+            .collect();
+        v.dedup();
+        v
+    };
+    let outputs =
+        |i: NodeId| -> Vec<&str> { g[i].plan.outputs.keys().map(String::as_str).collect() };
     let label = |i: NodeId| format!("{} ({})", g[i].id, g[i].kind.name());
+    let mut out = String::new();
     match format {
         DagFormat::Text => {
             for &i in g.order() {
                 let deps: Vec<&str> = g.deps(i).into_iter().map(|d| g[d].id.as_str()).collect();
-                if deps.is_empty() {
-                    out.push_str(&format!("{}\n", label(i)));
+                let arrow = if deps.is_empty() {
+                    String::new()
                 } else {
-                    out.push_str(&format!("{} <- {}\n", label(i), deps.join(", ")));
+                    format!(" <- {}", deps.join(", "))
+                };
+                out.push_str(&format!(
+                    "{:<6} {}{arrow}
+",
+                    states[&i],
+                    label(i)
+                ));
+                let ds = datasets(i);
+                if !ds.is_empty() {
+                    out.push_str(&format!("         datasets: {}\n", ds.join(", ")));
+                }
+                let os = outputs(i);
+                if !os.is_empty() {
+                    out.push_str(&format!("         outputs: {}\n", os.join(", ")));
                 }
             }
         }
@@ -723,11 +767,30 @@ fn dag(g: &Graph, format: DagFormat) -> String {
                 "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
                 g.manifest.name
             ));
+            let colour = |st: &str| match st {
+                "fresh" => "palegreen",
+                "stale" => "orange",
+                "error" => "red",
+                _ => "lightgrey",
+            };
+            let mut seen = BTreeSet::new();
             for &i in g.order() {
+                let st = &states[&i];
+                let text = format!("{}\\n{st}; out: {}", label(i), outputs(i).join(", "));
                 out.push_str(&format!(
-                    "  n{i} [label=\"{}\"];\n",
-                    label(i).replace('"', "\\\"")
+                    "  n{i} [label=\"{}\", style=filled, fillcolor={}];\n",
+                    text.replace('"', "\\\""),
+                    colour(st)
                 ));
+                for d in datasets(i) {
+                    let name = d.split(' ').next().unwrap_or_default().to_string();
+                    if seen.insert(name.clone()) {
+                        out.push_str(&format!(
+                            "  \"data:{name}\" [label=\"{name}\", shape=cylinder];\n"
+                        ));
+                    }
+                    out.push_str(&format!("  \"data:{name}\" -> n{i};\n"));
+                }
             }
             for &i in g.order() {
                 for d in g.deps(i) {
@@ -738,17 +801,28 @@ fn dag(g: &Graph, format: DagFormat) -> String {
         }
         DagFormat::Mermaid => {
             out.push_str("flowchart LR\n");
+            let mut seen = BTreeSet::new();
             for &i in g.order() {
                 out.push_str(&format!(
-                    "  n{i}[\"{}\"]\n",
-                    label(i).replace('"', "#quot;")
+                    "  n{i}[\"{}<br/>{}\"]:::{}\n",
+                    label(i).replace('"', "#quot;"),
+                    states[&i],
+                    states[&i]
                 ));
+                for d in datasets(i) {
+                    let name = d.split(' ').next().unwrap_or_default().to_string();
+                    if seen.insert(name.clone()) {
+                        out.push_str(&format!("  data_{name}[(\"{name}\")]\n"));
+                    }
+                    out.push_str(&format!("  data_{name} --> n{i}\n"));
+                }
             }
             for &i in g.order() {
                 for d in g.deps(i) {
                     out.push_str(&format!("  n{d} --> n{i}\n"));
                 }
             }
+            out.push_str("  classDef fresh fill:#cfc\n  classDef stale fill:#fc9\n  classDef new fill:#eee\n  classDef error fill:#f99\n");
         }
     }
     out

@@ -76,7 +76,6 @@ impl SourceFile {
 /// One problem in a manifest, with the node it is about.
 #[derive(Debug, Error, Diagnostic)]
 #[error("{message}")]
-#[diagnostic(code(demix::manifest))]
 pub struct ManifestDiag {
     pub message: String,
     #[source_code]
@@ -116,10 +115,9 @@ impl ManifestError {
     }
 }
 
+// No `code`: miette prints it as a header line above the message, which
+// reads as noise to a person and no program reads it.
 impl Diagnostic for ManifestError {
-    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
-        Some(Box::new("demix::manifest"))
-    }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         self.single().map(|p| &p.src as &dyn miette::SourceCode)
     }

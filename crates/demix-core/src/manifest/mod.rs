@@ -32,16 +32,13 @@ pub const DEFAULT_MANIFESTS: &[&str] = &[
 pub enum LoadError {
     // The I/O error is in the message, not a `source`: miette would print it twice.
     #[error("cannot read manifest {path}: {error}")]
-    #[diagnostic(code(demix::manifest::io))]
     Io {
         path: PathBuf,
         error: std::io::Error,
     },
     #[error("{0} is not a regular file; a manifest is a YAML file")]
-    #[diagnostic(code(demix::manifest::io))]
     NotAFile(PathBuf),
     #[error("{0} is larger than {max} MiB; a manifest is a small YAML file", max = MAX_MANIFEST_BYTES >> 20)]
-    #[diagnostic(code(demix::manifest::io))]
     TooLarge(PathBuf),
     #[error(transparent)]
     #[diagnostic(transparent)]
