@@ -473,4 +473,19 @@ steps:
         md.contains("Training cost: 2048 tokens (2 components 2048, proxies 0)."),
         "{md}"
     );
+    // The lineage section summarises the steps that made its inputs, as
+    // `demix lineage` does: the component's chain and mixture weights.
+    assert!(html.contains("Where the inputs came from"), "{html}");
+    let comp = md
+        .split("```")
+        .find(|b| b.contains("comp[math] (train v"))
+        .unwrap_or_else(|| panic!("no summary of comp[math]: {md}"));
+    assert!(
+        comp.contains("init     tok (tokenizer) -> base (train)"),
+        "{comp}"
+    );
+    assert!(
+        comp.contains("math  weight 0.5") && comp.contains("sotu  weight 0.5"),
+        "{comp}"
+    );
 }

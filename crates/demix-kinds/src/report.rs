@@ -162,7 +162,8 @@ impl Kind for ReportKind {
     const NAME: &'static str = "report";
     // 2: verdicts, the tokenizer's sample, noise tables, summary.json.
     // 3: opens with the verdict and mixture; components, intervals, token costs.
-    const VERSION: u32 = 3;
+    // 4: the lineage section summarises the steps that made the inputs.
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "renders a self-contained HTML report and a Markdown summary of a run: loss curves, mixtures, search, evaluations, lineage";
     type Fields = ReportFields;
     type Params = ReportSpec;

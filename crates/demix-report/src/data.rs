@@ -370,6 +370,9 @@ pub struct LineageSummary {
     pub inputs: Vec<InputLine>,
     /// Every upstream result found, oldest first, each once.
     pub ancestors: Vec<Ancestor>,
+    /// The summary (`demix lineage STEP`) of each step that made an input,
+    /// each once, in input order.
+    pub producers: Vec<demix_core::lineage::Summary>,
 }
 
 fn when(t: &jiff::Timestamp) -> String {
@@ -450,7 +453,18 @@ pub fn lineage_summary(
         found.push(r);
     }
     found.sort_by(|a, b| a.started.cmp(&b.started).then(a.step.cmp(&b.step)));
+    let mut shown = std::collections::BTreeSet::new();
+    let producers = inputs
+        .iter()
+        .flat_map(|i| &i.producers)
+        .filter_map(|p| match p {
+            Producer::Step { key, .. } if shown.insert(key.clone()) => store.read_result(key),
+            _ => None,
+        })
+        .map(|r| demix_core::lineage::summary(store, &r, None))
+        .collect();
     LineageSummary {
+        producers,
         inputs,
         ancestors: found
             .into_iter()

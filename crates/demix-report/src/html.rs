@@ -940,11 +940,57 @@ fn lineage(l: &super::LineageSummary) -> Section {
         }
         note(&mut b, &text);
     }
+    if !l.producers.is_empty() {
+        b.push_str("<h3>Where the inputs came from</h3>");
+        for p in &l.producers {
+            let _ = write!(
+                b,
+                "<div class=\"scroll\"><pre>{}</pre></div>",
+                escape(&producer_text(p))
+            );
+        }
+    }
     Section {
         id: "lineage",
         title: "Lineage",
         body: b,
     }
+}
+
+/// What `demix lineage STEP` says of a producer, less what only makes sense
+/// on the machine that ran it (store paths, the resolved argv).
+pub(crate) fn producer_text(s: &demix_core::lineage::Summary) -> String {
+    use demix_core::lineage::{chain_text, data_lines, device_text, params_lines};
+    let mut out = format!("{} ({} v{})\n", s.step, s.kind, s.kind_version);
+    let mut line = |label: &str, text: &str| {
+        let _ = writeln!(out, "  {label:<8} {text}");
+    };
+    line(
+        "ran",
+        &format!(
+            "{} on {}, took {}, demix {}",
+            s.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            s.host,
+            demix_core::outcome::human_duration(s.duration_s),
+            s.demix
+        ),
+    );
+    if let Some(d) = &s.device {
+        line("device", &device_text(d));
+    }
+    if !s.chain.is_empty() {
+        line("init", &chain_text(s));
+    }
+    for (i, t) in data_lines(&s.data).iter().enumerate() {
+        line(if i == 0 { "data" } else { "" }, t);
+    }
+    if let Some(m) = &s.mixture {
+        line("mixture", m);
+    }
+    for (i, t) in params_lines(&s.params, 88).iter().enumerate() {
+        line(if i == 0 { "params" } else { "" }, t);
+    }
+    out
 }
 
 fn validation(v: &demix_mix::validate::Validation) -> Section {

@@ -242,6 +242,9 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             fmt_secs(total),
             r.step
         );
+        for p in &l.producers {
+            let _ = writeln!(out, "```\n{}```\n", super::html::producer_text(p));
+        }
     }
     out
 }
