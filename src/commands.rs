@@ -158,36 +158,8 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => run(a, &cache, v),
         Command::Status(a) => status(a.manifest.manifest, a.json.json, &cache),
-        Command::Watch(a) => {
-            let opts = demix_core::watch::WatchOptions {
-                manifest: manifest_path(a.manifest.manifest)?,
-                cache: cache.clone().unwrap_or_else(|| PathBuf::from("cache")),
-                debounce: std::time::Duration::from_millis(a.debounce),
-                jobs: a.jobs,
-                keep_going: a.keep_going,
-                gpus: a.gpus,
-                verbosity: v,
-                registry: registry(),
-            };
-            let code = demix_core::watch::watch(opts).map_err(|e| match e {
-                demix_core::watch::WatchError::Manifest(e) => CliError::Manifest(e),
-                demix_core::watch::WatchError::Failed(e) => CliError::Failed(e),
-            })?;
-            Ok(ExitCode::from(code))
-        }
-        Command::Check(a) => {
-            let g = load_graph(a.manifest)?;
-            if v != Verbosity::Quiet {
-                outln!(
-                    "{}: ok ({} steps, {} nodes, {} datasets)",
-                    g.manifest.path.display(),
-                    g.manifest.steps.len(),
-                    g.len(),
-                    g.manifest.datasets.len()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Watch(a) => watch(a, &cache, v),
+        Command::Check(a) => check(a.manifest, v),
         Command::Dag(a) => {
             let g = load_graph(a.manifest.manifest)?;
             out!("{}", dag(&g, a.format, &store(&cache)));
@@ -196,77 +168,8 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
         Command::Lineage(a) => lineage(a, &cache),
         Command::Report(a) => report(a, &cache),
         Command::Log(a) => log(a, &cache),
-        Command::Gc(a) => {
-            let s = store(&cache);
-            let r = demix_core::maintenance::gc(&s, a.keep_runs, a.dry_run)
-                .map_err(|e| CliError::Failed(e.to_string()))?;
-            if a.json {
-                outln!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
-            } else {
-                if v == Verbosity::Verbose {
-                    for line in &r.removed {
-                        outln!("{line}");
-                    }
-                }
-                outln!(
-                    "{} {} results, {} trees, {} objects, {} work dirs, {} logs, {} resume states: {} (kept {} results)",
-                    if a.dry_run { "would remove" } else { "removed" },
-                    r.results,
-                    r.trees,
-                    r.objects,
-                    r.tmp,
-                    r.logs,
-                    r.resume,
-                    human_bytes(r.freed_bytes),
-                    r.kept_results
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify(a) => {
-            let s = store(&cache);
-            let r = demix_core::maintenance::verify(&s, &|_, _| {})
-                .map_err(|e| CliError::Failed(e.to_string()))?;
-            if a.json {
-                outln!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
-            } else {
-                for c in &r.corrupt {
-                    outln!(
-                        "corrupt {} (content hashes to {}); removed; rerun to rebuild: {}",
-                        c.path.display(),
-                        &c.actual[..12],
-                        if c.steps.is_empty() {
-                            "no step".into()
-                        } else {
-                            c.steps.join(", ")
-                        }
-                    );
-                }
-                for k in &r.invalidated {
-                    outln!("invalidated {k}: built on a corrupt object; it runs again");
-                }
-                for c in &r.corrupt_records {
-                    outln!(
-                        "corrupt record {} ({}); removed",
-                        c.path.display(),
-                        c.reason
-                    );
-                }
-                outln!(
-                    "verified {} objects ({}): {} corrupt, {} results invalidated, {} corrupt records",
-                    r.objects,
-                    human_bytes(r.bytes),
-                    r.corrupt.len(),
-                    r.invalidated.len(),
-                    r.corrupt_records.len()
-                );
-            }
-            Ok(if r.corrupt.is_empty() && r.corrupt_records.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        Command::Gc(a) => gc(a, &cache, v),
+        Command::Verify(a) => verify(a, &cache),
         Command::Data {
             command: crate::cli::DataCommand::Check(a),
         } => data_check::run(a, &cache),
@@ -306,6 +209,119 @@ pub fn dispatch(cli: Cli) -> miette::Result<ExitCode> {
     }
 }
 
+/// `demix watch`: the watcher's options from the flags, its errors as the CLI's.
+fn watch(
+    a: crate::cli::WatchArgs,
+    cache: &Option<PathBuf>,
+    v: Verbosity,
+) -> miette::Result<ExitCode> {
+    let opts = demix_core::watch::WatchOptions {
+        manifest: manifest_path(a.manifest.manifest)?,
+        cache: cache.clone().unwrap_or_else(|| PathBuf::from("cache")),
+        debounce: std::time::Duration::from_millis(a.debounce),
+        jobs: a.jobs,
+        keep_going: a.keep_going,
+        gpus: a.gpus,
+        verbosity: v,
+        registry: registry(),
+    };
+    let code = demix_core::watch::watch(opts).map_err(|e| match e {
+        demix_core::watch::WatchError::Manifest(e) => CliError::Manifest(e),
+        demix_core::watch::WatchError::Failed(e) => CliError::Failed(e),
+    })?;
+    Ok(ExitCode::from(code))
+}
+
+/// `demix check`: load the manifest (which validates it) and say what it holds.
+fn check(manifest: Option<PathBuf>, v: Verbosity) -> miette::Result<ExitCode> {
+    let g = load_graph(manifest)?;
+    if v != Verbosity::Quiet {
+        outln!(
+            "{}: ok ({} steps, {} nodes, {} datasets)",
+            g.manifest.path.display(),
+            g.manifest.steps.len(),
+            g.len(),
+            g.manifest.datasets.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `demix gc`: remove what no kept run needs, and say how much that freed.
+fn gc(a: crate::cli::GcArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette::Result<ExitCode> {
+    let s = store(cache);
+    let r = demix_core::maintenance::gc(&s, a.keep_runs, a.dry_run)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
+    } else {
+        if v == Verbosity::Verbose {
+            for line in &r.removed {
+                outln!("{line}");
+            }
+        }
+        outln!(
+            "{} {} results, {} trees, {} objects, {} work dirs, {} logs, {} resume states: {} (kept {} results)",
+            if a.dry_run { "would remove" } else { "removed" },
+            r.results,
+            r.trees,
+            r.objects,
+            r.tmp,
+            r.logs,
+            r.resume,
+            human_bytes(r.freed_bytes),
+            r.kept_results
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `demix verify`: rehash the store's objects; exit 1 when anything was corrupt.
+fn verify(a: crate::cli::JsonArg, cache: &Option<PathBuf>) -> miette::Result<ExitCode> {
+    let s = store(cache);
+    let r = demix_core::maintenance::verify(&s, &|_, _| {})
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
+    } else {
+        for c in &r.corrupt {
+            outln!(
+                "corrupt {} (content hashes to {}); removed; rerun to rebuild: {}",
+                c.path.display(),
+                &c.actual[..12],
+                if c.steps.is_empty() {
+                    "no step".into()
+                } else {
+                    c.steps.join(", ")
+                }
+            );
+        }
+        for k in &r.invalidated {
+            outln!("invalidated {k}: built on a corrupt object; it runs again");
+        }
+        for c in &r.corrupt_records {
+            outln!(
+                "corrupt record {} ({}); removed",
+                c.path.display(),
+                c.reason
+            );
+        }
+        outln!(
+            "verified {} objects ({}): {} corrupt, {} results invalidated, {} corrupt records",
+            r.objects,
+            human_bytes(r.bytes),
+            r.corrupt.len(),
+            r.invalidated.len(),
+            r.corrupt_records.len()
+        );
+    }
+    Ok(if r.corrupt.is_empty() && r.corrupt_records.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// The worker's own report (libtorch, CUDA, devices), or why there is no worker.
 fn doctor() -> miette::Result<ExitCode> {
     let p = programs()?;
@@ -333,60 +349,7 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
     let force = select(&g, &a.force, "--force")?;
     let s = store(cache);
     if a.dry_run {
-        let only: Option<BTreeSet<NodeId>> =
-            (!targets.is_empty()).then(|| g.with_ancestors(&targets));
-        let no_progress = |_: &Path, _: u64, _: u64| {};
-        let planner = Planner::new(&g, &s, &no_progress);
-        let mut would = 0;
-        let mut problems = 0;
-        // Data that is not on this machine (a cluster's corpora) does not stop a
-        // plan: each missing glob is listed once with the steps waiting for it.
-        let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (n, a) in planner.assess_all(&force, only.as_ref()) {
-            let id = &g[n].id;
-            match a {
-                Ok(a) if a.state == State::Fresh => outln!("fresh  {id}"),
-                Ok(a) => {
-                    would += 1;
-                    let why: Vec<String> = a.reasons.iter().map(|r| r.to_string()).collect();
-                    outln!("run    {id} ({})", why.join("; "));
-                }
-                Err(e) if e.is_missing_data() => {
-                    would += 1;
-                    outln!("run    {id} (once its data exists)");
-                    missing.entry(e.to_string()).or_default().push(id.clone());
-                }
-                Err(e) => {
-                    problems += 1;
-                    outln!("error  {id}: {e}");
-                }
-            }
-        }
-        for (e, ids) in &missing {
-            let first = ids.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
-            let more = if ids.len() > 3 {
-                format!(" and {} more", ids.len() - 3)
-            } else {
-                String::new()
-            };
-            outln!("missing {e} (needed by {first}{more})");
-        }
-        let absent = if missing.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", {} missing input(s) a real run needs first",
-                missing.len()
-            )
-        };
-        outln!(
-            "dry run: {would} step(s) would run, {problems} problem(s){absent}; nothing was written"
-        );
-        return Ok(if problems > 0 {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        });
+        return dry_run(&g, &s, &targets, &force);
     }
     let slurm = slurm_config(&a.cluster, &g)?;
     let _usage = s
@@ -417,23 +380,8 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
     let t0 = std::time::Instant::now();
     let summary = rt.block_on(exec::run(&g, &s, &opts, rep.clone()));
-    let ran = summary.count(|o| *o == Outcome::Ran);
-    let fresh = summary.count(|o| *o == Outcome::Fresh);
-    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }));
-    let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
-    let cancelled = summary.count(|o| *o == Outcome::Cancelled);
     let took = t0.elapsed().as_secs_f64();
-    let line = format!(
-        "{}: {ran} ran, {fresh} fresh, {failed} failed, {skipped} skipped, {cancelled} cancelled in {}",
-        if summary.interrupted {
-            "interrupted"
-        } else if summary.ok {
-            "done"
-        } else {
-            "FAILED"
-        },
-        demix_core::outcome::human_duration(took)
-    );
+    let line = summary_line(&summary, took);
     let closing = demix_core::outcome::closing(&g, &s, &summary, &opts.targets);
     for l in closing_lines(&closing) {
         rep.line(&l);
@@ -444,23 +392,7 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         rep.always(&line);
     }
     if a.json {
-        let mut v = serde_json::to_value(&summary).expect("serializes");
-        v["duration_s"] = json!(took);
-        v["duration"] = json!(demix_core::outcome::human_duration(took));
-        if let (serde_json::Value::Object(v), serde_json::Value::Object(c)) =
-            (&mut v, serde_json::to_value(&closing).expect("serializes"))
-        {
-            v.extend(c);
-        }
-        // The run is done: a reader that left does not change its exit code.
-        use std::io::Write as _;
-        let text = serde_json::to_string_pretty(&v).expect("serializes");
-        match writeln!(std::io::stdout().lock(), "{text}") {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                return Err(CliError::Output(e).into());
-            }
-            _ => {}
-        }
+        print_run_json(&summary, took, &closing)?;
     }
     Ok(if summary.interrupted {
         ExitCode::from(130)
@@ -468,6 +400,110 @@ fn run(a: crate::cli::RunArgs, cache: &Option<PathBuf>, v: Verbosity) -> miette:
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// The line a run ends with: how many steps did what, and how long it took.
+fn summary_line(summary: &exec::RunSummary, took: f64) -> String {
+    let ran = summary.count(|o| *o == Outcome::Ran);
+    let fresh = summary.count(|o| *o == Outcome::Fresh);
+    let failed = summary.count(|o| matches!(o, Outcome::Failed { .. }));
+    let skipped = summary.count(|o| matches!(o, Outcome::Skipped { .. }));
+    let cancelled = summary.count(|o| *o == Outcome::Cancelled);
+    format!(
+        "{}: {ran} ran, {fresh} fresh, {failed} failed, {skipped} skipped, {cancelled} cancelled in {}",
+        if summary.interrupted {
+            "interrupted"
+        } else if summary.ok {
+            "done"
+        } else {
+            "FAILED"
+        },
+        demix_core::outcome::human_duration(took)
+    )
+}
+
+/// `demix run --json`: the run's summary with its duration and closing facts.
+fn print_run_json(
+    summary: &exec::RunSummary,
+    took: f64,
+    closing: &demix_core::outcome::Closing,
+) -> Result<(), CliError> {
+    let mut v = serde_json::to_value(summary).expect("serializes");
+    v["duration_s"] = json!(took);
+    v["duration"] = json!(demix_core::outcome::human_duration(took));
+    if let (serde_json::Value::Object(v), serde_json::Value::Object(c)) =
+        (&mut v, serde_json::to_value(closing).expect("serializes"))
+    {
+        v.extend(c);
+    }
+    // The run is done: a reader that left does not change its exit code.
+    use std::io::Write as _;
+    let text = serde_json::to_string_pretty(&v).expect("serializes");
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(CliError::Output(e));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `demix run --dry-run`: what a run would do, step by step, writing nothing;
+/// exit 1 when a step cannot even be planned.
+fn dry_run(g: &Graph, s: &Store, targets: &[NodeId], force: &[NodeId]) -> miette::Result<ExitCode> {
+    let only: Option<BTreeSet<NodeId>> = (!targets.is_empty()).then(|| g.with_ancestors(targets));
+    let no_progress = |_: &Path, _: u64, _: u64| {};
+    let planner = Planner::new(g, s, &no_progress);
+    let mut would = 0;
+    let mut problems = 0;
+    // Data that is not on this machine (a cluster's corpora) does not stop a
+    // plan: each missing glob is listed once with the steps waiting for it.
+    let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (n, a) in planner.assess_all(force, only.as_ref()) {
+        let id = &g[n].id;
+        match a {
+            Ok(a) if a.state == State::Fresh => outln!("fresh  {id}"),
+            Ok(a) => {
+                would += 1;
+                let why: Vec<String> = a.reasons.iter().map(|r| r.to_string()).collect();
+                outln!("run    {id} ({})", why.join("; "));
+            }
+            Err(e) if e.is_missing_data() => {
+                would += 1;
+                outln!("run    {id} (once its data exists)");
+                missing.entry(e.to_string()).or_default().push(id.clone());
+            }
+            Err(e) => {
+                problems += 1;
+                outln!("error  {id}: {e}");
+            }
+        }
+    }
+    for (e, ids) in &missing {
+        let first = ids.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+        let more = if ids.len() > 3 {
+            format!(" and {} more", ids.len() - 3)
+        } else {
+            String::new()
+        };
+        outln!("missing {e} (needed by {first}{more})");
+    }
+    let absent = if missing.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {} missing input(s) a real run needs first",
+            missing.len()
+        )
+    };
+    outln!(
+        "dry run: {would} step(s) would run, {problems} problem(s){absent}; nothing was written"
+    );
+    Ok(if problems > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -579,12 +615,12 @@ fn status(
         .into_iter()
         .filter(|r| r.manifest == g.manifest.name)
         .collect();
-    let running: BTreeMap<&str, (&LiveRun, &LiveStep)> = live
+    let running: Running = live
         .iter()
         .filter(|r| r.liveness() == Liveness::Running)
         .flat_map(|r| r.steps.iter().map(move |(id, st)| (id.as_str(), (r, st))))
         .collect();
-    let mut steps = Vec::new();
+    let mut steps: Vec<StepRow> = Vec::new();
     let mut counts = [0usize; 4];
     for (n, a) in &all {
         let node = &g[*n];
@@ -601,104 +637,141 @@ fn status(
         steps.push((node, state, reasons, key, error));
     }
     if json_out {
-        let items: Vec<serde_json::Value> = steps
-            .iter()
-            .map(|(node, state, reasons, key, error)| {
-                json!({
-                    "id": node.id,
-                    "kind": node.kind.name(),
-                    "state": state.map_or("error".to_string(), |s| s.to_string()),
-                    "running": running.get(node.id.as_str()).map(|(r, st)| json!({
-                        "run": r.id,
-                        "pid": r.pid,
-                        "host": r.host,
-                        "started": st.started,
-                        "progress": st.progress,
-                        "message": st.describe(),
-                    })),
-                    "reasons": reasons.iter().map(|r| {
-                        let mut v = serde_json::to_value(r).expect("serializes");
-                        v["message"] = json!(r.to_string());
-                        v
-                    }).collect::<Vec<_>>(),
-                    "key": key,
-                    "error": error,
-                })
-            })
-            .collect();
-        let out = json!({
-            "manifest": g.manifest.path,
-            "name": g.manifest.name,
-            "runs": live.iter().map(|r| json!({
-                "id": r.id,
-                "pid": r.pid,
-                "host": r.host,
-                "started": r.started,
-                "heartbeat": r.heartbeat,
-                "liveness": r.liveness(),
-            })).collect::<Vec<_>>(),
-            "steps": items,
-            "counts": { "fresh": counts[0], "stale": counts[1], "new": counts[2], "error": counts[3] },
-        });
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&out).expect("serializes")
-        );
+        status_json(&g, &live, &running, &steps, &counts)?;
     } else {
-        for r in &live {
-            match r.liveness() {
-                Liveness::Running => outln!(
-                    "run {} in progress: pid {} on {}, started {}",
-                    r.id,
-                    r.pid,
-                    r.host,
-                    r.started.strftime("%Y-%m-%d %H:%M:%S")
-                ),
-                Liveness::Stale => outln!(
-                    "run {} (pid {} on {}) stopped without finishing: its record is stale",
-                    r.id,
-                    r.pid,
-                    r.host
-                ),
-            }
-        }
-        for (node, state, reasons, _, error) in &steps {
-            if let Some((_, st)) = running.get(node.id.as_str()) {
-                outln!("running {}  {}", node.id, st.describe());
-                continue;
-            }
-            match (state, error) {
-                (Some(st), _) => outln!("{:<6} {}", st.to_string(), node.id),
-                (None, Some(e)) => outln!("error  {}: {e}", node.id),
-                _ => {}
-            }
-            for r in reasons {
-                outln!("         {r}");
-            }
-        }
-        outln!(
-            "{} steps: {} fresh, {} stale, {} new{}{}",
-            steps.len(),
-            counts[0],
-            counts[1],
-            counts[2],
-            if running.is_empty() {
-                String::new()
-            } else {
-                format!(" ({} running)", running.len())
-            },
-            if counts[3] > 0 {
-                format!(", {} with errors", counts[3])
-            } else {
-                String::new()
-            }
-        );
+        status_text(&live, &running, &steps, &counts)?;
     }
     Ok(if counts[3] > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The steps that live runs are running now, by step id.
+type Running<'a> = BTreeMap<&'a str, (&'a LiveRun, &'a LiveStep)>;
+
+/// One step as `status` shows it: its node, its state (none when it cannot be
+/// planned), why it is not fresh, its key and its planning error.
+type StepRow<'g> = (
+    &'g demix_core::graph::StepNode,
+    Option<State>,
+    Vec<demix_core::key::Reason>,
+    Option<String>,
+    Option<String>,
+);
+
+/// `demix status --json`: the live runs, each step and the counts
+/// (fresh, stale, new, error) as one document.
+fn status_json(
+    g: &Graph,
+    live: &[LiveRun],
+    running: &Running,
+    steps: &[StepRow],
+    counts: &[usize; 4],
+) -> Result<(), CliError> {
+    let items: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|(node, state, reasons, key, error)| {
+            json!({
+                "id": node.id,
+                "kind": node.kind.name(),
+                "state": state.map_or("error".to_string(), |s| s.to_string()),
+                "running": running.get(node.id.as_str()).map(|(r, st)| json!({
+                    "run": r.id,
+                    "pid": r.pid,
+                    "host": r.host,
+                    "started": st.started,
+                    "progress": st.progress,
+                    "message": st.describe(),
+                })),
+                "reasons": reasons.iter().map(|r| {
+                    let mut v = serde_json::to_value(r).expect("serializes");
+                    v["message"] = json!(r.to_string());
+                    v
+                }).collect::<Vec<_>>(),
+                "key": key,
+                "error": error,
+            })
+        })
+        .collect();
+    let out = json!({
+        "manifest": g.manifest.path,
+        "name": g.manifest.name,
+        "runs": live.iter().map(|r| json!({
+            "id": r.id,
+            "pid": r.pid,
+            "host": r.host,
+            "started": r.started,
+            "heartbeat": r.heartbeat,
+            "liveness": r.liveness(),
+        })).collect::<Vec<_>>(),
+        "steps": items,
+        "counts": { "fresh": counts[0], "stale": counts[1], "new": counts[2], "error": counts[3] },
+    });
+    outln!(
+        "{}",
+        serde_json::to_string_pretty(&out).expect("serializes")
+    );
+    Ok(())
+}
+
+/// `demix status`: the live runs, a line per step with its reasons, then the counts.
+fn status_text(
+    live: &[LiveRun],
+    running: &Running,
+    steps: &[StepRow],
+    counts: &[usize; 4],
+) -> Result<(), CliError> {
+    for r in live {
+        match r.liveness() {
+            Liveness::Running => outln!(
+                "run {} in progress: pid {} on {}, started {}",
+                r.id,
+                r.pid,
+                r.host,
+                r.started.strftime("%Y-%m-%d %H:%M:%S")
+            ),
+            Liveness::Stale => outln!(
+                "run {} (pid {} on {}) stopped without finishing: its record is stale",
+                r.id,
+                r.pid,
+                r.host
+            ),
+        }
+    }
+    for (node, state, reasons, _, error) in steps {
+        if let Some((_, st)) = running.get(node.id.as_str()) {
+            outln!("running {}  {}", node.id, st.describe());
+            continue;
+        }
+        match (state, error) {
+            (Some(st), _) => outln!("{:<6} {}", st.to_string(), node.id),
+            (None, Some(e)) => outln!("error  {}: {e}", node.id),
+            _ => {}
+        }
+        for r in reasons {
+            outln!("         {r}");
+        }
+    }
+    outln!(
+        "{} steps: {} fresh, {} stale, {} new{}{}",
+        steps.len(),
+        counts[0],
+        counts[1],
+        counts[2],
+        if running.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} running)", running.len())
+        },
+        if counts[3] > 0 {
+            format!(", {} with errors", counts[3])
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 /// The step graph with each step's datasets, outputs and state (fresh, stale,
@@ -715,116 +788,137 @@ fn dag(g: &Graph, format: DagFormat, s: &Store) -> String {
             )
         })
         .collect();
-    let datasets = |i: NodeId| -> Vec<String> {
-        let mut v: Vec<String> = g[i]
-            .inputs
-            .iter()
-            .filter_map(|inp| match &inp.source {
-                demix_core::graph::Source::Dataset { name, split } => Some(format!(
-                    "{name} ({})",
-                    match split {
-                        demix_core::manifest::template::Split::Train => "train",
-                        demix_core::manifest::template::Split::Validation => "validation",
-                    }
-                )),
-                _ => None,
-            })
-            .collect();
-        v.dedup();
-        v
-    };
-    let outputs =
-        |i: NodeId| -> Vec<&str> { g[i].plan.outputs.keys().map(String::as_str).collect() };
-    let label = |i: NodeId| format!("{} ({})", g[i].id, g[i].kind.name());
-    let mut out = String::new();
     match format {
-        DagFormat::Text => {
-            for &i in g.order() {
-                let deps: Vec<&str> = g.deps(i).into_iter().map(|d| g[d].id.as_str()).collect();
-                let arrow = if deps.is_empty() {
-                    String::new()
-                } else {
-                    format!(" <- {}", deps.join(", "))
-                };
-                out.push_str(&format!(
-                    "{:<6} {}{arrow}
-",
-                    states[&i],
-                    label(i)
-                ));
-                let ds = datasets(i);
-                if !ds.is_empty() {
-                    out.push_str(&format!("         datasets: {}\n", ds.join(", ")));
+        DagFormat::Text => dag_text(g, &states),
+        DagFormat::Dot => dag_dot(g, &states),
+        DagFormat::Mermaid => dag_mermaid(g, &states),
+    }
+}
+
+/// A step's datasets as `name (split)`, each once in a row.
+fn dag_datasets(g: &Graph, i: NodeId) -> Vec<String> {
+    let mut v: Vec<String> = g[i]
+        .inputs
+        .iter()
+        .filter_map(|inp| match &inp.source {
+            demix_core::graph::Source::Dataset { name, split } => Some(format!(
+                "{name} ({})",
+                match split {
+                    demix_core::manifest::template::Split::Train => "train",
+                    demix_core::manifest::template::Split::Validation => "validation",
                 }
-                let os = outputs(i);
-                if !os.is_empty() {
-                    out.push_str(&format!("         outputs: {}\n", os.join(", ")));
-                }
-            }
+            )),
+            _ => None,
+        })
+        .collect();
+    v.dedup();
+    v
+}
+
+/// A step's output names.
+fn dag_outputs(g: &Graph, i: NodeId) -> Vec<&str> {
+    g[i].plan.outputs.keys().map(String::as_str).collect()
+}
+
+/// A step's label: its id and kind.
+fn dag_label(g: &Graph, i: NodeId) -> String {
+    format!("{} ({})", g[i].id, g[i].kind.name())
+}
+
+/// `demix dag`: a line per step in order with its state and dependencies.
+fn dag_text(g: &Graph, states: &BTreeMap<NodeId, String>) -> String {
+    let mut out = String::new();
+    for &i in g.order() {
+        let deps: Vec<&str> = g.deps(i).into_iter().map(|d| g[d].id.as_str()).collect();
+        let arrow = if deps.is_empty() {
+            String::new()
+        } else {
+            format!(" <- {}", deps.join(", "))
+        };
+        out.push_str(&format!("{:<6} {}{arrow}\n", states[&i], dag_label(g, i)));
+        let ds = dag_datasets(g, i);
+        if !ds.is_empty() {
+            out.push_str(&format!("         datasets: {}\n", ds.join(", ")));
         }
-        DagFormat::Dot => {
-            out.push_str(&format!(
-                "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
-                g.manifest.name
-            ));
-            let colour = |st: &str| match st {
-                "fresh" => "palegreen",
-                "stale" => "orange",
-                "error" => "red",
-                _ => "lightgrey",
-            };
-            let mut seen = BTreeSet::new();
-            for &i in g.order() {
-                let st = &states[&i];
-                let text = format!("{}\\n{st}; out: {}", label(i), outputs(i).join(", "));
-                out.push_str(&format!(
-                    "  n{i} [label=\"{}\", style=filled, fillcolor={}];\n",
-                    text.replace('"', "\\\""),
-                    colour(st)
-                ));
-                for d in datasets(i) {
-                    let name = d.split(' ').next().unwrap_or_default().to_string();
-                    if seen.insert(name.clone()) {
-                        out.push_str(&format!(
-                            "  \"data:{name}\" [label=\"{name}\", shape=cylinder];\n"
-                        ));
-                    }
-                    out.push_str(&format!("  \"data:{name}\" -> n{i};\n"));
-                }
-            }
-            for &i in g.order() {
-                for d in g.deps(i) {
-                    out.push_str(&format!("  n{d} -> n{i};\n"));
-                }
-            }
-            out.push_str("}\n");
-        }
-        DagFormat::Mermaid => {
-            out.push_str("flowchart LR\n");
-            let mut seen = BTreeSet::new();
-            for &i in g.order() {
-                out.push_str(&format!(
-                    "  n{i}[\"{}<br/>{}\"]:::{}\n",
-                    label(i).replace('"', "#quot;"),
-                    states[&i],
-                    states[&i]
-                ));
-                for d in datasets(i) {
-                    let name = d.split(' ').next().unwrap_or_default().to_string();
-                    if seen.insert(name.clone()) {
-                        out.push_str(&format!("  data_{name}[(\"{name}\")]\n"));
-                    }
-                    out.push_str(&format!("  data_{name} --> n{i}\n"));
-                }
-            }
-            for &i in g.order() {
-                for d in g.deps(i) {
-                    out.push_str(&format!("  n{d} --> n{i}\n"));
-                }
-            }
-            out.push_str("  classDef fresh fill:#cfc\n  classDef stale fill:#fc9\n  classDef new fill:#eee\n  classDef error fill:#f99\n");
+        let os = dag_outputs(g, i);
+        if !os.is_empty() {
+            out.push_str(&format!("         outputs: {}\n", os.join(", ")));
         }
     }
+    out
+}
+
+/// `demix dag --format dot`: Graphviz, steps coloured by state.
+fn dag_dot(g: &Graph, states: &BTreeMap<NodeId, String>) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
+        g.manifest.name
+    ));
+    let colour = |st: &str| match st {
+        "fresh" => "palegreen",
+        "stale" => "orange",
+        "error" => "red",
+        _ => "lightgrey",
+    };
+    let mut seen = BTreeSet::new();
+    for &i in g.order() {
+        let st = &states[&i];
+        let text = format!(
+            "{}\\n{st}; out: {}",
+            dag_label(g, i),
+            dag_outputs(g, i).join(", ")
+        );
+        out.push_str(&format!(
+            "  n{i} [label=\"{}\", style=filled, fillcolor={}];\n",
+            text.replace('"', "\\\""),
+            colour(st)
+        ));
+        for d in dag_datasets(g, i) {
+            let name = d.split(' ').next().unwrap_or_default().to_string();
+            if seen.insert(name.clone()) {
+                out.push_str(&format!(
+                    "  \"data:{name}\" [label=\"{name}\", shape=cylinder];\n"
+                ));
+            }
+            out.push_str(&format!("  \"data:{name}\" -> n{i};\n"));
+        }
+    }
+    for &i in g.order() {
+        for d in g.deps(i) {
+            out.push_str(&format!("  n{d} -> n{i};\n"));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// `demix dag --format mermaid`: a Mermaid flowchart, steps classed by state.
+fn dag_mermaid(g: &Graph, states: &BTreeMap<NodeId, String>) -> String {
+    let mut out = String::new();
+    out.push_str("flowchart LR\n");
+    let mut seen = BTreeSet::new();
+    for &i in g.order() {
+        out.push_str(&format!(
+            "  n{i}[\"{}<br/>{}\"]:::{}\n",
+            dag_label(g, i).replace('"', "#quot;"),
+            states[&i],
+            states[&i]
+        ));
+        for d in dag_datasets(g, i) {
+            let name = d.split(' ').next().unwrap_or_default().to_string();
+            if seen.insert(name.clone()) {
+                out.push_str(&format!("  data_{name}[(\"{name}\")]\n"));
+            }
+            out.push_str(&format!("  data_{name} --> n{i}\n"));
+        }
+    }
+    for &i in g.order() {
+        for d in g.deps(i) {
+            out.push_str(&format!("  n{d} --> n{i}\n"));
+        }
+    }
+    out.push_str("  classDef fresh fill:#cfc\n  classDef stale fill:#fc9\n  classDef new fill:#eee\n  classDef error fill:#f99\n");
     out
 }
 

@@ -33,7 +33,8 @@ pub(super) fn run(a: DataCheckArgs, cache: &Option<PathBuf>) -> miette::Result<E
         }
         let mut splits = Vec::new();
         for (split, label) in [(Split::Train, "train"), (Split::Validation, "validation")] {
-            let files = dataset_files(m, name, split).map_err(CliError::Failed)?;
+            let files =
+                dataset_files(m, name, split).map_err(|e| CliError::Failed(e.to_string()))?;
             // Without validation files, steps split the files by document.
             let keep = match (decl.validation.is_empty(), split) {
                 (false, _) => SplitSpec::default(),

@@ -163,6 +163,20 @@ fn report_step_renders_a_self_contained_html_and_a_markdown_summary() {
     let html = std::fs::read_to_string(output_path(&env, "rep", "report", "html")).unwrap();
     let md = std::fs::read_to_string(output_path(&env, "rep", "report", "markdown")).unwrap();
 
+    check_self_contained(&html);
+    check_chosen_mixture(&html, &md, &s);
+    check_plots_and_tables(&html, &md);
+    check_intervals_cost_and_lineage(&html);
+    check_brief(&env);
+    check_report_command(&env);
+
+    // Nothing changed: nothing runs.
+    let again = env.demix(&["run"]).ok();
+    assert!(again.ran().is_empty(), "{}", again.stderr());
+}
+
+/// Self-contained (no scripts, nothing fetched), with its sections and an escaped title.
+fn check_self_contained(html: &str) {
     // Self-contained: no scripts, nothing fetched from the network.
     assert!(html.starts_with("<!DOCTYPE html>"));
     for bad in ["http://", "https://", "<script", "<link", "src="] {
@@ -190,6 +204,10 @@ fn report_step_renders_a_self_contained_html_and_a_markdown_summary() {
             "no section `{title}`"
         );
     }
+}
+
+/// The chosen mixture by candidate in both reports, and the Markdown's sections.
+fn check_chosen_mixture(html: &str, md: &str, s: &SearchResult) {
     // The chosen mixture's values, by candidate name, beside the uniform one.
     for (name, w) in DOMAINS.iter().zip(&s.chosen) {
         let v = format!("{w:.4}");
@@ -207,6 +225,10 @@ fn report_step_renders_a_self_contained_html_and_a_markdown_summary() {
     assert!(
         md.contains("## Evaluations") && md.contains("## Search") && md.contains("## Training")
     );
+}
+
+/// The plots' annotations, the tables, the order of sections and the components.
+fn check_plots_and_tables(html: &str, md: &str) {
     // Predicted vs measured with the Spearman rho of the second round's proxies.
     assert!(html.contains("Spearman ρ = "), "rho annotation");
     assert!(html.contains("(n = 8)"));
@@ -230,6 +252,10 @@ fn report_step_renders_a_self_contained_html_and_a_markdown_summary() {
         md.contains("## Components\n\n| component | measured on | sotu | math |"),
         "{md}"
     );
+}
+
+/// Task intervals, axis notes, the proxies' column groups, search cost and lineage.
+fn check_intervals_cost_and_lineage(html: &str) {
     // Task accuracy with its Wilson interval over the 20 examples; no chance
     // level, which the metrics do not record.
     let (lo, hi) = wilson(0.6, 20.0);
@@ -255,9 +281,12 @@ fn report_step_renders_a_self_contained_html_and_a_markdown_summary() {
     assert!(html.contains("${steps.eval[uniform].metrics}"));
     assert!(html.contains("eval[uniform].metrics (rep)"));
     assert!(html.contains("Every step upstream"));
+}
 
+/// The second report: a `[*]` reference labelled by step, and a workspace file.
+fn check_brief(env: &Env) {
     // The second report: a `[*]` reference labelled by step, and a workspace file.
-    let brief = std::fs::read_to_string(output_path(&env, "rep", "brief", "html")).unwrap();
+    let brief = std::fs::read_to_string(output_path(env, "rep", "brief", "html")).unwrap();
     assert!(
         brief.contains("<th class=\"num\">eval[chosen]</th><th class=\"num\">eval[uniform]</th>")
     );
@@ -267,7 +296,10 @@ fn report_step_renders_a_self_contained_html_and_a_markdown_summary() {
         "no search, no proxies section"
     );
     assert!(!brief.contains("<h2>Training loss</h2>"));
+}
 
+/// `demix report` says where both are, as text and as JSON.
+fn check_report_command(env: &Env) {
     // `demix report` says where both are.
     let out = env.demix(&["report"]).ok().stdout();
     for (step, name) in [
@@ -285,7 +317,7 @@ fn report_step_renders_a_self_contained_html_and_a_markdown_summary() {
         .trim();
     assert_eq!(
         env.path(html_line),
-        output_path(&env, "rep", "report", "html"),
+        output_path(env, "rep", "report", "html"),
         "{out}"
     );
     let j = env.demix(&["report", "--json"]).ok().json();
@@ -297,10 +329,6 @@ fn report_step_renders_a_self_contained_html_and_a_markdown_summary() {
             .unwrap()
             .ends_with("report.md")
     );
-
-    // Nothing changed: nothing runs.
-    let again = env.demix(&["run"]).ok();
-    assert!(again.ran().is_empty(), "{}", again.stderr());
 }
 
 #[test]
@@ -481,7 +509,7 @@ steps:
         .find(|b| b.contains("comp[math] (train v"))
         .unwrap_or_else(|| panic!("no summary of comp[math]: {md}"));
     assert!(
-        comp.contains("init     tok (tokenizer) -> base (train)"),
+        comp.contains("init      tok (tokenizer) -> base (train)"),
         "{comp}"
     );
     assert!(

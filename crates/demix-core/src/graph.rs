@@ -765,173 +765,219 @@ fn substitute(
     used: &mut BTreeMap<String, Value>,
     d: &mut Diags,
 ) {
-    let whole = item;
-    let fields = item.map(|(_, f)| f);
-    let item = item.map(|(i, _)| i);
     match node {
         Node::Mapping(map) => {
             for (_, v) in map.iter_mut() {
-                substitute(v, m, whole, used, d);
+                substitute(v, m, item, used, d);
             }
         }
         Node::Sequence(seq) => {
             for v in seq.iter_mut() {
-                substitute(v, m, whole, used, d);
+                substitute(v, m, item, used, d);
             }
         }
-        Node::Scalar(s) => {
-            if !template::has_refs(s.as_str()) && !s.as_str().contains("$${") {
-                return;
-            }
-            // Inside a reference, `$item.AXIS` is one axis's value of a matrix item.
-            if let Some(f) = fields
-                && s.as_str().contains("$item.")
-            {
-                let text = axis_values(s.as_str(), f);
-                let mut n = MarkedScalarNode::new(*s.span(), text);
-                n.set_coerce(s.may_coerce());
-                *s = n;
-            }
-            let span = *s.span();
-            let pieces = match template::parse(s.as_str()) {
-                Ok(p) => p,
-                Err(e) => {
-                    d.error(&span, e.to_string(), "template");
-                    return;
-                }
+        Node::Scalar(_) => substitute_scalar(node, m, item, used, d),
+    }
+}
+
+/// [`substitute`] in one scalar: a reference that is the whole value is
+/// replaced by the value, typed; references in text are spliced into it.
+fn substitute_scalar(
+    node: &mut Node,
+    m: &Manifest,
+    item: Option<(&str, &BTreeMap<String, Value>)>,
+    used: &mut BTreeMap<String, Value>,
+    d: &mut Diags,
+) {
+    let Node::Scalar(s) = node else {
+        return;
+    };
+    let fields = item.map(|(_, f)| f);
+    let item = item.map(|(i, _)| i);
+    if !template::has_refs(s.as_str()) && !s.as_str().contains("$${") {
+        return;
+    }
+    // Inside a reference, `$item.AXIS` is one axis's value of a matrix item.
+    if let Some(f) = fields
+        && s.as_str().contains("$item.")
+    {
+        let text = axis_values(s.as_str(), f);
+        let mut n = MarkedScalarNode::new(*s.span(), text);
+        n.set_coerce(s.may_coerce());
+        *s = n;
+    }
+    let span = *s.span();
+    let pieces = match template::parse(s.as_str()) {
+        Ok(p) => p,
+        Err(e) => {
+            d.error(&span, e.to_string(), "template");
+            return;
+        }
+    };
+    // A whole-value matrix field keeps its type, as a parameter does.
+    if let [Piece::Ref(Ref::ItemField(axis))] = pieces.as_slice() {
+        if let Some(v) = axis_field(fields, axis, &span, d) {
+            *node = match &v {
+                Value::String(_) => json_to_node(&v, &span),
+                other => Node::Scalar(MarkedScalarNode::new(span, other.to_string())),
             };
-            let lookup = |path: &[String],
-                          used: &mut BTreeMap<String, Value>,
-                          d: &mut Diags|
-             -> Option<Value> {
-                match lookup_param(&m.params, path) {
-                    Some(v) => {
-                        used.insert(path.join("."), v.clone());
-                        Some(v.clone())
-                    }
-                    None => {
-                        d.push(
-                            &span,
-                            format!("unknown parameter `params.{}`", path.join(".")),
-                            "no such parameter",
-                            did_you_mean(&path[0], m.params.keys().map(String::as_str)),
-                        );
-                        None
-                    }
-                }
+        }
+        return;
+    }
+    // A whole-value parameter keeps its type (a number stays a number, a list a list).
+    if let [Piece::Ref(Ref::Param(path))] = pieces.as_slice() {
+        if let Some(v) = param(m, path, &span, used, d) {
+            *node = match &v {
+                Value::String(_) => json_to_node(&v, &span),
+                Value::Array(_) | Value::Object(_) => json_to_node(&v, &span),
+                other => Node::Scalar(MarkedScalarNode::new(span, other.to_string())),
             };
-            let field = |axis: &str, d: &mut Diags| -> Option<Value> {
-                let v = fields.and_then(|f| f.get(axis)).cloned();
-                if v.is_none() {
-                    let axes: Vec<&str> = fields
-                        .map(|f| f.keys().map(String::as_str).collect())
-                        .unwrap_or_default();
-                    d.push(
-                        &span,
-                        format!("`${{item.{axis}}}` names no axis of this step's `matrix`"),
-                        "no such axis",
-                        did_you_mean(axis, axes.iter().copied()),
+        }
+        return;
+    }
+    let (out, may_coerce) = splice(pieces, m, item, fields, &span, used, d);
+    let mut n = MarkedScalarNode::new(span, out);
+    n.set_coerce(may_coerce);
+    *node = Node::Scalar(n);
+}
+
+/// The value of `params.PATH`, recorded in `used` (it is part of the step's
+/// key); an unknown parameter is an error at `span`.
+fn param(
+    m: &Manifest,
+    path: &[String],
+    span: &Span,
+    used: &mut BTreeMap<String, Value>,
+    d: &mut Diags,
+) -> Option<Value> {
+    match lookup_param(&m.params, path) {
+        Some(v) => {
+            used.insert(path.join("."), v.clone());
+            Some(v.clone())
+        }
+        None => {
+            d.push(
+                span,
+                format!("unknown parameter `params.{}`", path.join(".")),
+                "no such parameter",
+                did_you_mean(&path[0], m.params.keys().map(String::as_str)),
+            );
+            None
+        }
+    }
+}
+
+/// The value of a matrix item's `axis`; an axis the matrix does not have is an
+/// error at `span`.
+fn axis_field(
+    fields: Option<&BTreeMap<String, Value>>,
+    axis: &str,
+    span: &Span,
+    d: &mut Diags,
+) -> Option<Value> {
+    let v = fields.and_then(|f| f.get(axis)).cloned();
+    if v.is_none() {
+        let axes: Vec<&str> = fields
+            .map(|f| f.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        d.push(
+            span,
+            format!("`${{item.{axis}}}` names no axis of this step's `matrix`"),
+            "no such axis",
+            did_you_mean(axis, axes.iter().copied()),
+        );
+    }
+    v
+}
+
+/// A scalar's text with its parameters, matrix fields and `${item}` spliced in
+/// (the references to data it keeps, with `$item` replaced), and whether it may
+/// still be read as a number or a bool: only if nothing literal is in it.
+fn splice(
+    pieces: Vec<Piece>,
+    m: &Manifest,
+    item: Option<&str>,
+    fields: Option<&BTreeMap<String, Value>>,
+    span: &Span,
+    used: &mut BTreeMap<String, Value>,
+    d: &mut Diags,
+) -> (String, bool) {
+    let mut out = String::new();
+    let mut may_coerce = true;
+    for p in pieces {
+        match p {
+            Piece::Lit(l) => {
+                // Keep escapes for a later parse of the text.
+                out.push_str(&l.replace("${", "$${"));
+                may_coerce = false;
+            }
+            Piece::Ref(Ref::Param(path)) => match param(m, &path, span, used, d) {
+                Some(Value::String(s)) => out.push_str(&s.replace("${", "$${")),
+                Some(v @ (Value::Array(_) | Value::Object(_))) => {
+                    d.error(
+                        span,
+                        format!(
+                            "`params.{}` is a {}; it can only be used as a whole value",
+                            path.join("."),
+                            if v.is_array() { "list" } else { "mapping" }
+                        ),
+                        "parameter",
                     );
                 }
-                v
-            };
-            // A whole-value matrix field keeps its type, as a parameter does.
-            if let [Piece::Ref(Ref::ItemField(axis))] = pieces.as_slice() {
-                if let Some(v) = field(axis, d) {
-                    *node = match &v {
-                        Value::String(_) => json_to_node(&v, &span),
-                        other => Node::Scalar(MarkedScalarNode::new(span, other.to_string())),
-                    };
-                }
-                return;
+                Some(v) => out.push_str(&v.to_string()),
+                None => {}
+            },
+            Piece::Ref(Ref::ItemField(axis)) => match axis_field(fields, &axis, span, d) {
+                Some(Value::String(v)) => out.push_str(&v.replace("${", "$${")),
+                Some(v) => out.push_str(&v.to_string()),
+                None => {}
+            },
+            Piece::Ref(Ref::Item) => match item {
+                Some(i) => out.push_str(i),
+                None => d.push(
+                    span,
+                    "`${item}` is only defined in a step with `foreach`",
+                    "no item here",
+                    None,
+                ),
+            },
+            Piece::Ref(mut r) => {
+                item_in_ref(&mut r, item, span, d);
+                out.push_str(&r.to_string());
+                may_coerce = false;
             }
-            // A whole-value parameter keeps its type (a number stays a number, a list a list).
-            if let [Piece::Ref(Ref::Param(path))] = pieces.as_slice() {
-                if let Some(v) = lookup(path, used, d) {
-                    *node = match &v {
-                        Value::String(_) => json_to_node(&v, &span),
-                        Value::Array(_) | Value::Object(_) => json_to_node(&v, &span),
-                        other => Node::Scalar(MarkedScalarNode::new(span, other.to_string())),
-                    };
-                }
-                return;
-            }
-            let mut out = String::new();
-            let mut may_coerce = true;
-            for p in pieces {
-                match p {
-                    Piece::Lit(l) => {
-                        // Keep escapes for a later parse of the text.
-                        out.push_str(&l.replace("${", "$${"));
-                        may_coerce = false;
-                    }
-                    Piece::Ref(Ref::Param(path)) => match lookup(&path, used, d) {
-                        Some(Value::String(s)) => out.push_str(&s.replace("${", "$${")),
-                        Some(v @ (Value::Array(_) | Value::Object(_))) => {
-                            d.error(
-                                &span,
-                                format!(
-                                    "`params.{}` is a {}; it can only be used as a whole value",
-                                    path.join("."),
-                                    if v.is_array() { "list" } else { "mapping" }
-                                ),
-                                "parameter",
-                            );
-                        }
-                        Some(v) => out.push_str(&v.to_string()),
-                        None => {}
-                    },
-                    Piece::Ref(Ref::ItemField(axis)) => match field(&axis, d) {
-                        Some(Value::String(v)) => out.push_str(&v.replace("${", "$${")),
-                        Some(v) => out.push_str(&v.to_string()),
-                        None => {}
-                    },
-                    Piece::Ref(Ref::Item) => match item {
-                        Some(i) => out.push_str(i),
-                        None => d.push(
-                            &span,
-                            "`${item}` is only defined in a step with `foreach`",
-                            "no item here",
-                            None,
-                        ),
-                    },
-                    Piece::Ref(mut r) => {
-                        if let Some(i) = item {
-                            match &mut r {
-                                Ref::Dataset { name, .. } if name == "$item" => {
-                                    *name = i.to_string()
-                                }
-                                Ref::Step {
-                                    select: Select::Key(k),
-                                    ..
-                                } if k.contains("$item") => *k = k.replace("$item", i),
-                                Ref::Step {
-                                    select: Select::Glob(g),
-                                    ..
-                                } if g.contains("$item") => *g = g.replace("$item", i),
-                                Ref::Step { id, .. } if id == "$item" => *id = i.to_string(),
-                                _ => {}
-                            }
-                        } else if matches!(&r, Ref::Dataset { name, .. } if name == "$item")
-                            || matches!(&r, Ref::Step { select: Select::Key(k), .. } if k.contains("$item"))
-                            || matches!(&r, Ref::Step { id, .. } if id == "$item")
-                        {
-                            d.push(
-                                &span,
-                                "`$item` is only defined in a step with `foreach`",
-                                "no item here",
-                                None,
-                            );
-                        }
-                        out.push_str(&r.to_string());
-                        may_coerce = false;
-                    }
-                }
-            }
-            let mut n = MarkedScalarNode::new(span, out);
-            n.set_coerce(may_coerce);
-            *node = Node::Scalar(n);
         }
+    }
+    (out, may_coerce)
+}
+
+/// Replaces `$item` in a reference (a dataset's name, a step's id, key or
+/// glob) with the step's item; outside a `foreach` step it is an error.
+fn item_in_ref(r: &mut Ref, item: Option<&str>, span: &Span, d: &mut Diags) {
+    if let Some(i) = item {
+        match r {
+            Ref::Dataset { name, .. } if name == "$item" => *name = i.to_string(),
+            Ref::Step {
+                select: Select::Key(k),
+                ..
+            } if k.contains("$item") => *k = k.replace("$item", i),
+            Ref::Step {
+                select: Select::Glob(g),
+                ..
+            } if g.contains("$item") => *g = g.replace("$item", i),
+            Ref::Step { id, .. } if id == "$item" => *id = i.to_string(),
+            _ => {}
+        }
+    } else if matches!(&r, Ref::Dataset { name, .. } if name == "$item")
+        || matches!(&r, Ref::Step { select: Select::Key(k), .. } if k.contains("$item"))
+        || matches!(&r, Ref::Step { id, .. } if id == "$item")
+    {
+        d.push(
+            span,
+            "`$item` is only defined in a step with `foreach`",
+            "no item here",
+            None,
+        );
     }
 }
 
@@ -973,13 +1019,44 @@ fn collect_refs(node: &Node, out: &mut Vec<(Ref, Span)>) {
 /// broken plan.
 pub const NO_FILES: &str = "matches no files";
 
+/// Why a dataset split's files cannot be resolved. `at` is the glob's place in the
+/// manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("unknown dataset `{0}`")]
+    Unknown(String),
+    #[error("{at}: bad glob: {source}")]
+    BadGlob {
+        at: String,
+        source: glob::PatternError,
+    },
+    /// The glob matches only things that are not regular files; `what` says which.
+    #[error(
+        "{at}: dataset `{name}`: `{glob}` matches {} only, which is {what}: a dataset's files are regular files (a glob such as `dir/*.jsonl` takes a folder's)",
+        path.display()
+    )]
+    NotFiles {
+        at: String,
+        name: String,
+        glob: String,
+        path: PathBuf,
+        what: &'static str,
+    },
+    #[error("{at}: dataset `{name}`: `{glob}` {}", NO_FILES)]
+    NoFiles {
+        at: String,
+        name: String,
+        glob: String,
+    },
+}
+
 /// Resolves a dataset split's globs to sorted, unique files. An empty match is an error
 /// that names the glob.
-pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathBuf>, String> {
+pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathBuf>, DatasetError> {
     let decl = m
         .datasets
         .get(name)
-        .ok_or_else(|| format!("unknown dataset `{name}`"))?;
+        .ok_or_else(|| DatasetError::Unknown(name.to_string()))?;
     let globs = match split {
         Split::Train => &decl.files,
         Split::Validation if !decl.validation.is_empty() => &decl.validation,
@@ -995,8 +1072,10 @@ pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathB
         };
         let mut n = 0;
         let mut other = None;
-        let paths = glob::glob(&pattern)
-            .map_err(|e| format!("{}: bad glob: {e}", m.src.location(g.span())))?;
+        let paths = glob::glob(&pattern).map_err(|source| DatasetError::BadGlob {
+            at: m.src.location(g.span()),
+            source,
+        })?;
         for p in paths.flatten() {
             if p.is_file() {
                 files.insert(p);
@@ -1012,19 +1091,20 @@ pub fn dataset_files(m: &Manifest, name: &str, split: Split) -> Result<Vec<PathB
                 Ok(_) => "not a regular file",
                 Err(_) => "a broken link",
             };
-            return Err(format!(
-                "{}: dataset `{name}`: `{}` matches {} only, which is {what}: a dataset's files are regular files (a glob such as `dir/*.jsonl` takes a folder's)",
-                m.src.location(g.span()),
-                g.as_str(),
-                p.display()
-            ));
+            return Err(DatasetError::NotFiles {
+                at: m.src.location(g.span()),
+                name: name.to_string(),
+                glob: g.as_str().to_string(),
+                path: p.clone(),
+                what,
+            });
         }
         if n == 0 {
-            return Err(format!(
-                "{}: dataset `{name}`: `{}` {NO_FILES}",
-                m.src.location(g.span()),
-                g.as_str()
-            ));
+            return Err(DatasetError::NoFiles {
+                at: m.src.location(g.span()),
+                name: name.to_string(),
+                glob: g.as_str().to_string(),
+            });
         }
     }
     Ok(files.into_iter().collect())

@@ -120,6 +120,17 @@ impl StepError {
     pub fn library(e: impl std::error::Error + Send + Sync + 'static) -> StepError {
         StepError::Library(Box::new(e))
     }
+
+    /// A panic caught from a library call (libtorch panics in tch on, say,
+    /// an allocation it cannot make) as a failure: `what` and the message.
+    pub fn from_panic(what: &str, p: &(dyn std::any::Any + Send)) -> StepError {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into());
+        StepError::Failed(format!("{what}: {msg}"))
+    }
 }
 
 /// What a step sees while it runs.

@@ -61,9 +61,31 @@ pub enum Producer {
     },
 }
 
+/// Why [`resolve`] finds no single result; `what` is what the user asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// A path that exists but cannot be read.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("no result in the store matches `{0}`")]
+    NoMatch(String),
+    #[error("`{0}` is not a step, a path in the store, or a known hash")]
+    Unknown(String),
+    /// `manifests` lists the workflows, comma-separated.
+    #[error("step `{what}` exists in several workflows ({manifests}); pass the manifest")]
+    Ambiguous { what: String, manifests: String },
+}
+
 /// Finds the result a user means: a step id (of the given manifest), a path into the
 /// store, or a prefix of a key or of an output, tree or file hash.
-pub fn resolve(store: &Store, manifest: Option<&str>, what: &str) -> Result<ResultRecord, String> {
+pub fn resolve(
+    store: &Store,
+    manifest: Option<&str>,
+    what: &str,
+) -> Result<ResultRecord, ResolveError> {
     if let Some(m) = manifest
         && let Some(r) = store.read_state(m, what)
     {
@@ -73,7 +95,11 @@ pub fn resolve(store: &Store, manifest: Option<&str>, what: &str) -> Result<Resu
     // A path: into a tree, or an object, or a workspace file identical to an output.
     let path = std::path::Path::new(what);
     if path.exists() {
-        let abs = std::fs::canonicalize(path).map_err(|e| format!("{what}: {e}"))?;
+        let io = |source| ResolveError::Io {
+            what: what.to_string(),
+            source,
+        };
+        let abs = std::fs::canonicalize(path).map_err(io)?;
         let trees = std::fs::canonicalize(store.root.join("trees")).ok();
         if let Some(t) = &trees
             && let Ok(rel) = abs.strip_prefix(t)
@@ -96,7 +122,7 @@ pub fn resolve(store: &Store, manifest: Option<&str>, what: &str) -> Result<Resu
             }
         }
         if abs.is_file() {
-            let h = crate::hash::hash_file(&abs, &|_, _| {}).map_err(|e| format!("{what}: {e}"))?;
+            let h = crate::hash::hash_file(&abs, &|_, _| {}).map_err(io)?;
             return pick(&results, |r| r.files.iter().any(|f| f.hash == h), what);
         }
     }
@@ -121,17 +147,15 @@ pub fn resolve(store: &Store, manifest: Option<&str>, what: &str) -> Result<Resu
         .collect();
     match by_step.len() {
         1 => Ok(by_step.into_iter().next().expect("one")),
-        0 => Err(format!(
-            "`{what}` is not a step, a path in the store, or a known hash"
-        )),
-        _ => Err(format!(
-            "step `{what}` exists in several workflows ({}); pass the manifest",
-            by_step
+        0 => Err(ResolveError::Unknown(what.to_string())),
+        _ => Err(ResolveError::Ambiguous {
+            what: what.to_string(),
+            manifests: by_step
                 .iter()
                 .map(|r| r.manifest.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
-        )),
+                .join(", "),
+        }),
     }
 }
 
@@ -139,13 +163,13 @@ fn pick(
     results: &[ResultRecord],
     f: impl Fn(&ResultRecord) -> bool,
     what: &str,
-) -> Result<ResultRecord, String> {
+) -> Result<ResultRecord, ResolveError> {
     let mut hits: Vec<&ResultRecord> = results.iter().filter(|r| f(r)).collect();
     // The newest producer is the one the user most likely means.
     hits.sort_by_key(|r| std::cmp::Reverse(r.finished));
     hits.first()
         .map(|r| (*r).clone())
-        .ok_or_else(|| format!("no result in the store matches `{what}`"))
+        .ok_or_else(|| ResolveError::NoMatch(what.to_string()))
 }
 
 /// The provenance tree of a result, down to source files.
@@ -1098,47 +1122,71 @@ pub fn data_lines(data: &[DataLine]) -> Vec<String> {
         .collect()
 }
 
+fn push_line(out: &mut String, label: &str, text: &str) {
+    out.push_str(&format!("  {label:<9} {text}\n"));
+}
+
+fn ran_text(s: &Summary) -> String {
+    format!(
+        "{} on {}, took {}, demix {}",
+        s.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        s.host,
+        crate::outcome::human_duration(s.duration_s),
+        s.demix
+    )
+}
+
+/// What made the result, labelled: the device, the chain of checkpoints, the
+/// data and its weights, the mixture, the settings.
+fn model_lines(s: &Summary) -> Vec<(&'static str, String)> {
+    let mut lines = Vec::new();
+    if let Some(d) = &s.device {
+        lines.push(("device", device_text(d)));
+    }
+    if !s.chain.is_empty() {
+        lines.push(("init", chain_text(s)));
+    }
+    for (i, text) in data_lines(&s.data).into_iter().enumerate() {
+        lines.push((if i == 0 { "data" } else { "" }, text));
+    }
+    if let Some(m) = &s.mixture {
+        lines.push(("mixture", m.clone()));
+    }
+    for (i, l) in params_lines(&s.params, 88).into_iter().enumerate() {
+        lines.push((if i == 0 { "params" } else { "" }, l));
+    }
+    lines
+}
+
+/// The summary without what only makes sense on the machine that ran it (the
+/// key's store, paths in the store, the resolved argv): for a report.
+pub fn render_portable(s: &Summary) -> String {
+    let mut out = format!("{} ({} v{})\n", s.step, s.kind, s.kind_version);
+    push_line(&mut out, "ran", &ran_text(s));
+    for (label, text) in model_lines(s) {
+        push_line(&mut out, label, &text);
+    }
+    out
+}
+
 /// The summary as text: about a dozen lines.
 pub fn render_summary(s: &Summary) -> String {
     let mut out = String::new();
-    let mut line = |label: &str, text: &str| {
-        out.push_str(&format!("  {label:<9} {text}\n"));
-    };
+    let mut line = |label: &str, text: &str| push_line(&mut out, label, text);
     let head = format!(
         "step {} ({} v{}) of workflow {}\n",
         s.step, s.kind, s.kind_version, s.workflow
     );
     line("key", &s.key);
-    line(
-        "ran",
-        &format!(
-            "{} on {}, took {}, demix {}",
-            s.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
-            s.host,
-            crate::outcome::human_duration(s.duration_s),
-            s.demix
-        ),
-    );
+    line("ran", &ran_text(s));
     if let Some(a) = &s.argv {
         line(
             "argv",
             &a.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" "),
         );
     }
-    if let Some(d) = &s.device {
-        line("device", &device_text(d));
-    }
-    if !s.chain.is_empty() {
-        line("init", &chain_text(s));
-    }
-    for (i, text) in data_lines(&s.data).iter().enumerate() {
-        line(if i == 0 { "data" } else { "" }, text);
-    }
-    if let Some(m) = &s.mixture {
-        line("mixture", m);
-    }
-    for (i, l) in params_lines(&s.params, 88).iter().enumerate() {
-        line(if i == 0 { "params" } else { "" }, l);
+    for (label, text) in model_lines(s) {
+        line(label, &text);
     }
     for i in &s.inputs {
         const SHOWN: usize = 3;

@@ -154,25 +154,91 @@ fn running_list(runs: &[String]) -> String {
 /// (so lineage stays complete).
 pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, MaintenanceError> {
     store.check_marker()?;
-    // A dry run only reads: it needs no lock and works while runs are going on.
-    let _guard = if dry_run {
-        None
-    } else {
-        Some(store.usage_lock(true)?.ok_or_else(|| {
-            MaintenanceError::Busy {
-                running: crate::live::live_runs(store)
-                    .iter()
-                    .filter(|r| r.liveness() == crate::live::Liveness::Running)
-                    .map(|r| format!("{} ({}, pid {} on {})", r.id, r.manifest, r.pid, r.host))
-                    .collect(),
-            }
-        })?)
-    };
+    let _guard = gc_lock(store, dry_run)?;
     let all: BTreeMap<String, ResultRecord> = store
         .all_results()
         .into_iter()
         .map(|r| (r.key.clone(), r))
         .collect();
+    let keep = kept_keys(store, &all, keep_runs);
+    let mut rep = GcReport::default();
+    let mut live_trees = BTreeSet::new();
+    let mut live_objects = BTreeSet::new();
+    for (k, r) in &all {
+        if keep.contains(k) {
+            rep.kept_results += 1;
+            live_trees.insert(r.tree.clone());
+            live_objects.extend(r.files.iter().map(|f| f.hash.clone()));
+        }
+    }
+    // Records of runs that died without finishing: with the store's lock
+    // held exclusively no run is going on, so every live record is stale
+    // (a dry run holds no lock: it leaves them, as it leaves everything).
+    if !dry_run {
+        for r in crate::live::live_runs(store) {
+            remove_counted(
+                crate::live::live_dir(store).join(format!("{}.json", r.id)),
+                "stale run record",
+                dry_run,
+                &mut rep,
+            );
+        }
+    }
+    for (k, _) in all.iter().filter(|(k, _)| !keep.contains(*k)) {
+        remove_counted(store.result_path(k), "result", dry_run, &mut rep);
+        rep.results += 1;
+        let log = store.log_path(k);
+        if log.exists() {
+            remove_counted(log, "log", dry_run, &mut rep);
+            rep.logs += 1;
+        }
+    }
+    for t in store.all_trees() {
+        if !live_trees.contains(&t) {
+            let dir = store.tree_dir(&t);
+            // Tree files are hard links: count their bytes under objects, not twice.
+            rep.removed.push(format!("tree {}", dir.display()));
+            if !dry_run {
+                let _ = store::remove_tree(&dir);
+                let _ = fs::remove_file(dir.with_extension("json"));
+            }
+            rep.trees += 1;
+        }
+    }
+    for (h, p) in store.all_objects() {
+        if !live_objects.contains(&h) {
+            remove_counted(p, "object", dry_run, &mut rep);
+            rep.objects += 1;
+        }
+    }
+    gc_own_dirs(store, &keep, dry_run, &mut rep)?;
+    Ok(rep)
+}
+
+/// The store's lock, held exclusively while gc removes; none for a dry run,
+/// which only reads and so works while runs are going on.
+fn gc_lock(store: &Store, dry_run: bool) -> Result<Option<fs::File>, MaintenanceError> {
+    if dry_run {
+        return Ok(None);
+    }
+    Ok(Some(store.usage_lock(true)?.ok_or_else(|| {
+        MaintenanceError::Busy {
+            running: crate::live::live_runs(store)
+                .iter()
+                .filter(|r| r.liveness() == crate::live::Liveness::Running)
+                .map(|r| format!("{} ({}, pid {} on {})", r.id, r.manifest, r.pid, r.host))
+                .collect(),
+        }
+    })?))
+}
+
+/// The keys of the results gc keeps: each step's latest, those of each
+/// workflow's last `keep_runs` runs, and everything upstream of them.
+fn kept_keys(
+    store: &Store,
+    all: &BTreeMap<String, ResultRecord>,
+    keep_runs: usize,
+) -> BTreeSet<String> {
     let mut keep: BTreeSet<String> = store.all_states().into_iter().map(|r| r.key).collect();
     let mut by_manifest: BTreeMap<String, Vec<RunSummary>> = BTreeMap::new();
     for r in runs(store) {
@@ -198,66 +264,31 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, Ma
             }
         }
     }
-    let mut rep = GcReport::default();
-    let mut live_trees = BTreeSet::new();
-    let mut live_objects = BTreeSet::new();
-    for (k, r) in &all {
-        if keep.contains(k) {
-            rep.kept_results += 1;
-            live_trees.insert(r.tree.clone());
-            live_objects.extend(r.files.iter().map(|f| f.hash.clone()));
-        }
-    }
-    let remove = |p: PathBuf, what: &str, rep: &mut GcReport| {
-        rep.freed_bytes += du(&p);
-        rep.removed.push(format!("{what} {}", p.display()));
-        if !dry_run {
-            if p.is_dir() {
-                let _ = store::remove_tree(&p);
-            } else {
-                let _ = fs::remove_file(&p);
-            }
-        }
-    };
-    // Records of runs that died without finishing: with the store's lock
-    // held exclusively no run is going on, so every live record is stale
-    // (a dry run holds no lock: it leaves them, as it leaves everything).
+    keep
+}
+
+/// Counts `p` (`what` it is) as removed in `rep`, and removes it unless this is
+/// a dry run.
+fn remove_counted(p: PathBuf, what: &str, dry_run: bool, rep: &mut GcReport) {
+    rep.freed_bytes += du(&p);
+    rep.removed.push(format!("{what} {}", p.display()));
     if !dry_run {
-        for r in crate::live::live_runs(store) {
-            remove(
-                crate::live::live_dir(store).join(format!("{}.json", r.id)),
-                "stale run record",
-                &mut rep,
-            );
+        if p.is_dir() {
+            let _ = store::remove_tree(&p);
+        } else {
+            let _ = fs::remove_file(&p);
         }
     }
-    for (k, _) in all.iter().filter(|(k, _)| !keep.contains(*k)) {
-        remove(store.result_path(k), "result", &mut rep);
-        rep.results += 1;
-        let log = store.log_path(k);
-        if log.exists() {
-            remove(log, "log", &mut rep);
-            rep.logs += 1;
-        }
-    }
-    for t in store.all_trees() {
-        if !live_trees.contains(&t) {
-            let dir = store.tree_dir(&t);
-            // Tree files are hard links: count their bytes under objects, not twice.
-            rep.removed.push(format!("tree {}", dir.display()));
-            if !dry_run {
-                let _ = store::remove_tree(&dir);
-                let _ = fs::remove_file(dir.with_extension("json"));
-            }
-            rep.trees += 1;
-        }
-    }
-    for (h, p) in store.all_objects() {
-        if !live_objects.contains(&h) {
-            remove(p, "object", &mut rep);
-            rep.objects += 1;
-        }
-    }
+}
+
+/// gc in the store's own folders: resumable state of keys not kept, and work
+/// directories of processes that are gone.
+fn gc_own_dirs(
+    store: &Store,
+    keep: &BTreeSet<String>,
+    dry_run: bool,
+    rep: &mut GcReport,
+) -> Result<(), MaintenanceError> {
     // Resumable state (training, a search's journal) of steps whose key no kept
     // run has: a changed step will never resume from it. Only key-named folders.
     let own = |name: &str| store.own_dir(name);
@@ -268,7 +299,7 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, Ma
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if store::is_hash(&key) && !keep.contains(&key) {
-                remove(p, "resume", &mut rep);
+                remove_counted(p, "resume", dry_run, rep);
                 rep.resume += 1;
             }
         }
@@ -285,12 +316,12 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport, Ma
             };
             // SAFETY: signal 0 only checks that the process exists.
             if unsafe { libc::kill(pid, 0) } != 0 {
-                remove(p, "tmp", &mut rep);
+                remove_counted(p, "tmp", dry_run, rep);
                 rep.tmp += 1;
             }
         }
     }
-    Ok(rep)
+    Ok(())
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -30,8 +30,8 @@ pub enum PlanError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A dataset's files, as [`graph::dataset_files`] resolves them.
-    #[error("{0}")]
-    Dataset(String),
+    #[error(transparent)]
+    Dataset(#[from] graph::DatasetError),
     #[error("step `{step}` has no output `{output}` in its result")]
     NoOutput { step: String, output: String },
 }
@@ -42,7 +42,7 @@ impl PlanError {
     pub fn is_missing_data(&self) -> bool {
         match self {
             PlanError::InputMissing { .. } => true,
-            PlanError::Dataset(e) => e.contains(graph::NO_FILES),
+            PlanError::Dataset(e) => matches!(e, graph::DatasetError::NoFiles { .. }),
             _ => false,
         }
     }

@@ -102,6 +102,34 @@ impl Completion {
     pub fn read(path: &Path) -> Option<Completion> {
         serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
+
+    /// A failed step's record, before anything is known of why: what a
+    /// watchdog writes if the step never gets further.
+    pub fn failed(step: &str, key: &str, host: String, log: PathBuf) -> Completion {
+        Completion {
+            step: step.to_string(),
+            key: key.to_string(),
+            ok: false,
+            cached: false,
+            cancelled: false,
+            exit_code: EXIT_FAILED,
+            error: None,
+            outputs: BTreeMap::new(),
+            duration_s: 0.0,
+            host,
+            log,
+        }
+    }
+
+    /// A step cancelled before it ran, with why.
+    pub fn cancelled(step: &str, key: &str, error: &str, host: String, log: PathBuf) -> Completion {
+        Completion {
+            cancelled: true,
+            exit_code: EXIT_CANCELLED,
+            error: Some(error.to_string()),
+            ..Completion::failed(step, key, host, log)
+        }
+    }
 }
 
 pub const EXIT_FAILED: i32 = 1;

@@ -87,20 +87,7 @@ enum CycleEnd {
 async fn watch_async(opts: WatchOptions) -> Result<u8, WatchError> {
     let store = Store::open(&opts.cache);
     let rep = Arc::new(Reporter::new(opts.verbosity));
-    let run = RunOptions {
-        jobs: opts.jobs.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |j| j as usize,
-        ),
-        keep_going: opts.keep_going,
-        force: Vec::new(),
-        targets: Vec::new(),
-        gpus: crate::exec::local::detect_gpus(opts.gpus.as_deref()),
-        programs: crate::exec::Programs::locate()
-            .map_err(|e| WatchError::Failed(format!("cannot find the demix executable: {e}")))?,
-        argv: std::env::args().collect(),
-        slurm: None,
-    };
+    let run = run_options(&opts)?;
     let failed = |what: &str, e: std::io::Error| WatchError::Failed(format!("cannot {what}: {e}"));
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| failed("handle SIGINT", e))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| failed("handle SIGTERM", e))?;
@@ -111,18 +98,11 @@ async fn watch_async(opts: WatchOptions) -> Result<u8, WatchError> {
         Err(e @ LoadError::Io { .. }) => return Err(e.into()),
         Err(e) => Err(e),
     };
-    let (raw_tx, raw_rx) = std::sync::mpsc::channel();
-    let watcher = notify::recommended_watcher(move |ev| {
-        let _ = raw_tx.send(ev);
-    })
-    .map_err(|e| WatchError::Failed(format!("cannot watch files: {e}")))?;
-    let filter = Arc::new(Mutex::new(Filter::default()));
-    let (batch_tx, mut batches) = unbounded_channel();
-    {
-        let filter = filter.clone();
-        let debounce = opts.debounce;
-        std::thread::spawn(move || debounce_events(raw_rx, &filter, &batch_tx, debounce));
-    }
+    let Watching {
+        watcher,
+        filter,
+        mut batches,
+    } = start_watcher(opts.debounce)?;
     let manifest_abs =
         normalize(&std::path::absolute(&opts.manifest).unwrap_or_else(|_| opts.manifest.clone()));
     let mut w = Session {
@@ -159,66 +139,53 @@ async fn watch_async(opts: WatchOptions) -> Result<u8, WatchError> {
         w.input_count(),
         opts.debounce.as_millis()
     ));
+    w.serve(&mut batches, &mut sigint, &mut sigterm).await
+}
 
-    let mut pending = true;
-    loop {
-        if pending && w.graph.is_some() {
-            // Fold in changes that are already waiting.
-            let mut queued = Vec::new();
-            while let Ok(b) = batches.try_recv() {
-                queued.extend(b);
-            }
-            if !queued.is_empty() {
-                w.refresh(&queued);
-            }
-        }
-        // While the manifest is invalid nothing runs; the cycle waits for a fix.
-        if pending && w.graph.is_some() && w.bad_text.is_none() {
-            pending = false;
-            let what = if w.cycle == 0 {
-                "initial run".to_string()
-            } else {
-                let d = diff(&w.planned, &w.latest);
-                if d.is_empty() {
-                    "finishing what the last cycle left".to_string()
-                } else {
-                    d.join(", ")
-                }
-            };
-            w.planned = w.latest.clone();
-            w.cycle += 1;
-            match w
-                .run_cycle(&what, &mut batches, &mut sigint, &mut sigterm)
-                .await
-            {
-                CycleEnd::Done => rep.line("watch: waiting for changes"),
-                CycleEnd::Changed => pending = true,
-                CycleEnd::Signal(code) => {
-                    rep.line("watch: stopped");
-                    return Ok(code);
-                }
-            }
-            continue;
-        }
-        tokio::select! {
-            b = batches.recv() => match b {
-                Some(paths) => {
-                    if w.refresh(&paths).is_some() {
-                        pending = true;
-                    }
-                }
-                None => return Err(WatchError::Failed("the file watcher stopped".into())),
-            },
-            _ = sigint.recv() => {
-                rep.line("watch: stopped");
-                return Ok(EXIT_SIGINT);
-            }
-            _ = sigterm.recv() => {
-                rep.line("watch: stopped");
-                return Ok(EXIT_SIGTERM);
-            }
-        }
+/// How each cycle runs: the options `demix run` would take from the same flags.
+fn run_options(opts: &WatchOptions) -> Result<RunOptions, WatchError> {
+    Ok(RunOptions {
+        jobs: opts.jobs.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |j| j as usize,
+        ),
+        keep_going: opts.keep_going,
+        force: Vec::new(),
+        targets: Vec::new(),
+        gpus: crate::exec::local::detect_gpus(opts.gpus.as_deref()),
+        programs: crate::exec::Programs::locate()
+            .map_err(|e| WatchError::Failed(format!("cannot find the demix executable: {e}")))?,
+        argv: std::env::args().collect(),
+        slurm: None,
+    })
+}
+
+/// The file watcher, the filter that says which of its events matter, and
+/// the batches of changed paths, each sent once events have paused for the debounce.
+struct Watching {
+    watcher: RecommendedWatcher,
+    filter: Arc<Mutex<Filter>>,
+    batches: UnboundedReceiver<Vec<PathBuf>>,
+}
+
+/// Starts watching: events are debounced on a thread of their own.
+fn start_watcher(debounce: Duration) -> Result<Watching, WatchError> {
+    let (raw_tx, raw_rx) = std::sync::mpsc::channel();
+    let watcher = notify::recommended_watcher(move |ev| {
+        let _ = raw_tx.send(ev);
+    })
+    .map_err(|e| WatchError::Failed(format!("cannot watch files: {e}")))?;
+    let filter = Arc::new(Mutex::new(Filter::default()));
+    let (batch_tx, batches) = unbounded_channel();
+    {
+        let filter = filter.clone();
+        std::thread::spawn(move || debounce_events(raw_rx, &filter, &batch_tx, debounce));
     }
+    Ok(Watching {
+        watcher,
+        filter,
+        batches,
+    })
 }
 
 struct Session<'a> {
@@ -247,6 +214,79 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Runs a cycle whenever the fingerprint changed (and first of all), until
+    /// a signal; returns the exit code.
+    async fn serve(
+        &mut self,
+        batches: &mut UnboundedReceiver<Vec<PathBuf>>,
+        sigint: &mut Signal,
+        sigterm: &mut Signal,
+    ) -> Result<u8, WatchError> {
+        let rep = self.rep.clone();
+        let mut pending = true;
+        loop {
+            if pending && self.graph.is_some() {
+                // Fold in changes that are already waiting.
+                let mut queued = Vec::new();
+                while let Ok(b) = batches.try_recv() {
+                    queued.extend(b);
+                }
+                if !queued.is_empty() {
+                    self.refresh(&queued);
+                }
+            }
+            // While the manifest is invalid nothing runs; the cycle waits for a fix.
+            if pending && self.graph.is_some() && self.bad_text.is_none() {
+                pending = false;
+                let what = self.cycle_reason();
+                self.planned = self.latest.clone();
+                self.cycle += 1;
+                match self.run_cycle(&what, batches, sigint, sigterm).await {
+                    CycleEnd::Done => rep.line("watch: waiting for changes"),
+                    CycleEnd::Changed => pending = true,
+                    CycleEnd::Signal(code) => {
+                        rep.line("watch: stopped");
+                        return Ok(code);
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                b = batches.recv() => match b {
+                    Some(paths) => {
+                        if self.refresh(&paths).is_some() {
+                            pending = true;
+                        }
+                    }
+                    None => return Err(WatchError::Failed("the file watcher stopped".into())),
+                },
+                _ = sigint.recv() => {
+                    rep.line("watch: stopped");
+                    return Ok(EXIT_SIGINT);
+                }
+                _ = sigterm.recv() => {
+                    rep.line("watch: stopped");
+                    return Ok(EXIT_SIGTERM);
+                }
+            }
+        }
+    }
+
+    /// Why the next cycle runs: it is the first, or what changed since the
+    /// last one's plan, or (nothing did) the last one left steps to finish.
+    fn cycle_reason(&self) -> String {
+        if self.cycle == 0 {
+            "initial run".to_string()
+        } else {
+            let d = diff(&self.planned, &self.latest);
+            if d.is_empty() {
+                "finishing what the last cycle left".to_string()
+            } else {
+                d.join(", ")
+            }
+        }
+    }
+
     /// Reloads the manifest and re-takes the fingerprint after events on `paths`.
     /// Returns what changed, or `None` when nothing did (or the manifest is invalid).
     fn refresh(&mut self, paths: &[PathBuf]) -> Option<Vec<String>> {

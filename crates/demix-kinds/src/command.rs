@@ -176,71 +176,20 @@ impl Kind for Command {
 
     fn run(&self, f: CommandSpec, ctx: &RunCtx) -> Result<(), StepError> {
         let out = ctx.out_dir;
-        for rel in ctx.spec.outputs.values() {
-            let p = out.join(rel.trim_end_matches('/'));
-            let dir = if rel.ends_with('/') {
-                p.as_path()
-            } else {
-                p.parent().unwrap_or(out)
-            };
-            std::fs::create_dir_all(dir)
-                .map_err(StepError::io(format!("creating {}", dir.display())))?;
-        }
-        let input_paths = |name: &str| -> Result<Vec<String>, StepError> {
-            let key = f
-                .inputs
-                .get(name)
-                .ok_or_else(|| StepError::Failed(format!("unknown input `{name}`")))?;
-            Ok(ctx
-                .input(key)?
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect())
-        };
-        // Expands one template; a lone multi-path reference yields several argv words.
-        let expand = |s: &str| -> Result<Vec<String>, StepError> {
-            let pieces = template::parse(s).map_err(StepError::library)?;
-            let value = |r: &Ref| -> Result<Vec<String>, StepError> {
-                Ok(match r {
-                    Ref::Input(n) => input_paths(n)?,
-                    Ref::Output(n) => {
-                        let rel =
-                            ctx.spec.outputs.get(n).ok_or_else(|| {
-                                StepError::Failed(format!("unknown output `{n}`"))
-                            })?;
-                        vec![out.join(rel.trim_end_matches('/')).display().to_string()]
-                    }
-                    Ref::OutDir => vec![out.display().to_string()],
-                    other => {
-                        return Err(StepError::Failed(format!("unresolved reference `{other}`")));
-                    }
-                })
-            };
-            if let [Piece::Ref(r)] = pieces.as_slice() {
-                return value(r);
-            }
-            let mut s = String::new();
-            for p in &pieces {
-                match p {
-                    Piece::Lit(l) => s.push_str(l),
-                    Piece::Ref(r) => s.push_str(&value(r)?.join(" ")),
-                }
-            }
-            Ok(vec![s])
-        };
+        create_output_dirs(ctx)?;
         let argv: Vec<String> = match &f.run {
             Run::Argv(v) => {
                 let mut a = Vec::new();
                 for x in v {
-                    a.extend(expand(x)?);
+                    a.extend(expand(&f, ctx, x)?);
                 }
                 a
             }
-            Run::Shell(s) => vec!["sh".into(), "-c".into(), expand(s)?.join(" ")],
+            Run::Shell(s) => vec!["sh".into(), "-c".into(), expand(&f, ctx, s)?.join(" ")],
         };
         let workdir: PathBuf = match &f.workdir {
             Some(w) => {
-                let w = expand(w)?.join(" ");
+                let w = expand(&f, ctx, w)?.join(" ");
                 ctx.spec.workdir.join(w)
             }
             None => ctx.spec.workdir.clone(),
@@ -273,37 +222,105 @@ impl Kind for Command {
         for name in f.inputs.keys() {
             cmd.env(
                 format!("DEMIX_INPUT_{}", env_name(name)),
-                input_paths(name)?.join(":"),
+                input_paths(&f, ctx, name)?.join(":"),
             );
         }
         for (k, v) in &f.env {
-            cmd.env(k, expand(v)?.join(" "));
+            cmd.env(k, expand(&f, ctx, v)?.join(" "));
         }
         // Its own process group, so cancelling reaches everything it started.
         cmd.process_group(0);
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(|e| StepError::Failed(format!("cannot start `{}`: {e}", argv[0])))?;
-        let pgid = child.id() as i32;
-        loop {
-            if let Some(status) = child
-                .try_wait()
-                .map_err(StepError::io("waiting for the command"))?
-            {
-                if status.success() {
-                    return Ok(());
-                }
-                return Err(StepError::Failed(match status.code() {
-                    Some(c) => format!("command exited with status {c}"),
-                    None => format!("command was killed ({status})"),
-                }));
+        wait_or_cancel(child, ctx)
+    }
+}
+
+/// Each output's folder (or its parent, for a file), so the command can write there.
+fn create_output_dirs(ctx: &RunCtx) -> Result<(), StepError> {
+    let out = ctx.out_dir;
+    for rel in ctx.spec.outputs.values() {
+        let p = out.join(rel.trim_end_matches('/'));
+        let dir = if rel.ends_with('/') {
+            p.as_path()
+        } else {
+            p.parent().unwrap_or(out)
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(StepError::io(format!("creating {}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// The paths of the input the step declared as `name`.
+fn input_paths(f: &CommandSpec, ctx: &RunCtx, name: &str) -> Result<Vec<String>, StepError> {
+    let key = f
+        .inputs
+        .get(name)
+        .ok_or_else(|| StepError::Failed(format!("unknown input `{name}`")))?;
+    Ok(ctx
+        .input(key)?
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect())
+}
+
+/// Expands one template; a lone multi-path reference yields several argv words.
+fn expand(f: &CommandSpec, ctx: &RunCtx, s: &str) -> Result<Vec<String>, StepError> {
+    let out = ctx.out_dir;
+    let pieces = template::parse(s).map_err(StepError::library)?;
+    let value = |r: &Ref| -> Result<Vec<String>, StepError> {
+        Ok(match r {
+            Ref::Input(n) => input_paths(f, ctx, n)?,
+            Ref::Output(n) => {
+                let rel = ctx
+                    .spec
+                    .outputs
+                    .get(n)
+                    .ok_or_else(|| StepError::Failed(format!("unknown output `{n}`")))?;
+                vec![out.join(rel.trim_end_matches('/')).display().to_string()]
             }
-            if ctx.cancel.load(Ordering::Relaxed) {
-                kill_group(pgid, &mut child);
-                return Err(StepError::Cancelled);
+            Ref::OutDir => vec![out.display().to_string()],
+            other => {
+                return Err(StepError::Failed(format!("unresolved reference `{other}`")));
             }
-            std::thread::sleep(Duration::from_millis(20));
+        })
+    };
+    if let [Piece::Ref(r)] = pieces.as_slice() {
+        return value(r);
+    }
+    let mut s = String::new();
+    for p in &pieces {
+        match p {
+            Piece::Lit(l) => s.push_str(l),
+            Piece::Ref(r) => s.push_str(&value(r)?.join(" ")),
         }
+    }
+    Ok(vec![s])
+}
+
+/// Polls the command until it exits; a cancel kills its whole process group.
+fn wait_or_cancel(mut child: std::process::Child, ctx: &RunCtx) -> Result<(), StepError> {
+    let pgid = child.id() as i32;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(StepError::io("waiting for the command"))?
+        {
+            if status.success() {
+                return Ok(());
+            }
+            return Err(StepError::Failed(match status.code() {
+                Some(c) => format!("command exited with status {c}"),
+                None => format!("command was killed ({status})"),
+            }));
+        }
+        if ctx.cancel.load(Ordering::Relaxed) {
+            kill_group(pgid, &mut child);
+            return Err(StepError::Cancelled);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

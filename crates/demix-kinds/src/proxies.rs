@@ -212,14 +212,7 @@ pub fn eval_parallel(
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         w.eval(m, cancel)
                     }))
-                    .unwrap_or_else(|p| {
-                        let msg = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_else(|| "a panic".into());
-                        Err(StepError::Failed(format!("evaluating a proxy: {msg}")))
-                    });
+                    .unwrap_or_else(|p| Err(StepError::from_panic("evaluating a proxy", &*p)));
                     let failed = r.is_err();
                     if tx.send((i, r)).is_err() || failed {
                         break;

@@ -448,21 +448,8 @@ mod run {
             );
         }
         let (mut proxy, counts) = proxies(&f, ctx, scratch.clone())?;
-        let sampler = SamplerConfig {
-            keep: f.pool,
-            draws: f.draws.unwrap_or(f.pool * 5 / 2).max(f.pool),
-            seed: f.seed,
-            ..Default::default()
-        };
-        let pool = sample(&counts, &sampler)
-            .map_err(|e| StepError::Failed(format!("sampling mixtures: {e}")))?;
-        let mut config = SearchConfig::new(f.targets.iter().map(|t| Target::loss(t)).collect());
-        config.rounds = f.rounds.clone();
-        config.top_k = f.top_k;
-        config.seed = f.seed;
-        config.objective = f.objective.objective(&f.objective_weights, f.targets.len());
         let total: usize = f.rounds.iter().sum();
-        let mut search = Search::new(config, pool.to_weights()).map_err(StepError::library)?;
+        let mut search = new_search(&f, &counts)?;
         let mut done = 0usize;
         let mut tokens_evaluated = 0u64;
         let mut round1: Vec<Proxied> = Vec::new();
@@ -505,22 +492,7 @@ mod run {
             for _ in 0..mixtures.len() - todo.len() {
                 tick(false);
             }
-            match &mut proxy {
-                Proxy::Merged(workers) => {
-                    eval_parallel(workers, &todo, ctx.cancel, &mut |i, p| {
-                        journal.add(&todo[i], p)?;
-                        tick(true);
-                        Ok(())
-                    })?;
-                }
-                Proxy::Trained(e) => {
-                    for w in &todo {
-                        let p = e.eval(w)?;
-                        journal.add(w, &p)?;
-                        tick(true);
-                    }
-                }
-            }
+            score(&mut proxy, &mut journal, ctx, &todo, &mut tick)?;
             let scores: Vec<Proxied> = mixtures
                 .iter()
                 .map(|w| journal.get(w).cloned().expect("every mixture was scored"))
@@ -533,9 +505,71 @@ mod run {
                 .record(scores.into_iter().map(|p| p.scores).collect())
                 .map_err(StepError::library)?;
         }
+        write_result(search, &f, ctx, &round1, tokens_evaluated)?;
+        // The journal has served; a failed search keeps it for its next attempt.
+        if ml::dist::leads() {
+            let _ = demix_core::store::remove_tree(&scratch);
+        }
+        Ok(())
+    }
+
+    /// The search over a pool sampled as RegMix does, with the token counts as prior.
+    fn new_search(f: &SearchFields, counts: &[f64]) -> Result<Search, StepError> {
+        let sampler = SamplerConfig {
+            keep: f.pool,
+            draws: f.draws.unwrap_or(f.pool * 5 / 2).max(f.pool),
+            seed: f.seed,
+            ..Default::default()
+        };
+        let pool = sample(counts, &sampler)
+            .map_err(|e| StepError::Failed(format!("sampling mixtures: {e}")))?;
+        let mut config = SearchConfig::new(f.targets.iter().map(|t| Target::loss(t)).collect());
+        config.rounds = f.rounds.clone();
+        config.top_k = f.top_k;
+        config.seed = f.seed;
+        config.objective = f.objective.objective(&f.objective_weights, f.targets.len());
+        Search::new(config, pool.to_weights()).map_err(StepError::library)
+    }
+
+    /// Scores the batch's mixtures not yet in the journal, journalling each.
+    fn score(
+        proxy: &mut Proxy,
+        journal: &mut Journal,
+        ctx: &RunCtx,
+        todo: &[Vec<f64>],
+        tick: &mut dyn FnMut(bool),
+    ) -> Result<(), StepError> {
+        match proxy {
+            Proxy::Merged(workers) => {
+                eval_parallel(workers, todo, ctx.cancel, &mut |i, p| {
+                    journal.add(&todo[i], p)?;
+                    tick(true);
+                    Ok(())
+                })?;
+            }
+            Proxy::Trained(e) => {
+                for w in todo {
+                    let p = e.eval(w)?;
+                    journal.add(w, &p)?;
+                    tick(true);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `search.json` (the result with its candidates, noise and cost) and
+    /// `mixture.json` (the chosen weights by candidate).
+    fn write_result(
+        search: Search,
+        f: &SearchFields,
+        ctx: &RunCtx,
+        round1: &[Proxied],
+        tokens_evaluated: u64,
+    ) -> Result<(), StepError> {
         let mut result = search.finish().map_err(StepError::library)?;
         result.candidates = f.candidates.clone();
-        result.target_noise = target_noise(&f.targets, &round1);
+        result.target_noise = target_noise(&f.targets, round1);
         result.cost.tokens_evaluated = tokens_evaluated;
         if let Some(t) = &f.train {
             result.cost.tokens_trained = (result.cost.proxies_evaluated as u64) * t.tokens;
@@ -548,10 +582,6 @@ mod run {
             .collect();
         demix_core::kind::write_json(ctx, "search.json", &result)?;
         demix_core::kind::write_json(ctx, "mixture.json", &mixture)?;
-        // The journal has served; a failed search keeps it for its next attempt.
-        if ml::dist::leads() {
-            let _ = demix_core::store::remove_tree(&scratch);
-        }
         Ok(())
     }
 }

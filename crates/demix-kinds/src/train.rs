@@ -543,7 +543,10 @@ fn write_cards(
             code(&serde_json::to_string(w).unwrap_or_default())
         ),
     };
-    let weights = spec.data.weights().map_err(StepError::Failed)?;
+    let weights = spec
+        .data
+        .weights()
+        .map_err(|e| StepError::Failed(e.to_string()))?;
     let dataset_hashes: BTreeMap<String, String> = weights
         .keys()
         .filter_map(|n| {

@@ -508,78 +508,10 @@ fn run_with(
         });
     }
     for (label, key) in &f.proxies {
-        let paths = ctx.input(key)?;
-        if paths.len() != mixtures.len() {
-            return Err(StepError::Failed(format!(
-                "proxies `{label}`: {} evaluations for {} mixtures",
-                paths.len(),
-                mixtures.len()
-            )));
-        }
-        sets.push(ScoreSet {
-            name: label.clone(),
-            kind: PredictorKind::Proxy,
-            scores: losses(paths, &f.targets)?,
-            in_units: true,
-            training_tokens: cost(label),
-        });
+        sets.push(proxy_set(ctx, f, label, key, mixtures.len())?);
     }
     for (label, key) in &f.searches {
-        let path = one(ctx, key)?;
-        let r = read_search(path).map_err(StepError::library)?;
-        if !r.candidates.is_empty() && r.candidates != f.candidates {
-            return Err(StepError::Failed(format!(
-                "{}: the search's candidates are {:?}, this step names {:?}: give them in the search's order",
-                path.display(),
-                r.candidates,
-                f.candidates
-            )));
-        }
-        if !r
-            .objective
-            .same_kind(&f.objective.objective(&f.objective_weights, f.targets.len()))
-        {
-            warnings.push(format!(
-                "search `{label}` optimised a different objective than this validation's headline"
-            ));
-        }
-        if r.chosen.len() != f.candidates.len() {
-            return Err(StepError::Failed(format!(
-                "{}: the search mixes {} candidates, this step names {}",
-                path.display(),
-                r.chosen.len(),
-                f.candidates.len()
-            )));
-        }
-        let xs: Vec<Vec<f64>> = r.proxies.iter().map(|p| p.weights.clone()).collect();
-        let mut cols = Vec::new();
-        for t in &f.targets {
-            let Some(k) = r.targets.iter().position(|x| x.name == *t) else {
-                return Err(StepError::Failed(format!(
-                    "{}: the search did not score target `{t}`",
-                    path.display()
-                )));
-            };
-            let ys: Vec<f64> = r.proxies.iter().map(|p| p.scores[k]).collect();
-            // The kind the search itself chose for this target, when it says.
-            let fit = match r.final_fits.iter().find(|x| x.target == *t) {
-                Some(x) => Predictor::fit_kind(x.model, &r.predictor, &xs, &ys),
-                None => Predictor::fit(&r.predictor, &xs, &ys),
-            };
-            let p =
-                fit.map_err(|e| StepError::Failed(format!("refitting `{label}` on `{t}`: {e}")))?;
-            cols.push(p.predict_many(&mixtures));
-        }
-        let scores = (0..mixtures.len())
-            .map(|i| cols.iter().map(|c| c[i]).collect())
-            .collect();
-        sets.push(ScoreSet {
-            name: label.clone(),
-            kind: PredictorKind::Search,
-            scores,
-            in_units: true,
-            training_tokens: cost(label),
-        });
+        sets.push(search_set(ctx, f, label, key, &mixtures, &mut warnings)?);
     }
     sets.push(ScoreSet {
         name: "weights".into(),
@@ -592,19 +524,7 @@ fn run_with(
     for (label, key) in &f.finals {
         finals.push((label.clone(), losses(ctx.input(key)?, &f.targets)?));
     }
-    let cfg = ValidateConfig {
-        objective: f.objective.objective(&f.objective_weights, targets.len()),
-        targets,
-        top_fraction: f.top_fraction,
-        bootstrap: f.bootstrap,
-        level: 0.9,
-        seed: f.seed,
-        verdicts: f
-            .verdict
-            .as_ref()
-            .map(VerdictFields::pairs)
-            .unwrap_or_default(),
-    };
+    let cfg = validate_config(f, targets);
     let mut v = validate(&cfg, mixtures, replicas, sets, finals)
         .map_err(|e| StepError::Failed(e.to_string()))?;
     for n in v.noise.iter().filter(|n| n.flagged) {
@@ -618,6 +538,114 @@ fn run_with(
     }
     v.warnings = warnings;
     Ok(v)
+}
+
+/// A trained-proxy predictor: one evaluation per reference mixture.
+fn proxy_set(
+    ctx: &RunCtx,
+    f: &ValidateFields,
+    label: &str,
+    key: &str,
+    n_mixtures: usize,
+) -> Result<ScoreSet, StepError> {
+    let paths = ctx.input(key)?;
+    if paths.len() != n_mixtures {
+        return Err(StepError::Failed(format!(
+            "proxies `{label}`: {} evaluations for {} mixtures",
+            paths.len(),
+            n_mixtures
+        )));
+    }
+    Ok(ScoreSet {
+        name: label.to_string(),
+        kind: PredictorKind::Proxy,
+        scores: losses(paths, &f.targets)?,
+        in_units: true,
+        training_tokens: f.costs.get(label).copied(),
+    })
+}
+
+/// A search's predictor, refit on its proxies per target (with the model kind
+/// the search chose, when it says) and scored at the reference mixtures.
+fn search_set(
+    ctx: &RunCtx,
+    f: &ValidateFields,
+    label: &str,
+    key: &str,
+    mixtures: &[Vec<f64>],
+    warnings: &mut Vec<String>,
+) -> Result<ScoreSet, StepError> {
+    let path = one(ctx, key)?;
+    let r = read_search(path).map_err(StepError::library)?;
+    if !r.candidates.is_empty() && r.candidates != f.candidates {
+        return Err(StepError::Failed(format!(
+            "{}: the search's candidates are {:?}, this step names {:?}: give them in the search's order",
+            path.display(),
+            r.candidates,
+            f.candidates
+        )));
+    }
+    if !r
+        .objective
+        .same_kind(&f.objective.objective(&f.objective_weights, f.targets.len()))
+    {
+        warnings.push(format!(
+            "search `{label}` optimised a different objective than this validation's headline"
+        ));
+    }
+    if r.chosen.len() != f.candidates.len() {
+        return Err(StepError::Failed(format!(
+            "{}: the search mixes {} candidates, this step names {}",
+            path.display(),
+            r.chosen.len(),
+            f.candidates.len()
+        )));
+    }
+    let xs: Vec<Vec<f64>> = r.proxies.iter().map(|p| p.weights.clone()).collect();
+    let mut cols = Vec::new();
+    for t in &f.targets {
+        let Some(k) = r.targets.iter().position(|x| x.name == *t) else {
+            return Err(StepError::Failed(format!(
+                "{}: the search did not score target `{t}`",
+                path.display()
+            )));
+        };
+        let ys: Vec<f64> = r.proxies.iter().map(|p| p.scores[k]).collect();
+        // The kind the search itself chose for this target, when it says.
+        let fit = match r.final_fits.iter().find(|x| x.target == *t) {
+            Some(x) => Predictor::fit_kind(x.model, &r.predictor, &xs, &ys),
+            None => Predictor::fit(&r.predictor, &xs, &ys),
+        };
+        let p = fit.map_err(|e| StepError::Failed(format!("refitting `{label}` on `{t}`: {e}")))?;
+        cols.push(p.predict_many(mixtures));
+    }
+    let scores = (0..mixtures.len())
+        .map(|i| cols.iter().map(|c| c[i]).collect())
+        .collect();
+    Ok(ScoreSet {
+        name: label.to_string(),
+        kind: PredictorKind::Search,
+        scores,
+        in_units: true,
+        training_tokens: f.costs.get(label).copied(),
+    })
+}
+
+/// The validation's settings from the step's fields.
+fn validate_config(f: &ValidateFields, targets: Vec<Target>) -> ValidateConfig {
+    ValidateConfig {
+        objective: f.objective.objective(&f.objective_weights, targets.len()),
+        targets,
+        top_fraction: f.top_fraction,
+        bootstrap: f.bootstrap,
+        level: 0.9,
+        seed: f.seed,
+        verdicts: f
+            .verdict
+            .as_ref()
+            .map(VerdictFields::pairs)
+            .unwrap_or_default(),
+    }
 }
 
 /// Merged proxies at the reference mixtures, and the components' own scores (a

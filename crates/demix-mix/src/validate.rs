@@ -359,25 +359,7 @@ pub fn validate(
     sets: Vec<ScoreSet>,
     finals: Vec<(String, Vec<Vec<f64>>)>,
 ) -> Result<Validation, ValidateError> {
-    let n = replicas.first().map_or(0, Vec::len);
-    let t = cfg.targets.len();
-    if t == 0 {
-        return Err(ValidateError::Input("no targets".into()));
-    }
-    if n < 3 {
-        return Err(ValidateError::Input(format!(
-            "{n} references are too few to rank (need at least 3)"
-        )));
-    }
-    if mixtures.len() != n {
-        return Err(ValidateError::Input(format!(
-            "{} mixtures for {n} references",
-            mixtures.len()
-        )));
-    }
-    for (r, rows) in replicas.iter().enumerate() {
-        check_rows(&format!("reference scores (replica {})", r + 1), rows, n, t)?;
-    }
+    let (n, t) = check_references(cfg, &mixtures, &replicas)?;
     let r = replicas.len();
     let references: Vec<Vec<f64>> = (0..n)
         .map(|i| {
@@ -410,148 +392,31 @@ pub fn validate(
     let mut predicted = Vec::new();
     for s in sets {
         check_rows(&s.name, &s.scores, n, t)?;
-        let targets: Vec<Measures> = (0..t)
-            .map(|k| {
-                let mut m = measures(
-                    cfg,
-                    &col(&s.scores, k),
-                    &col(&references, k),
-                    cfg.targets[k].direction,
-                    s.in_units,
-                );
-                m.of_ceiling =
-                    of_ceiling(m.spearman, noise.get(k).and_then(|x| x.ceiling.as_ref()));
-                m
-            })
-            .collect();
-        let top_defined = (cfg.top_fraction * n as f64).ceil() as usize >= 3;
-        let obj = headline.values(&cfg.targets, &s.scores);
-        let mut objective = measures(
+        predictors.push(predictor_report(
             cfg,
-            &obj,
+            &s,
+            &references,
+            &noise,
+            &headline,
             &reference_objective,
-            Direction::LowerIsBetter,
-            false,
-        );
-        objective.of_ceiling = of_ceiling(objective.spearman, headline_ceiling.as_ref());
-        predictors.push(PredictorReport {
-            name: s.name,
-            kind: s.kind,
-            training_tokens: s.training_tokens,
-            // A target the predictor says nothing about (a constant) counts as
-            // rho 0, so a predictor cannot look good by skipping the hard targets.
-            macro_spearman: mean(targets.iter().map(|m| m.spearman.unwrap_or(0.0))),
-            macro_top_spearman: (top_defined)
-                .then(|| mean(targets.iter().map(|m| m.top_spearman.unwrap_or(0.0))))
-                .flatten(),
-            macro_recovery: mean(targets.iter().filter_map(|m| m.recovery)),
-            targets,
-            objective,
-        });
+            headline_ceiling.as_ref(),
+        ));
         predicted.push(s.scores);
     }
     let mut out_finals = Vec::new();
     for (name, seeds) in &finals {
-        if seeds.is_empty()
-            || seeds
-                .iter()
-                .any(|r| r.len() != t || r.iter().any(|x| !x.is_finite()))
-        {
-            return Err(ValidateError::Input(format!(
-                "final `{name}`: {seeds:?} is not one row of {t} finite scores per seed"
-            )));
-        }
-        let scores: Vec<f64> = (0..t)
-            .map(|k| seeds.iter().map(|r| r[k]).sum::<f64>() / seeds.len() as f64)
-            .collect();
-        let ranks: Vec<f64> = (0..t)
-            .map(|k| rank_among(scores[k], &col(&references, k), cfg.targets[k].direction))
-            .collect();
-        out_finals.push(FinalReport {
-            name: name.clone(),
-            macro_rank: ranks.iter().sum::<f64>() / t as f64,
-            ranks,
-            objective_rank: final_rank(&headline, &cfg.targets, &references, &scores),
-            scores,
-            seeds: seeds.clone(),
-        });
+        out_finals.push(final_report(cfg, name, seeds, &references, &headline)?);
     }
-    // Every objective side by side, the headline first.
-    let mut names: Vec<&str> = vec![headline.name()];
-    for n in OBJECTIVE_NAMES {
-        if !names.contains(&n) && n != "weighted_loss" {
-            names.push(n);
-        }
-    }
-    let mut objectives = Vec::new();
-    for name in names {
-        let o = if name == headline.name() {
-            headline.clone()
-        } else {
-            Objective::named(name, None, t)
-                .expect("known name")
-                .scaled_by(&references, t)
-        };
-        let reference = o.values(&cfg.targets, &references);
-        let per_replica: Vec<Vec<f64>> =
-            replicas.iter().map(|s| o.values(&cfg.targets, s)).collect();
-        let ceiling = Ceiling::of(&per_replica);
-        let noise = (r >= 2).then(|| seed_noise(name, &per_replica));
-        let measures: Vec<ObjectiveMeasure> = predictors
-            .iter()
-            .zip(&predicted)
-            .map(|(p, rows)| {
-                let v = o.values(&cfg.targets, rows);
-                let rho = spearman(&v, &reference).ok();
-                ObjectiveMeasure {
-                    name: p.name.clone(),
-                    spearman: rho,
-                    interval: (cfg.bootstrap > 0)
-                        .then(|| {
-                            bootstrap_spearman(&v, &reference, cfg.bootstrap, cfg.level, cfg.seed)
-                                .ok()
-                        })
-                        .flatten(),
-                    of_ceiling: of_ceiling(rho, ceiling.as_ref()),
-                }
-            })
-            .collect();
-        let finals = out_finals
-            .iter()
-            .map(|f| {
-                (
-                    f.name.clone(),
-                    final_rank(&o, &cfg.targets, &references, &f.scores),
-                )
-            })
-            .collect();
-        objectives.push(ObjectiveView {
-            objective: o,
-            ceiling,
-            noise,
-            predictors: measures,
-            finals,
-        });
-    }
-    let mut verdicts = Vec::new();
-    for (chosen, baseline) in &cfg.verdicts {
-        let side = |label: &str| {
-            finals
-                .iter()
-                .find(|(n, _)| n == label)
-                .map(|(_, rows)| rows.as_slice())
-                .ok_or_else(|| ValidateError::Input(format!("verdict: no final model `{label}`")))
-        };
-        let v = verdict(
-            (chosen, side(chosen)?),
-            (baseline, side(baseline)?),
-            &cfg.targets,
-            &headline,
-            &references,
-        )
-        .map_err(|e| ValidateError::Input(e.to_string()))?;
-        verdicts.push(v);
-    }
+    let objectives = objective_views(
+        cfg,
+        &headline,
+        &references,
+        &replicas,
+        &predictors,
+        &predicted,
+        &out_finals,
+    );
+    let verdicts = verdicts(cfg, &finals, &headline, &references)?;
     Ok(Validation {
         targets: cfg.targets.clone(),
         objective: headline,
@@ -569,6 +434,234 @@ pub fn validate(
         objectives,
         verdicts,
     })
+}
+
+/// Checks that there are targets, enough references to rank, one mixture per
+/// reference and a full row of finite scores per reference in each replica;
+/// returns the number of references and of targets.
+fn check_references(
+    cfg: &ValidateConfig,
+    mixtures: &[Vec<f64>],
+    replicas: &[Vec<Vec<f64>>],
+) -> Result<(usize, usize), ValidateError> {
+    let n = replicas.first().map_or(0, Vec::len);
+    let t = cfg.targets.len();
+    if t == 0 {
+        return Err(ValidateError::Input("no targets".into()));
+    }
+    if n < 3 {
+        return Err(ValidateError::Input(format!(
+            "{n} references are too few to rank (need at least 3)"
+        )));
+    }
+    if mixtures.len() != n {
+        return Err(ValidateError::Input(format!(
+            "{} mixtures for {n} references",
+            mixtures.len()
+        )));
+    }
+    for (r, rows) in replicas.iter().enumerate() {
+        check_rows(&format!("reference scores (replica {})", r + 1), rows, n, t)?;
+    }
+    Ok((n, t))
+}
+
+/// How well one predictor's scores rank the references: per target, and on
+/// the headline objective (with its replica ceiling).
+fn predictor_report(
+    cfg: &ValidateConfig,
+    s: &ScoreSet,
+    references: &[Vec<f64>],
+    noise: &[SeedNoise],
+    headline: &Objective,
+    reference_objective: &[f64],
+    headline_ceiling: Option<&Ceiling>,
+) -> PredictorReport {
+    let targets: Vec<Measures> = (0..cfg.targets.len())
+        .map(|k| {
+            let mut m = measures(
+                cfg,
+                &col(&s.scores, k),
+                &col(references, k),
+                cfg.targets[k].direction,
+                s.in_units,
+            );
+            m.of_ceiling = of_ceiling(m.spearman, noise.get(k).and_then(|x| x.ceiling.as_ref()));
+            m
+        })
+        .collect();
+    let top_defined = (cfg.top_fraction * references.len() as f64).ceil() as usize >= 3;
+    let obj = headline.values(&cfg.targets, &s.scores);
+    let mut objective = measures(
+        cfg,
+        &obj,
+        reference_objective,
+        Direction::LowerIsBetter,
+        false,
+    );
+    objective.of_ceiling = of_ceiling(objective.spearman, headline_ceiling);
+    PredictorReport {
+        name: s.name.clone(),
+        kind: s.kind,
+        training_tokens: s.training_tokens,
+        // A target the predictor says nothing about (a constant) counts as
+        // rho 0, so a predictor cannot look good by skipping the hard targets.
+        macro_spearman: mean(targets.iter().map(|m| m.spearman.unwrap_or(0.0))),
+        macro_top_spearman: (top_defined)
+            .then(|| mean(targets.iter().map(|m| m.top_spearman.unwrap_or(0.0))))
+            .flatten(),
+        macro_recovery: mean(targets.iter().filter_map(|m| m.recovery)),
+        targets,
+        objective,
+    }
+}
+
+/// A final model's mean scores over its seeds and its rank among the
+/// references, per target and on the headline objective.
+fn final_report(
+    cfg: &ValidateConfig,
+    name: &str,
+    seeds: &[Vec<f64>],
+    references: &[Vec<f64>],
+    headline: &Objective,
+) -> Result<FinalReport, ValidateError> {
+    let t = cfg.targets.len();
+    if seeds.is_empty()
+        || seeds
+            .iter()
+            .any(|r| r.len() != t || r.iter().any(|x| !x.is_finite()))
+    {
+        return Err(ValidateError::Input(format!(
+            "final `{name}`: {seeds:?} is not one row of {t} finite scores per seed"
+        )));
+    }
+    let scores: Vec<f64> = (0..t)
+        .map(|k| seeds.iter().map(|r| r[k]).sum::<f64>() / seeds.len() as f64)
+        .collect();
+    let ranks: Vec<f64> = (0..t)
+        .map(|k| rank_among(scores[k], &col(references, k), cfg.targets[k].direction))
+        .collect();
+    Ok(FinalReport {
+        name: name.to_string(),
+        macro_rank: ranks.iter().sum::<f64>() / t as f64,
+        ranks,
+        objective_rank: final_rank(headline, &cfg.targets, references, &scores),
+        scores,
+        seeds: seeds.to_vec(),
+    })
+}
+
+/// Every objective side by side, the headline first: each one's replica
+/// ceiling and noise, how each predictor ranks on it and each final's rank.
+fn objective_views(
+    cfg: &ValidateConfig,
+    headline: &Objective,
+    references: &[Vec<f64>],
+    replicas: &[Vec<Vec<f64>>],
+    predictors: &[PredictorReport],
+    predicted: &[Vec<Vec<f64>>],
+    finals: &[FinalReport],
+) -> Vec<ObjectiveView> {
+    let t = cfg.targets.len();
+    let mut names: Vec<&str> = vec![headline.name()];
+    for n in OBJECTIVE_NAMES {
+        if !names.contains(&n) && n != "weighted_loss" {
+            names.push(n);
+        }
+    }
+    let mut objectives = Vec::new();
+    for name in names {
+        let o = if name == headline.name() {
+            headline.clone()
+        } else {
+            Objective::named(name, None, t)
+                .expect("known name")
+                .scaled_by(references, t)
+        };
+        let reference = o.values(&cfg.targets, references);
+        let per_replica: Vec<Vec<f64>> =
+            replicas.iter().map(|s| o.values(&cfg.targets, s)).collect();
+        let ceiling = Ceiling::of(&per_replica);
+        let noise = (replicas.len() >= 2).then(|| seed_noise(name, &per_replica));
+        let measures =
+            objective_measures(cfg, &o, &reference, ceiling.as_ref(), predictors, predicted);
+        let finals = finals
+            .iter()
+            .map(|f| {
+                (
+                    f.name.clone(),
+                    final_rank(&o, &cfg.targets, references, &f.scores),
+                )
+            })
+            .collect();
+        objectives.push(ObjectiveView {
+            objective: o,
+            ceiling,
+            noise,
+            predictors: measures,
+            finals,
+        });
+    }
+    objectives
+}
+
+/// How each predictor's scores rank the references on objective `o`
+/// (`reference` is the references' values of it).
+fn objective_measures(
+    cfg: &ValidateConfig,
+    o: &Objective,
+    reference: &[f64],
+    ceiling: Option<&Ceiling>,
+    predictors: &[PredictorReport],
+    predicted: &[Vec<Vec<f64>>],
+) -> Vec<ObjectiveMeasure> {
+    predictors
+        .iter()
+        .zip(predicted)
+        .map(|(p, rows)| {
+            let v = o.values(&cfg.targets, rows);
+            let rho = spearman(&v, reference).ok();
+            ObjectiveMeasure {
+                name: p.name.clone(),
+                spearman: rho,
+                interval: (cfg.bootstrap > 0)
+                    .then(|| {
+                        bootstrap_spearman(&v, reference, cfg.bootstrap, cfg.level, cfg.seed).ok()
+                    })
+                    .flatten(),
+                of_ceiling: of_ceiling(rho, ceiling),
+            }
+        })
+        .collect()
+}
+
+/// The verdict of each (chosen, baseline) pair of final models the config asks for.
+fn verdicts(
+    cfg: &ValidateConfig,
+    finals: &[(String, Vec<Vec<f64>>)],
+    headline: &Objective,
+    references: &[Vec<f64>],
+) -> Result<Vec<Verdict>, ValidateError> {
+    let mut verdicts = Vec::new();
+    for (chosen, baseline) in &cfg.verdicts {
+        let side = |label: &str| {
+            finals
+                .iter()
+                .find(|(n, _)| n == label)
+                .map(|(_, rows)| rows.as_slice())
+                .ok_or_else(|| ValidateError::Input(format!("verdict: no final model `{label}`")))
+        };
+        let v = verdict(
+            (chosen, side(chosen)?),
+            (baseline, side(baseline)?),
+            &cfg.targets,
+            headline,
+            references,
+        )
+        .map_err(|e| ValidateError::Input(e.to_string()))?;
+        verdicts.push(v);
+    }
+    Ok(verdicts)
 }
 
 /// Rank of a model's objective value among the references' (recomputed over

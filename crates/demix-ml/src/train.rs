@@ -74,7 +74,9 @@ impl TrainSpec {
         if let Some(p) = self.train.problems().into_iter().next() {
             return Err(MlError::Spec(p));
         }
-        self.data.weights().map_err(MlError::Spec)?;
+        self.data
+            .weights()
+            .map_err(|e| MlError::Spec(e.to_string()))?;
         Ok(())
     }
 
@@ -249,7 +251,10 @@ pub fn train(
     let world = World::join(device)?;
     set_threads(threads(spec, world));
     let slice = RankSlice::new(spec, world)?;
-    let weights = spec.data.weights().map_err(MlError::Spec)?;
+    let weights = spec
+        .data
+        .weights()
+        .map_err(|e| MlError::Spec(e.to_string()))?;
     let (config, init_dir) = match (&spec.model, &spec.init_from) {
         (Some(c), _) => (c.clone(), None),
         (None, Some(d)) => (load_config(d)?, Some(d.clone())),

@@ -845,100 +845,12 @@ fn lineage(l: &super::LineageSummary) -> Section {
     let mut rows: Vec<Vec<(String, &str)>> = Vec::new();
     for i in &l.inputs {
         for p in &i.producers {
-            let row = match p {
-                Producer::Step {
-                    step,
-                    output,
-                    workflow,
-                    kind,
-                    key,
-                    host,
-                    started,
-                    duration_s,
-                } => vec![
-                    (i.field.clone(), ""),
-                    (i.reference.clone(), ""),
-                    (format!("{step}.{output} ({workflow})"), ""),
-                    (kind.clone(), ""),
-                    (short(key).to_string(), ""),
-                    (host.clone(), ""),
-                    (started.clone(), ""),
-                    (fmt_secs(*duration_s), "num"),
-                ],
-                Producer::Missing { step, output, key } => vec![
-                    (i.field.clone(), ""),
-                    (i.reference.clone(), ""),
-                    (format!("{step}.{output}"), ""),
-                    ("record no longer in the store".into(), ""),
-                    (short(key).to_string(), ""),
-                    ("–".into(), ""),
-                    ("–".into(), ""),
-                    ("–".into(), "num"),
-                ],
-                Producer::File { path, hash } => vec![
-                    (i.field.clone(), ""),
-                    (i.reference.clone(), ""),
-                    (format!("workspace file {path}"), ""),
-                    ("file".into(), ""),
-                    (format!("blake3 {}", short(hash)), ""),
-                    ("–".into(), ""),
-                    ("–".into(), ""),
-                    ("–".into(), "num"),
-                ],
-                Producer::Dataset { name, files } => vec![
-                    (i.field.clone(), ""),
-                    (i.reference.clone(), ""),
-                    (format!("dataset {name} ({files} files)"), ""),
-                    ("dataset".into(), ""),
-                    ("–".into(), ""),
-                    ("–".into(), ""),
-                    ("–".into(), ""),
-                    ("–".into(), "num"),
-                ],
-            };
-            rows.push(row);
+            rows.push(producer_row(&i.field, &i.reference, p));
         }
     }
     table(&mut b, &head, &rows);
     if !l.ancestors.is_empty() {
-        let total: f64 = l.ancestors.iter().map(|a| a.duration_s).sum();
-        b.push_str("<h3>Every step upstream</h3>");
-        let head = [
-            ("step".to_string(), ""),
-            ("kind".into(), ""),
-            ("key".into(), ""),
-            ("host".into(), ""),
-            ("started".into(), ""),
-            ("took".into(), "num"),
-        ];
-        let rows: Vec<Vec<(String, &str)>> = l
-            .ancestors
-            .iter()
-            .take(ANCESTOR_ROWS)
-            .map(|a| {
-                vec![
-                    (a.step.clone(), ""),
-                    (a.kind.clone(), ""),
-                    (short(&a.key).to_string(), ""),
-                    (a.host.clone(), ""),
-                    (a.started.clone(), ""),
-                    (fmt_secs(a.duration_s), "num"),
-                ]
-            })
-            .collect();
-        table(&mut b, &head, &rows);
-        let mut text = format!(
-            "{} step results upstream, {} of step time in all.",
-            l.ancestors.len(),
-            fmt_secs(total)
-        );
-        if l.ancestors.len() > ANCESTOR_ROWS {
-            let _ = write!(
-                text,
-                " The first {ANCESTOR_ROWS} by start time are listed; `demix lineage STEP --full` shows them all."
-            );
-        }
-        note(&mut b, &text);
+        ancestors(&mut b, &l.ancestors);
     }
     if !l.producers.is_empty() {
         b.push_str("<h3>Where the inputs came from</h3>");
@@ -946,7 +858,7 @@ fn lineage(l: &super::LineageSummary) -> Section {
             let _ = write!(
                 b,
                 "<div class=\"scroll\"><pre>{}</pre></div>",
-                escape(&producer_text(p))
+                escape(&demix_core::lineage::render_portable(p))
             );
         }
     }
@@ -957,44 +869,105 @@ fn lineage(l: &super::LineageSummary) -> Section {
     }
 }
 
-/// What `demix lineage STEP` says of a producer, less what only makes sense
-/// on the machine that ran it (store paths, the resolved argv).
-pub(crate) fn producer_text(s: &demix_core::lineage::Summary) -> String {
-    use demix_core::lineage::{chain_text, data_lines, device_text, params_lines};
-    let mut out = format!("{} ({} v{})\n", s.step, s.kind, s.kind_version);
-    let mut line = |label: &str, text: &str| {
-        let _ = writeln!(out, "  {label:<8} {text}");
-    };
-    line(
-        "ran",
-        &format!(
-            "{} on {}, took {}, demix {}",
-            s.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
-            s.host,
-            demix_core::outcome::human_duration(s.duration_s),
-            s.demix
-        ),
+/// One row of the inputs table: the input, and what made it (a step, a
+/// workspace file, a dataset, or a step whose record is gone).
+fn producer_row(field: &str, reference: &str, p: &Producer) -> Vec<(String, &'static str)> {
+    match p {
+        Producer::Step {
+            step,
+            output,
+            workflow,
+            kind,
+            key,
+            host,
+            started,
+            duration_s,
+        } => vec![
+            (field.to_string(), ""),
+            (reference.to_string(), ""),
+            (format!("{step}.{output} ({workflow})"), ""),
+            (kind.clone(), ""),
+            (short(key).to_string(), ""),
+            (host.clone(), ""),
+            (started.clone(), ""),
+            (fmt_secs(*duration_s), "num"),
+        ],
+        Producer::Missing { step, output, key } => vec![
+            (field.to_string(), ""),
+            (reference.to_string(), ""),
+            (format!("{step}.{output}"), ""),
+            ("record no longer in the store".into(), ""),
+            (short(key).to_string(), ""),
+            ("–".into(), ""),
+            ("–".into(), ""),
+            ("–".into(), "num"),
+        ],
+        Producer::File { path, hash } => vec![
+            (field.to_string(), ""),
+            (reference.to_string(), ""),
+            (format!("workspace file {path}"), ""),
+            ("file".into(), ""),
+            (format!("blake3 {}", short(hash)), ""),
+            ("–".into(), ""),
+            ("–".into(), ""),
+            ("–".into(), "num"),
+        ],
+        Producer::Dataset { name, files } => vec![
+            (field.to_string(), ""),
+            (reference.to_string(), ""),
+            (format!("dataset {name} ({files} files)"), ""),
+            ("dataset".into(), ""),
+            ("–".into(), ""),
+            ("–".into(), ""),
+            ("–".into(), ""),
+            ("–".into(), "num"),
+        ],
+    }
+}
+
+/// Every step upstream of the report (the first [`ANCESTOR_ROWS`] by start
+/// time), with their total step time.
+fn ancestors(b: &mut String, ancestors: &[super::data::Ancestor]) {
+    let total: f64 = ancestors.iter().map(|a| a.duration_s).sum();
+    b.push_str("<h3>Every step upstream</h3>");
+    let head = [
+        ("step".to_string(), ""),
+        ("kind".into(), ""),
+        ("key".into(), ""),
+        ("host".into(), ""),
+        ("started".into(), ""),
+        ("took".into(), "num"),
+    ];
+    let rows: Vec<Vec<(String, &str)>> = ancestors
+        .iter()
+        .take(ANCESTOR_ROWS)
+        .map(|a| {
+            vec![
+                (a.step.clone(), ""),
+                (a.kind.clone(), ""),
+                (short(&a.key).to_string(), ""),
+                (a.host.clone(), ""),
+                (a.started.clone(), ""),
+                (fmt_secs(a.duration_s), "num"),
+            ]
+        })
+        .collect();
+    table(b, &head, &rows);
+    let mut text = format!(
+        "{} step results upstream, {} of step time in all.",
+        ancestors.len(),
+        fmt_secs(total)
     );
-    if let Some(d) = &s.device {
-        line("device", &device_text(d));
+    if ancestors.len() > ANCESTOR_ROWS {
+        let _ = write!(
+            text,
+            " The first {ANCESTOR_ROWS} by start time are listed; `demix lineage STEP --full` shows them all."
+        );
     }
-    if !s.chain.is_empty() {
-        line("init", &chain_text(s));
-    }
-    for (i, t) in data_lines(&s.data).iter().enumerate() {
-        line(if i == 0 { "data" } else { "" }, t);
-    }
-    if let Some(m) = &s.mixture {
-        line("mixture", m);
-    }
-    for (i, t) in params_lines(&s.params, 88).iter().enumerate() {
-        line(if i == 0 { "params" } else { "" }, t);
-    }
-    out
+    note(b, &text);
 }
 
 fn validation(v: &demix_mix::validate::Validation) -> Section {
-    use demix_mix::validate::PredictorKind;
     let mut b = String::new();
     for w in &v.warnings {
         let _ = write!(b, "<p><strong>Warning:</strong> {}</p>", escape(w));
@@ -1006,6 +979,22 @@ fn validation(v: &demix_mix::validate::Validation) -> Section {
             v.references
         ),
     );
+    objective_plots(&mut b, v);
+    merged_plots(&mut b, v);
+    predictor_table(&mut b, v);
+    validation_details(&mut b, v);
+    target_tables(&mut b, v);
+    Section {
+        id: "validation",
+        title: "Validation",
+        body: b,
+    }
+}
+
+/// Each predictor's objective against the references' (the `weights`
+/// baseline is left out: its ranks are the weights' own).
+fn objective_plots(b: &mut String, v: &demix_mix::validate::Validation) {
+    use demix_mix::validate::PredictorKind;
     b.push_str("<div class=\"plots\">");
     for (p, scores) in v.predictors.iter().zip(&v.predicted) {
         if p.kind == PredictorKind::Baseline && p.name == "weights" {
@@ -1033,6 +1022,10 @@ fn validation(v: &demix_mix::validate::Validation) -> Section {
         b.push_str(&plot.svg());
     }
     b.push_str("</div>");
+}
+
+/// The merged proxies against the references, a plot per target.
+fn merged_plots(b: &mut String, v: &demix_mix::validate::Validation) {
     if let Some(k) = v.predictors.iter().position(|p| p.name == "merged") {
         let _ = write!(b, "<h3>Merged proxies against references, per target</h3>");
         b.push_str("<div class=\"plots\">");
@@ -1058,6 +1051,10 @@ fn validation(v: &demix_mix::validate::Validation) -> Section {
         }
         b.push_str("</div>");
     }
+}
+
+/// A row per predictor: its cost and how well it ranks the references.
+fn predictor_table(b: &mut String, v: &demix_mix::validate::Validation) {
     let head = [
         ("predictor".to_string(), ""),
         ("kind".into(), ""),
@@ -1098,23 +1095,28 @@ fn validation(v: &demix_mix::validate::Validation) -> Section {
             ]
         })
         .collect();
-    table(&mut b, &head, &rows);
+    table(b, &head, &rows);
+}
+
+/// Every objective with its noise ceiling, signal against seed noise and the
+/// verdicts, each when the validation has them.
+fn validation_details(b: &mut String, v: &demix_mix::validate::Validation) {
     if !v.objectives.is_empty() {
         let _ = write!(b, "<h3>Every objective, with its noise ceiling</h3>");
         if v.replicas >= 2 {
             note(
-                &mut b,
+                b,
                 &format!(
                     "Each reference mixture was trained {} times with different seeds; the references are the mean. The ceiling is the ρ a noiseless predictor would reach against that mean: sqrt(R r / (1 + (R − 1) r)) for R replicas with replicate ρ r.",
                     v.replicas
                 ),
             );
         }
-        view(&mut b, &objectives_table(v));
+        view(b, &objectives_table(v));
     }
     if let Some(t) = seed_noise_table(v) {
         let _ = write!(b, "<h3>Signal against seed noise</h3>");
-        view(&mut b, &t);
+        view(b, &t);
     }
     if !v.verdicts.is_empty() {
         let _ = write!(b, "<h3>Verdicts</h3>");
@@ -1122,9 +1124,13 @@ fn validation(v: &demix_mix::validate::Validation) -> Section {
             let _ = write!(b, "<p>{}</p>", escape(&x.sentence));
         }
         if let Some(t) = verdict_table(&v.verdicts) {
-            view(&mut b, &t);
+            view(b, &t);
         }
     }
+}
+
+/// Per-target rho of each predictor, then the final models' ranks.
+fn target_tables(b: &mut String, v: &demix_mix::validate::Validation) {
     let mut head = vec![("predictor".to_string(), "")];
     head.extend(v.targets.iter().map(|t| (format!("ρ {}", t.name), "num")));
     let rows: Vec<Vec<(String, &str)>> = v
@@ -1136,10 +1142,10 @@ fn validation(v: &demix_mix::validate::Validation) -> Section {
             row
         })
         .collect();
-    table(&mut b, &head, &rows);
+    table(b, &head, &rows);
     if !v.finals.is_empty() {
         let _ = write!(b, "<h3>Final models among the references</h3>");
-        note(&mut b, "Rank 1 is best; ties count half.");
+        note(b, "Rank 1 is best; ties count half.");
         let mut head = vec![
             ("model".to_string(), ""),
             ("macro rank".into(), "num"),
@@ -1159,11 +1165,6 @@ fn validation(v: &demix_mix::validate::Validation) -> Section {
                 row
             })
             .collect();
-        table(&mut b, &head, &rows);
-    }
-    Section {
-        id: "validation",
-        title: "Validation",
-        body: b,
+        table(b, &head, &rows);
     }
 }

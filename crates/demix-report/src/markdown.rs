@@ -54,6 +54,35 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# {}\n", r.title.replace('\n', " "));
+    verdict_section(&mut out, r);
+    chosen_mixture(&mut out, mixtures);
+    let _ = writeln!(
+        out,
+        "Workflow `{}`, step `{}` (key `{}`); plots and details in report.html.\n",
+        r.workflow,
+        r.step,
+        short(&r.key)
+    );
+    if let Some(c) = r.component_view() {
+        components(&mut out, &c);
+    }
+    search_section(&mut out, r);
+    if let Some(t) = r.tokenizer_table() {
+        out.push_str("## Tokenizer sample\n\n");
+        view(&mut out, &t);
+    }
+    evaluations(&mut out, r);
+    training(&mut out, r);
+    if let Some(v) = &r.validation {
+        out.push_str(&validation(&v.data));
+        out.push('\n');
+    }
+    lineage(&mut out, r);
+    out
+}
+
+/// The verdicts as a list, then their table when they have one.
+fn verdict_section(out: &mut String, r: &Report) {
     let verdicts = r.all_verdicts();
     if !verdicts.is_empty() {
         out.push_str("## Verdict\n\n");
@@ -62,9 +91,13 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
         }
         out.push('\n');
         if let Some(t) = verdict_table(&r.verdicts) {
-            view(&mut out, &t);
+            view(out, &t);
         }
     }
+}
+
+/// Each candidate mixture's weight per domain, when the report has mixtures.
+fn chosen_mixture(out: &mut String, mixtures: Option<&MixtureView>) {
     if let Some(m) = mixtures {
         out.push_str("## Chosen mixture\n\n");
         let mut head = vec!["candidate".to_string()];
@@ -81,18 +114,12 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
                 row
             })
             .collect();
-        table(&mut out, &head, &right, &rows);
+        table(out, &head, &right, &rows);
     }
-    let _ = writeln!(
-        out,
-        "Workflow `{}`, step `{}` (key `{}`); plots and details in report.html.\n",
-        r.workflow,
-        r.step,
-        short(&r.key)
-    );
-    if let Some(c) = r.component_view() {
-        components(&mut out, &c);
-    }
+}
+
+/// The search: its proxies and cost, then a row per target.
+fn search_section(out: &mut String, r: &Report) {
     if let Some(s) = &r.search {
         let d = &s.data;
         out.push_str("## Search\n\n");
@@ -154,20 +181,20 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             })
             .collect();
         table(
-            &mut out,
+            out,
             &head,
             &[false, false, true, false, true, true, true, true],
             &rows,
         );
         if let Some(t) = r.search_noise_table() {
             out.push_str("How far apart the first round's proxies are on each target, against what scoring them on a finite sample alone could make:\n\n");
-            view(&mut out, &t);
+            view(out, &t);
         }
     }
-    if let Some(t) = r.tokenizer_table() {
-        out.push_str("## Tokenizer sample\n\n");
-        view(&mut out, &t);
-    }
+}
+
+/// A row per dataset or task, a column per evaluated model; the best in bold.
+fn evaluations(out: &mut String, r: &Report) {
     if !r.evaluations.is_empty() {
         out.push_str("## Evaluations\n\n");
         let mut head = vec!["dataset or task".to_string(), "metric".into()];
@@ -197,7 +224,7 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
                 row
             })
             .collect();
-        table(&mut out, &head, &right, &rows);
+        table(out, &head, &right, &rows);
         if r.eval_rows()
             .iter()
             .any(|x| x.intervals.iter().any(Option::is_some))
@@ -207,6 +234,10 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             );
         }
     }
+}
+
+/// A row per training run: its tokens and losses.
+fn training(out: &mut String, r: &Report) {
     if !r.training.is_empty() {
         out.push_str("## Training\n\n");
         let head: Vec<String> = ["run", "tokens", "final loss", "lowest loss"]
@@ -225,12 +256,12 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
                 ]
             })
             .collect();
-        table(&mut out, &head, &[false, true, true, true], &rows);
+        table(out, &head, &[false, true, true, true], &rows);
     }
-    if let Some(v) = &r.validation {
-        out.push_str(&validation(&v.data));
-        out.push('\n');
-    }
+}
+
+/// How much ran upstream, and what `demix lineage` says of each input's producer.
+fn lineage(out: &mut String, r: &Report) {
     if let Some(l) = &r.lineage
         && !l.ancestors.is_empty()
     {
@@ -243,10 +274,9 @@ pub fn render(r: &Report, mixtures: Option<&MixtureView>) -> String {
             r.step
         );
         for p in &l.producers {
-            let _ = writeln!(out, "```\n{}```\n", super::html::producer_text(p));
+            let _ = writeln!(out, "```\n{}```\n", demix_core::lineage::render_portable(p));
         }
     }
-    out
 }
 
 /// The components' own losses per target.
@@ -364,6 +394,15 @@ pub fn validation(v: &Validation) -> String {
             opt3(p.macro_recovery),
         );
     }
+    per_target_table(&mut s, v);
+    if !v.finals.is_empty() {
+        finals_table(&mut s, v);
+    }
+    s
+}
+
+/// Each predictor's Spearman rho per target.
+fn per_target_table(s: &mut String, v: &Validation) {
     let _ = writeln!(s, "\nPer-target Spearman rho:\n");
     let _ = write!(s, "| predictor |");
     for t in &v.targets {
@@ -377,28 +416,29 @@ pub fn validation(v: &Validation) -> String {
         }
         let _ = writeln!(s);
     }
-    if !v.finals.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nFinal models among the {} references (rank 1 = best; lower is better):\n",
-            v.references
-        );
-        let _ = write!(s, "| model | macro rank | objective rank |");
-        for t in &v.targets {
-            let _ = write!(s, " {} |", t.name);
-        }
-        let _ = writeln!(s, "\n|---|---|---|{}", "---|".repeat(v.targets.len()));
-        for f in &v.finals {
-            let _ = write!(
-                s,
-                "| {} | {:.2} | {:.1} |",
-                f.name, f.macro_rank, f.objective_rank
-            );
-            for r in &f.ranks {
-                let _ = write!(s, " {r:.1} |");
-            }
-            let _ = writeln!(s);
-        }
+}
+
+/// The final models' ranks among the references.
+fn finals_table(s: &mut String, v: &Validation) {
+    let _ = writeln!(
+        s,
+        "\nFinal models among the {} references (rank 1 = best; lower is better):\n",
+        v.references
+    );
+    let _ = write!(s, "| model | macro rank | objective rank |");
+    for t in &v.targets {
+        let _ = write!(s, " {} |", t.name);
     }
-    s
+    let _ = writeln!(s, "\n|---|---|---|{}", "---|".repeat(v.targets.len()));
+    for f in &v.finals {
+        let _ = write!(
+            s,
+            "| {} | {:.2} | {:.1} |",
+            f.name, f.macro_rank, f.objective_rank
+        );
+        for r in &f.ranks {
+            let _ = write!(s, " {r:.1} |");
+        }
+        let _ = writeln!(s);
+    }
 }

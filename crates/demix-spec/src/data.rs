@@ -120,11 +120,23 @@ fn default_beta() -> f64 {
     0.5
 }
 
+/// Why a training mixture has no weights: the component recipe's `beta` or the
+/// weights by dataset name are out of range.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MixError {
+    #[error("beta {0} not in [0, 1]")]
+    Beta(f64),
+    #[error("mixture weight of `{name}` must be a finite number >= 0, not {weight}")]
+    Weight { name: String, weight: f64 },
+    #[error("mixture weights sum to 0")]
+    ZeroSum,
+}
+
 impl ComponentMix {
     /// `{candidate: math, general: sotu, beta: 0.25}` -> {math: 0.75, sotu: 0.25}.
-    pub fn weights(&self) -> Result<BTreeMap<String, f64>, String> {
+    pub fn weights(&self) -> Result<BTreeMap<String, f64>, MixError> {
         if !(0.0..=1.0).contains(&self.beta) {
-            return Err(format!("beta {} not in [0, 1]", self.beta));
+            return Err(MixError::Beta(self.beta));
         }
         let mut m = BTreeMap::new();
         if self.candidate == self.general {

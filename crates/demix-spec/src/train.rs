@@ -8,7 +8,7 @@ use std::str::FromStr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::data::ComponentMix;
+use crate::data::{ComponentMix, MixError};
 
 /// Where computation runs: `auto` (the first GPU if there is one, else the
 /// CPU), `cpu`, `cuda` (the first GPU) or `cuda:N`.
@@ -310,19 +310,20 @@ impl<'de> Deserialize<'de> for DataMix {
 
 impl DataMix {
     /// Normalised weights (> 0 only), sorted by name.
-    pub fn weights(&self) -> Result<BTreeMap<String, f64>, String> {
+    pub fn weights(&self) -> Result<BTreeMap<String, f64>, MixError> {
         let w = match self {
             DataMix::Component(c) => c.weights()?,
             DataMix::Weights(w) => w.clone(),
         };
         if let Some((n, v)) = w.iter().find(|(_, v)| !v.is_finite() || **v < 0.0) {
-            return Err(format!(
-                "mixture weight of `{n}` must be a finite number >= 0, not {v}"
-            ));
+            return Err(MixError::Weight {
+                name: n.clone(),
+                weight: *v,
+            });
         }
         let sum: f64 = w.values().sum();
         if sum <= 0.0 {
-            return Err("mixture weights sum to 0".into());
+            return Err(MixError::ZeroSum);
         }
         Ok(w.into_iter()
             .filter(|(_, v)| *v > 0.0)

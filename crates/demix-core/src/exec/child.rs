@@ -145,19 +145,7 @@ pub fn exec_step(
     if let Some(r) = demix_spec::launch::launched().filter(|r| !r.leads()) {
         return follow(registry, &spec, &store, &log, r);
     }
-    let mut done = Completion {
-        step: spec.step.clone(),
-        key: spec.key.clone(),
-        ok: false,
-        cached: false,
-        cancelled: false,
-        exit_code: EXIT_FAILED,
-        error: None,
-        outputs: Default::default(),
-        duration_s: 0.0,
-        host: hostname(),
-        log: log.clone(),
-    };
+    let mut done = Completion::failed(&spec.step, &spec.key, hostname(), log.clone());
     start_watchdog(
         cancel_grace(),
         done.clone(),
@@ -168,14 +156,7 @@ pub fn exec_step(
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run(registry, &spec, &store, &log, &mut done)
     }))
-    .unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic".into());
-        Err(StepError::Failed(format!("internal error: {msg}")))
-    });
+    .unwrap_or_else(|p| Err(StepError::from_panic("internal error", &*p)));
     FINISHED.fetch_add(1, Ordering::SeqCst);
     done.duration_s = started.elapsed().as_secs_f64();
     match outcome {
@@ -230,7 +211,41 @@ fn run(
             ..Default::default()
         })
     })?;
-    // Another process may have finished it while we waited (unless forced).
+    if reuse_result(spec, store, done) {
+        return Ok(());
+    }
+    check_inputs(spec, store)?;
+    let started_at = jiff::Timestamp::now();
+    let t0 = Instant::now();
+    let tmp = store.new_tmp(&format!("{}-", &spec.key[..12]))?;
+    let out = tmp.join("out");
+    std::fs::create_dir_all(&out).map_err(StepError::io("creating the output directory"))?;
+    start_log(log, spec, &done.host)?;
+    let to_log = progress_to_log(log, t0);
+    let ctx = RunCtx {
+        spec,
+        store,
+        out_dir: &out,
+        log,
+        cancel: &CANCEL,
+        progress: &|p| {
+            to_log(&p);
+            emit(&p);
+        },
+    };
+    let result = kind.run(&ctx).and_then(|()| {
+        if CANCEL.load(Ordering::SeqCst) {
+            return Err(StepError::Cancelled);
+        }
+        commit(spec, store, &out, started_at, t0, done)
+    });
+    let _ = store::remove_tree(&tmp);
+    result
+}
+
+/// Another process may have finished the step while we waited for its lock
+/// (unless forced): then its healthy result is this run's, and true.
+fn reuse_result(spec: &StepSpec, store: &Store, done: &mut Completion) -> bool {
     if !spec.force
         && let Some(r) = store.read_result(&spec.key)
         && store.health(&r) == Health::Ok
@@ -242,32 +257,34 @@ fn run(
             manifest: spec.manifest.clone(),
             ..r
         });
-        return Ok(());
+        return true;
     }
-    check_inputs(spec, store)?;
-    let started_at = jiff::Timestamp::now();
-    let t0 = Instant::now();
-    let tmp = store.new_tmp(&format!("{}-", &spec.key[..12]))?;
-    let out = tmp.join("out");
-    std::fs::create_dir_all(&out).map_err(StepError::io("creating the output directory"))?;
+    false
+}
+
+/// Starts the step's log with a header line: this demix, the step, its key and the host.
+fn start_log(log: &Path, spec: &StepSpec, host: &str) -> Result<(), StepError> {
     if let Some(p) = log.parent() {
         std::fs::create_dir_all(p).map_err(StepError::io("creating the log directory"))?;
     }
     let _ = std::fs::write(
         log,
         format!(
-            "# demix {} step {} key {} on {}\n",
+            "# demix {} step {} key {} on {host}\n",
             env!("CARGO_PKG_VERSION"),
             spec.step,
             spec.key,
-            done.host
         ),
     );
-    // Progress goes to the engine, and to the step's log at each new phase
-    // (unit and first word) and every 30 s, so a long quiet step (a search of
-    // many minutes) shows in its log how far it is.
+    Ok(())
+}
+
+/// Writes progress to the step's log at each new phase (unit and first word)
+/// and every 30 s, so a long quiet step (a search of many minutes) shows in
+/// its log how far it is; `t0` is when the step started.
+fn progress_to_log(log: &Path, t0: Instant) -> impl Fn(&Progress) + '_ {
     let logged: std::sync::Mutex<Option<(Instant, String)>> = std::sync::Mutex::new(None);
-    let to_log = |p: &Progress| {
+    move |p: &Progress| {
         let phase = format!(
             "{} {}",
             p.unit,
@@ -297,47 +314,40 @@ fn run(
                 demix_fs::human_duration(t0.elapsed().as_secs_f64())
             );
         }
+    }
+}
+
+/// Commits the step's output folder `out` to the store and records its result.
+fn commit(
+    spec: &StepSpec,
+    store: &Store,
+    out: &Path,
+    started_at: jiff::Timestamp,
+    t0: Instant,
+    done: &mut Completion,
+) -> Result<(), StepError> {
+    let (tree, files, outputs) = store.commit_tree(out, &spec.outputs)?;
+    let record = ResultRecord {
+        key: spec.key.clone(),
+        manifest: spec.manifest.clone(),
+        manifest_path: spec.manifest_path.clone(),
+        step: spec.step.clone(),
+        kind: spec.kind.clone(),
+        record: spec.record.clone(),
+        tree,
+        outputs: outputs.clone(),
+        files,
+        started: started_at,
+        finished: jiff::Timestamp::now(),
+        duration_s: t0.elapsed().as_secs_f64(),
+        host: done.host.clone(),
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let ctx = RunCtx {
-        spec,
-        store,
-        out_dir: &out,
-        log,
-        cancel: &CANCEL,
-        progress: &|p| {
-            to_log(&p);
-            emit(&p);
-        },
-    };
-    let result = kind.run(&ctx).and_then(|()| {
-        if CANCEL.load(Ordering::SeqCst) {
-            return Err(StepError::Cancelled);
-        }
-        let (tree, files, outputs) = store.commit_tree(&out, &spec.outputs)?;
-        let record = ResultRecord {
-            key: spec.key.clone(),
-            manifest: spec.manifest.clone(),
-            manifest_path: spec.manifest_path.clone(),
-            step: spec.step.clone(),
-            kind: spec.kind.clone(),
-            record: spec.record.clone(),
-            tree,
-            outputs: outputs.clone(),
-            files,
-            started: started_at,
-            finished: jiff::Timestamp::now(),
-            duration_s: t0.elapsed().as_secs_f64(),
-            host: done.host.clone(),
-            engine_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        // The result record is the commit point; the state record only explains.
-        store.write_result(&record)?;
-        store.write_state(&record)?;
-        done.outputs = outputs;
-        Ok(())
-    });
-    let _ = store::remove_tree(&tmp);
-    result
+    // The result record is the commit point; the state record only explains.
+    store.write_result(&record)?;
+    store.write_state(&record)?;
+    done.outputs = outputs;
+    Ok(())
 }
 
 /// A data-parallel step's rank other than 0: it computes with the others and
@@ -355,19 +365,7 @@ fn follow(
         return EXIT_FAILED;
     };
     let log = log.with_extension(format!("rank{}.log", r.rank));
-    let stub = Completion {
-        step: spec.step.clone(),
-        key: spec.key.clone(),
-        ok: false,
-        cached: false,
-        cancelled: false,
-        exit_code: EXIT_FAILED,
-        error: None,
-        outputs: Default::default(),
-        duration_s: 0.0,
-        host: hostname(),
-        log: log.clone(),
-    };
+    let stub = Completion::failed(&spec.step, &spec.key, hostname(), log.clone());
     start_watchdog(cancel_grace(), stub, None);
     if let Some(p) = log.parent() {
         let _ = std::fs::create_dir_all(p);

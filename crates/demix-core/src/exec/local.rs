@@ -574,7 +574,7 @@ pub fn build_spec(
             Source::Dataset { name, split } => {
                 dataset = crate::protocol::DatasetInput::of(&graph.manifest, name, *split);
                 crate::graph::dataset_files(&graph.manifest, name, *split)
-                    .map_err(StartError::Inputs)?
+                    .map_err(|e| StartError::Inputs(e.to_string()))?
             }
             Source::Steps { nodes, output } => nodes
                 .iter()

@@ -587,19 +587,8 @@ impl Actor {
 
     fn cancelled_completion(&self, node: NodeId, error: &str) -> Completion {
         let s = &self.steps[&node];
-        Completion {
-            step: s.id.clone(),
-            key: s.spec.key.clone(),
-            ok: false,
-            cached: false,
-            cancelled: true,
-            exit_code: EXIT_CANCELLED,
-            error: Some(error.into()),
-            outputs: Default::default(),
-            duration_s: 0.0,
-            host: String::new(),
-            log: Store::open(&s.spec.store).log_path(&s.spec.key),
-        }
+        let log = Store::open(&s.spec.store).log_path(&s.spec.key);
+        Completion::cancelled(&s.id, &s.spec.key, error, String::new(), log)
     }
 
     fn fail(&mut self, node: NodeId, error: String, completion: Option<Completion>) {
@@ -671,9 +660,65 @@ impl Actor {
     async fn sbatch(&mut self, req: &Request, chunks: Vec<Vec<NodeId>>) {
         self.seq += 1;
         let base = format!("j{}", self.seq);
+        let all: Vec<NodeId> = chunks.iter().flatten().copied().collect();
+        let script = match self.write_job_files(&base, req, &chunks) {
+            Ok(s) => s,
+            Err(e) => {
+                for n in all {
+                    self.fail(
+                        n,
+                        format!(
+                            "cannot write the job's files in {}: {e}",
+                            self.dir.display()
+                        ),
+                        None,
+                    );
+                }
+                return;
+            }
+        };
+        let array = chunks.len() > 1;
+        let ids: Vec<&str> = all.iter().map(|n| self.steps[n].id.as_str()).collect();
+        let per = chunks.iter().map(Vec::len).max().unwrap_or(1) as u64;
+        let name = job_name(&self.workflow, &ids);
+        let mut args = self.sbatch_args(req, &base, &name, per, chunks.len());
+        args.push(script.display().to_string());
+        let job = match submit(&args).await {
+            Ok(j) => j,
+            Err(err) => {
+                for n in all {
+                    self.fail(n, format!("sbatch rejected the job: {err}"), None);
+                }
+                return;
+            }
+        };
+        let what = if array {
+            format!(
+                "array of {} tasks, {} step(s) each: {}",
+                chunks.len(),
+                per,
+                summary(&ids)
+            )
+        } else {
+            summary(&ids)
+        };
+        self.rep.line(&format!("sbatch job {job} ({what})"));
+        self.track(&job, &base, chunks);
+    }
+
+    /// Names each step of the job and writes its spec, the task list (one line
+    /// of spec names per task) and the job script; returns the script's path.
+    fn write_job_files(
+        &mut self,
+        base: &str,
+        req: &Request,
+        chunks: &[Vec<NodeId>],
+    ) -> std::io::Result<PathBuf> {
         let mut lines = String::new();
+        // The first failure is kept; the remaining steps are still named, so
+        // each can be failed by its name.
         let mut written = Ok(());
-        for chunk in &chunks {
+        for chunk in chunks {
             let mut names = Vec::new();
             for &n in chunk {
                 self.spec_seq += 1;
@@ -690,39 +735,28 @@ impl Actor {
         }
         let script = self.dir.join(format!("{base}.sh"));
         let list = self.dir.join(format!("{base}.tasks"));
-        let all: Vec<NodeId> = chunks.iter().flatten().copied().collect();
-        let written = written
+        written
             .and_then(|()| std::fs::write(&list, &lines))
-            .and_then(|()| std::fs::write(&script, self.script(&list, req)));
-        if let Err(e) = written {
-            for n in all {
-                self.fail(
-                    n,
-                    format!(
-                        "cannot write the job's files in {}: {e}",
-                        self.dir.display()
-                    ),
-                    None,
-                );
-            }
-            return;
-        }
-        let array = chunks.len() > 1;
+            .and_then(|()| std::fs::write(&script, self.script(&list, req)))?;
+        Ok(script)
+    }
+
+    /// The `sbatch` options for a job of `tasks` tasks (an array when more
+    /// than one) of at most `per` steps each; the script comes last, after these.
+    fn sbatch_args(
+        &self,
+        req: &Request,
+        base: &str,
+        job_name: &str,
+        per: u64,
+        tasks: usize,
+    ) -> Vec<String> {
+        let array = tasks > 1;
         let out = self.dir.join(if array {
             format!("{base}_%a.out")
         } else {
             format!("{base}.out")
         });
-        let ids: Vec<&str> = all.iter().map(|n| self.steps[n].id.as_str()).collect();
-        let stem = |id: &str| id.split('[').next().unwrap_or(id).to_string();
-        let job_name = if ids.len() == 1 {
-            format!("demix:{}:{}", self.workflow, ids[0])
-        } else if ids.iter().all(|i| stem(i) == stem(ids[0])) {
-            format!("demix:{}:{}", self.workflow, stem(ids[0]))
-        } else {
-            format!("demix:{}:{}+{}", self.workflow, ids[0], ids.len() - 1)
-        };
-        let per = chunks.iter().map(Vec::len).max().unwrap_or(1) as u64;
         let mut args: Vec<String> = vec![
             "--parsable".into(),
             format!("--job-name={job_name}"),
@@ -746,6 +780,7 @@ impl Actor {
             args.push(format!("--gres=gpu:{}", req.gpus));
         }
         if let Some(t) = req.time_s {
+            // A task runs its steps one after another.
             args.push(format!("--time={}", slurm_time(t * per)));
         }
         if let Some(p) = &self.cfg.partition {
@@ -755,40 +790,15 @@ impl Actor {
             args.push(format!("--account={a}"));
         }
         if array {
-            args.push(format!("--array=0-{}", chunks.len() - 1));
+            args.push(format!("--array=0-{}", tasks - 1));
         }
         args.extend(self.cfg.flags.iter().cloned());
-        args.push(script.display().to_string());
-        let job = command("sbatch", &args)
-            .await
-            .map(|out| out.trim().split(';').next().unwrap_or("").to_string())
-            .and_then(|j| {
-                if j.is_empty() {
-                    Err(CommandError::NoJobId)
-                } else {
-                    Ok(j)
-                }
-            });
-        let job = match job {
-            Ok(j) => j,
-            Err(err) => {
-                for n in all {
-                    self.fail(n, format!("sbatch rejected the job: {err}"), None);
-                }
-                return;
-            }
-        };
-        let what = if array {
-            format!(
-                "array of {} tasks, {} step(s) each: {}",
-                chunks.len(),
-                per,
-                summary(&ids)
-            )
-        } else {
-            summary(&ids)
-        };
-        self.rep.line(&format!("sbatch job {job} ({what})"));
+        args
+    }
+
+    /// Follows a submitted job: one task per chunk, named as squeue names it.
+    fn track(&mut self, job: &str, base: &str, chunks: Vec<Vec<NodeId>>) {
+        let array = chunks.len() > 1;
         for (t, chunk) in chunks.into_iter().enumerate() {
             let (name, out) = if array {
                 (
@@ -796,11 +806,11 @@ impl Actor {
                     self.dir.join(format!("{base}_{t}.out")),
                 )
             } else {
-                (job.clone(), self.dir.join(format!("{base}.out")))
+                (job.to_string(), self.dir.join(format!("{base}.out")))
             };
             self.tasks.push(Task {
                 name,
-                job: job.clone(),
+                job: job.to_string(),
                 nodes: chunk,
                 state: "PENDING".into(),
                 reason: String::new(),
@@ -853,6 +863,25 @@ impl Actor {
 
     /// One squeue call for all of the run's jobs; then decide what ended.
     async fn poll(&mut self) {
+        let Some(rows) = self.squeue().await else {
+            return;
+        };
+        let rescancel = self.update_tasks(&rows);
+        self.cancel_requeued(&rescancel).await;
+        self.take_successes();
+        let (ended, running): (Vec<Task>, Vec<Task>) = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .partition(|t| is_terminal(&t.state));
+        self.tasks = running;
+        for t in ended {
+            self.ended(t).await;
+        }
+    }
+
+    /// The squeue rows of the run's jobs, or `None` when squeue failed: that
+    /// is retried at the next poll, until it has failed for [`LOST_CONTACT`],
+    /// when the run's steps fail.
+    async fn squeue(&mut self) -> Option<Vec<(String, String, u32, String)>> {
         let mut jobs: Vec<&str> = self.tasks.iter().map(|t| t.job.as_str()).collect();
         jobs.sort();
         jobs.dedup();
@@ -887,10 +916,17 @@ impl Actor {
                     self.rep
                         .detail(&format!("slurm: squeue failed (will retry): {e}"));
                 }
-                return;
+                return None;
             }
         };
         self.squeue_failing = None;
+        Some(rows)
+    }
+
+    /// Takes squeue's state into the tasks; a task squeue no longer shows
+    /// three times running is gone. Returns the tasks requeued more than
+    /// `max_retries` allows, to be cancelled.
+    fn update_tasks(&mut self, rows: &[(String, String, u32, String)]) -> Vec<usize> {
         let by_name: HashMap<&str, &(String, String, u32, String)> =
             rows.iter().map(|r| (r.0.as_str(), r)).collect();
         let mut rescancel = Vec::new();
@@ -924,34 +960,52 @@ impl Actor {
             if *restarts > t.restarts {
                 let more = restarts - t.restarts;
                 t.restarts = *restarts;
-                let (name, nodes) = (t.name.clone(), t.nodes.clone());
-                for n in nodes {
-                    let max = self.cfg.max_retries;
-                    let Some(s) = self.steps.get_mut(&n) else {
-                        continue;
-                    };
-                    s.retries += more;
-                    if s.retries > max {
-                        self.rep.always(&format!("slurm: job {name} ({}) was requeued {} times; max_retries is {max}: cancelling it", s.id, s.retries));
-                        rescancel.push(ti);
-                    } else {
-                        self.rep.line(&format!("retry  {} (slurm job {name} was requeued; it runs again, retry {} of {max})", s.id, s.retries));
-                    }
-                }
+                self.count_requeues(ti, more, &mut rescancel);
             }
         }
-        if !rescancel.is_empty() {
-            let mut names = Vec::new();
-            for &ti in &rescancel {
-                self.tasks[ti].too_many_restarts = true;
-                names.push(self.tasks[ti].name.clone());
-            }
-            if let Err(e) = command("scancel", &names).await {
-                self.rep
-                    .always(&format!("slurm: scancel {} failed: {e}", names.join(" ")));
+        rescancel
+    }
+
+    /// Counts `more` requeues of task `ti` against each of its steps' retries;
+    /// the task goes on `rescancel` for each step past `max_retries`.
+    fn count_requeues(&mut self, ti: usize, more: u32, rescancel: &mut Vec<usize>) {
+        let (name, nodes) = (self.tasks[ti].name.clone(), self.tasks[ti].nodes.clone());
+        for n in nodes {
+            let max = self.cfg.max_retries;
+            let Some(s) = self.steps.get_mut(&n) else {
+                continue;
+            };
+            s.retries += more;
+            if s.retries > max {
+                self.rep.always(&format!("slurm: job {name} ({}) was requeued {} times; max_retries is {max}: cancelling it", s.id, s.retries));
+                rescancel.push(ti);
+            } else {
+                self.rep.line(&format!(
+                    "retry  {} (slurm job {name} was requeued; it runs again, retry {} of {max})",
+                    s.id, s.retries
+                ));
             }
         }
-        // Successes are taken as soon as their record is there; the rest when the job ends.
+    }
+
+    /// Cancels the tasks requeued too often; they end as failed.
+    async fn cancel_requeued(&mut self, rescancel: &[usize]) {
+        if rescancel.is_empty() {
+            return;
+        }
+        let mut names = Vec::new();
+        for &ti in rescancel {
+            self.tasks[ti].too_many_restarts = true;
+            names.push(self.tasks[ti].name.clone());
+        }
+        if let Err(e) = command("scancel", &names).await {
+            self.rep
+                .always(&format!("slurm: scancel {} failed: {e}", names.join(" ")));
+        }
+    }
+
+    /// Successes are taken as soon as their record is there; the rest when the job ends.
+    fn take_successes(&mut self) {
         for ti in 0..self.tasks.len() {
             for n in self.tasks[ti].nodes.clone() {
                 let Some(s) = self.steps.get(&n) else {
@@ -971,13 +1025,6 @@ impl Actor {
                 }
             }
         }
-        let (ended, running): (Vec<Task>, Vec<Task>) = std::mem::take(&mut self.tasks)
-            .into_iter()
-            .partition(|t| is_terminal(&t.state));
-        self.tasks = running;
-        for t in ended {
-            self.ended(t).await;
-        }
     }
 
     /// A task's job ended: decide each of its steps still open.
@@ -991,6 +1038,7 @@ impl Actor {
         if open.is_empty() {
             return;
         }
+        // Fetched once for the task, at its first failed step.
         let mut info: Option<BTreeMap<String, String>> = None;
         for n in open {
             let s = &self.steps[&n];
@@ -1020,88 +1068,100 @@ impl Actor {
                         },
                     );
                 }
-                Verdict::Retry { counts } => {
-                    let max = self.cfg.max_retries;
-                    let s = self.steps.get_mut(&n).expect("open");
-                    if counts {
-                        s.retries += 1;
-                    }
-                    let id = s.id.clone();
-                    if s.retries > max {
-                        let signalled = if c.is_some() {
-                            " after a signal stopped the step (time limit, preemption or requeue)"
-                        } else {
-                            ""
-                        };
-                        let why = format!(
-                            "slurm job {} ended {}{signalled}; the step ran {} times and max_retries is {max}",
-                            t.name, t.state, s.retries
-                        );
-                        self.fail(n, why, None);
-                    } else {
-                        let why = match &c {
-                            Some(_) => format!("the step was stopped by a signal, job {}", t.state),
-                            None => format!("job {}", t.state),
-                        };
-                        if counts {
-                            self.rep.line(&format!("retry  {id} (slurm job {}: {why}; resubmitting, retry {} of {max})", t.name, self.steps[&n].retries));
-                        } else {
-                            self.rep.detail(&format!(
-                                "retry  {id} (its job {} was cancelled with another step)",
-                                t.name
-                            ));
-                        }
-                        self.queue.push(n);
-                    }
-                }
+                Verdict::Retry { counts } => self.retry(n, &t, c.as_ref(), counts),
                 Verdict::Failed => {
                     if info.is_none() {
                         info = Some(self.job_info(&t).await);
                     }
-                    let i = info.as_ref().expect("fetched");
-                    let state = i
-                        .get("JobState")
-                        .cloned()
-                        .unwrap_or_else(|| t.state.clone());
-                    let exit = i.get("ExitCode").cloned().unwrap_or_else(|| "?".into());
-                    let node = i
-                        .get("NodeList")
-                        .filter(|n| !n.is_empty() && *n != "(null)")
-                        .map(|n| format!(" on {n}"))
-                        .unwrap_or_default();
-                    let reason = match i.get("Reason").or(Some(&t.reason)) {
-                        Some(r) if !r.is_empty() && r != "None" => format!(", reason {r}"),
-                        _ => String::new(),
-                    };
-                    let slurm = format!(
-                        "slurm job {} {state}, exit code {exit}{reason}{node}",
-                        t.name
-                    );
-                    let error = match &c {
-                        Some(c) if !c.cancelled => format!(
-                            "{} ({slurm})",
-                            c.error.clone().unwrap_or_else(|| "failed".into())
-                        ),
-                        Some(_) if t.too_many_restarts => format!(
-                            "{slurm}: requeued more than max_retries={} times",
-                            self.cfg.max_retries
-                        ),
-                        Some(_) => format!("{slurm}: the job was cancelled outside demix"),
-                        None if t.too_many_restarts => format!(
-                            "{slurm}: requeued more than max_retries={} times",
-                            self.cfg.max_retries
-                        ),
-                        None => {
-                            let out = tail(&t.out, 10);
-                            let mut e = format!("{slurm}, and the step left no completion record");
-                            if !out.is_empty() {
-                                let _ = write!(e, "; job output {}:\n{out}", t.out.display());
-                            }
-                            e
-                        }
-                    };
+                    let error = self.failure(&t, info.as_ref().expect("fetched"), c.as_ref());
                     self.fail(n, error, c);
                 }
+            }
+        }
+    }
+
+    /// Queues step `n` of ended task `t` again, unless (when the retry
+    /// `counts`) it has run more than `max_retries` times: then it fails.
+    fn retry(&mut self, n: NodeId, t: &Task, c: Option<&Completion>, counts: bool) {
+        let max = self.cfg.max_retries;
+        let s = self.steps.get_mut(&n).expect("open");
+        if counts {
+            s.retries += 1;
+        }
+        let id = s.id.clone();
+        if s.retries > max {
+            let signalled = if c.is_some() {
+                " after a signal stopped the step (time limit, preemption or requeue)"
+            } else {
+                ""
+            };
+            let why = format!(
+                "slurm job {} ended {}{signalled}; the step ran {} times and max_retries is {max}",
+                t.name, t.state, s.retries
+            );
+            self.fail(n, why, None);
+        } else {
+            let why = match c {
+                Some(_) => format!("the step was stopped by a signal, job {}", t.state),
+                None => format!("job {}", t.state),
+            };
+            if counts {
+                self.rep.line(&format!(
+                    "retry  {id} (slurm job {}: {why}; resubmitting, retry {} of {max})",
+                    t.name, self.steps[&n].retries
+                ));
+            } else {
+                self.rep.detail(&format!(
+                    "retry  {id} (its job {} was cancelled with another step)",
+                    t.name
+                ));
+            }
+            self.queue.push(n);
+        }
+    }
+
+    /// Why a step of ended task `t` failed: its own error when it left one,
+    /// with Slurm's account of the job (`info`, from [`Self::job_info`]).
+    fn failure(&self, t: &Task, info: &BTreeMap<String, String>, c: Option<&Completion>) -> String {
+        let state = info
+            .get("JobState")
+            .cloned()
+            .unwrap_or_else(|| t.state.clone());
+        let exit = info.get("ExitCode").cloned().unwrap_or_else(|| "?".into());
+        let node = info
+            .get("NodeList")
+            .filter(|n| !n.is_empty() && *n != "(null)")
+            .map(|n| format!(" on {n}"))
+            .unwrap_or_default();
+        let reason = match info.get("Reason").or(Some(&t.reason)) {
+            Some(r) if !r.is_empty() && r != "None" => format!(", reason {r}"),
+            _ => String::new(),
+        };
+        let slurm = format!(
+            "slurm job {} {state}, exit code {exit}{reason}{node}",
+            t.name
+        );
+        match c {
+            Some(c) if !c.cancelled => format!(
+                "{} ({slurm})",
+                c.error.clone().unwrap_or_else(|| "failed".into())
+            ),
+            Some(_) if t.too_many_restarts => format!(
+                "{slurm}: requeued more than max_retries={} times",
+                self.cfg.max_retries
+            ),
+            Some(_) => format!("{slurm}: the job was cancelled outside demix"),
+            None if t.too_many_restarts => format!(
+                "{slurm}: requeued more than max_retries={} times",
+                self.cfg.max_retries
+            ),
+            None => {
+                let out = tail(&t.out, 10);
+                let mut e = format!("{slurm}, and the step left no completion record");
+                if !out.is_empty() {
+                    let _ = write!(e, "; job output {}:\n{out}", t.out.display());
+                }
+                e
             }
         }
     }
@@ -1244,6 +1304,30 @@ impl Actor {
     }
 }
 
+/// The job's name in squeue: its one step, the fan-out its steps share, or
+/// the first step and how many more.
+fn job_name(workflow: &str, ids: &[&str]) -> String {
+    let stem = |id: &str| id.split('[').next().unwrap_or(id).to_string();
+    if ids.len() == 1 {
+        format!("demix:{workflow}:{}", ids[0])
+    } else if ids.iter().all(|i| stem(i) == stem(ids[0])) {
+        format!("demix:{workflow}:{}", stem(ids[0]))
+    } else {
+        format!("demix:{workflow}:{}+{}", ids[0], ids.len() - 1)
+    }
+}
+
+/// Runs `sbatch --parsable`: the job id (before any `;cluster`), or why none.
+async fn submit(args: &[String]) -> Result<String, CommandError> {
+    let out = command("sbatch", args).await?;
+    let job = out.trim().split(';').next().unwrap_or("").to_string();
+    if job.is_empty() {
+        Err(CommandError::NoJobId)
+    } else {
+        Ok(job)
+    }
+}
+
 fn summary(ids: &[&str]) -> String {
     match ids {
         [] => String::new(),
@@ -1269,19 +1353,13 @@ pub fn exec_batch(registry: &crate::kind::Registry, dir: &Path, names: &[String]
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<StepSpec>(&b).map_err(|e| e.to_string()))
             {
-                let c = Completion {
-                    step: s.step.clone(),
-                    key: s.key.clone(),
-                    ok: false,
-                    cached: false,
-                    cancelled: true,
-                    exit_code: EXIT_CANCELLED,
-                    error: Some("cancelled before it started".into()),
-                    outputs: Default::default(),
-                    duration_s: 0.0,
-                    host: crate::exec::child::hostname(),
-                    log: Store::open(&s.store).log_path(&s.key),
-                };
+                let c = Completion::cancelled(
+                    &s.step,
+                    &s.key,
+                    "cancelled before it started",
+                    crate::exec::child::hostname(),
+                    Store::open(&s.store).log_path(&s.key),
+                );
                 let _ = write_json_atomic(&done, &c);
             }
             code = EXIT_CANCELLED;

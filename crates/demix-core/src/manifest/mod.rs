@@ -551,114 +551,10 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
     let map = root.as_mapping()?;
     let top = start_of(map);
     check_keys(d, map, TOP_KEYS, "the manifest");
-    let version = map.get_node("version");
-    match version {
-        None => d.push(
-            &top,
-            "missing `version`",
-            "manifest",
-            Some("add `version: 1` at the top".into()),
-        ),
-        Some(v) => {
-            if v.as_scalar().map(|s| s.as_str()) != Some("1") {
-                d.error(
-                    v.span(),
-                    "unsupported manifest version (this demix reads `version: 1`)",
-                    "version",
-                );
-            }
-        }
-    }
-    let name = match map.get_node("name") {
-        Some(Node::Scalar(s)) if is_id(s.as_str()) => s.as_str().to_string(),
-        Some(n) => {
-            d.error(
-                n.span(),
-                "`name` must be a plain name (letters, digits, `-`, `_`)",
-                "name",
-            );
-            String::new()
-        }
-        None => {
-            d.error(&top, "missing `name`", "manifest");
-            String::new()
-        }
-    };
-    let params = match map.get_node("params") {
-        Some(Node::Mapping(p)) => {
-            check_param_values(d, &Node::Mapping(p.clone()));
-            match node_to_json(&Node::Mapping(p.clone())) {
-                Value::Object(o) => o,
-                _ => unreachable!("a mapping converts to an object"),
-            }
-        }
-        Some(n) => {
-            d.error(
-                n.span(),
-                "`params` must be a mapping of names to values",
-                "params",
-            );
-            Default::default()
-        }
-        None => Default::default(),
-    };
-    let mut datasets = BTreeMap::new();
-    match map.get_node("datasets") {
-        Some(Node::Mapping(ds)) => {
-            for (k, v) in ds.iter() {
-                if !is_id(k.as_str()) {
-                    d.error(
-                        k.span(),
-                        "dataset names are plain names (letters, digits, `-`, `_`)",
-                        "dataset",
-                    );
-                    continue;
-                }
-                let mut v = v.clone();
-                if let Some(m) = v.as_mapping_mut() {
-                    listify(m, "files");
-                    listify(m, "validation");
-                }
-                match marked_yaml::from_node::<DatasetDecl>(&v) {
-                    Ok(mut decl) => {
-                        // `${params.NAME}` in a glob: corpora live where the params say.
-                        for g in decl.files.iter_mut().chain(decl.validation.iter_mut()) {
-                            if let Some(s) = param_glob(d, g, &params) {
-                                *g = Spanned::new(*g.span(), s);
-                            }
-                        }
-                        if decl.files.is_empty() {
-                            d.error(
-                                v.span(),
-                                "a dataset needs at least one `files` glob",
-                                k.as_str(),
-                            );
-                        }
-                        if let Some(f) = decl.validation_fraction
-                            && !(0.0..1.0).contains(&f)
-                        {
-                            d.error(
-                                v.span(),
-                                format!("`validation_fraction` must be in [0, 1), not {f}"),
-                                "validation_fraction",
-                            );
-                        }
-                        for g in decl.files.iter().chain(&decl.validation) {
-                            check_glob(d, g);
-                        }
-                        datasets.insert(k.as_str().to_string(), decl);
-                    }
-                    Err(e) => serde_diag(d, v.span(), &format!("datasets.{}", k.as_str()), e),
-                }
-            }
-        }
-        Some(n) => d.error(
-            n.span(),
-            "`datasets` must be a mapping of names to sources",
-            "datasets",
-        ),
-        None => {}
-    }
+    check_version(d, map, &top);
+    let name = parse_name(d, map, &top);
+    let params = parse_params(d, map);
+    let datasets = parse_datasets(d, map, &params);
     let executor = map.get_node("executor").and_then(|n| parse_executor(d, n));
     let mut steps = Vec::new();
     match map.get_node("steps") {
@@ -677,9 +573,164 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
             Some("add a `steps:` list".into()),
         ),
     }
-    // Duplicate ids, pointing at the second with the first named.
+    check_duplicate_ids(d, &steps);
+    Some(Manifest {
+        path: path.to_path_buf(),
+        dir,
+        src: d.src.clone(),
+        name,
+        params,
+        datasets,
+        steps,
+        executor,
+    })
+}
+
+/// `version: 1`, the only version this demix reads; `top` is where a missing
+/// one is reported.
+fn check_version(d: &mut Diags, map: &MarkedMappingNode, top: &Span) {
+    match map.get_node("version") {
+        None => d.push(
+            top,
+            "missing `version`",
+            "manifest",
+            Some("add `version: 1` at the top".into()),
+        ),
+        Some(v) => {
+            if v.as_scalar().map(|s| s.as_str()) != Some("1") {
+                d.error(
+                    v.span(),
+                    "unsupported manifest version (this demix reads `version: 1`)",
+                    "version",
+                );
+            }
+        }
+    }
+}
+
+/// The workflow's `name` (empty, with an error, when missing or not a plain name).
+fn parse_name(d: &mut Diags, map: &MarkedMappingNode, top: &Span) -> String {
+    match map.get_node("name") {
+        Some(Node::Scalar(s)) if is_id(s.as_str()) => s.as_str().to_string(),
+        Some(n) => {
+            d.error(
+                n.span(),
+                "`name` must be a plain name (letters, digits, `-`, `_`)",
+                "name",
+            );
+            String::new()
+        }
+        None => {
+            d.error(top, "missing `name`", "manifest");
+            String::new()
+        }
+    }
+}
+
+/// The `params` mapping as JSON (empty when missing or not a mapping).
+fn parse_params(d: &mut Diags, map: &MarkedMappingNode) -> serde_json::Map<String, Value> {
+    match map.get_node("params") {
+        Some(Node::Mapping(p)) => {
+            check_param_values(d, &Node::Mapping(p.clone()));
+            match node_to_json(&Node::Mapping(p.clone())) {
+                Value::Object(o) => o,
+                _ => unreachable!("a mapping converts to an object"),
+            }
+        }
+        Some(n) => {
+            d.error(
+                n.span(),
+                "`params` must be a mapping of names to values",
+                "params",
+            );
+            Default::default()
+        }
+        None => Default::default(),
+    }
+}
+
+/// The `datasets` mapping: each valid declaration by name.
+fn parse_datasets(
+    d: &mut Diags,
+    map: &MarkedMappingNode,
+    params: &serde_json::Map<String, Value>,
+) -> BTreeMap<String, DatasetDecl> {
+    let mut datasets = BTreeMap::new();
+    match map.get_node("datasets") {
+        Some(Node::Mapping(ds)) => {
+            for (k, v) in ds.iter() {
+                if !is_id(k.as_str()) {
+                    d.error(
+                        k.span(),
+                        "dataset names are plain names (letters, digits, `-`, `_`)",
+                        "dataset",
+                    );
+                    continue;
+                }
+                if let Some(decl) = parse_dataset(d, k.as_str(), v, params) {
+                    datasets.insert(k.as_str().to_string(), decl);
+                }
+            }
+        }
+        Some(n) => d.error(
+            n.span(),
+            "`datasets` must be a mapping of names to sources",
+            "datasets",
+        ),
+        None => {}
+    }
+    datasets
+}
+
+/// One dataset declaration, its globs with their parameters substituted;
+/// `None` when it does not deserialize (a declaration with other errors is
+/// kept: the errors stop the load).
+fn parse_dataset(
+    d: &mut Diags,
+    name: &str,
+    v: &Node,
+    params: &serde_json::Map<String, Value>,
+) -> Option<DatasetDecl> {
+    let mut v = v.clone();
+    if let Some(m) = v.as_mapping_mut() {
+        listify(m, "files");
+        listify(m, "validation");
+    }
+    let mut decl = match marked_yaml::from_node::<DatasetDecl>(&v) {
+        Ok(decl) => decl,
+        Err(e) => {
+            serde_diag(d, v.span(), &format!("datasets.{name}"), e);
+            return None;
+        }
+    };
+    // `${params.NAME}` in a glob: corpora live where the params say.
+    for g in decl.files.iter_mut().chain(decl.validation.iter_mut()) {
+        if let Some(s) = param_glob(d, g, params) {
+            *g = Spanned::new(*g.span(), s);
+        }
+    }
+    if decl.files.is_empty() {
+        d.error(v.span(), "a dataset needs at least one `files` glob", name);
+    }
+    if let Some(f) = decl.validation_fraction
+        && !(0.0..1.0).contains(&f)
+    {
+        d.error(
+            v.span(),
+            format!("`validation_fraction` must be in [0, 1), not {f}"),
+            "validation_fraction",
+        );
+    }
+    for g in decl.files.iter().chain(&decl.validation) {
+        check_glob(d, g);
+    }
+    Some(decl)
+}
+
+/// Duplicate ids, pointing at the second with the first named.
+fn check_duplicate_ids(d: &mut Diags, steps: &[StepDecl]) {
     let mut seen: BTreeMap<&str, &Span> = BTreeMap::new();
-    for s in &steps {
+    for s in steps {
         if let Some(first) = seen.get(s.id.as_str()) {
             let line = first.start().map_or(0, |m| m.line());
             d.error(
@@ -694,16 +745,6 @@ fn parse_root(d: &mut Diags, root: &Node, path: &Path, dir: PathBuf) -> Option<M
             seen.insert(&s.id, &s.id_span);
         }
     }
-    Some(Manifest {
-        path: path.to_path_buf(),
-        dir,
-        src: d.src.clone(),
-        name,
-        params,
-        datasets,
-        steps,
-        executor,
-    })
 }
 
 fn parse_executor(d: &mut Diags, node: &Node) -> Option<ExecutorDecl> {
@@ -841,38 +882,8 @@ fn parse_step(
         );
         return None;
     };
-    let id = match map.get_node("id") {
-        Some(Node::Scalar(s)) if is_id(s.as_str()) => (s.as_str().to_string(), *s.span()),
-        Some(other) => {
-            d.push(
-                other.span(),
-                "step ids are plain names (letters, digits, `-`, `_`)",
-                "id",
-                None,
-            );
-            return None;
-        }
-        None => {
-            d.error(&start_of(map), "a step needs an `id`", "step");
-            return None;
-        }
-    };
-    let kind = match map.get_node("kind") {
-        Some(Node::Scalar(s)) => (s.as_str().to_string(), *s.span()),
-        Some(other) => {
-            d.error(other.span(), "`kind` must be a string", "kind");
-            return None;
-        }
-        None => {
-            d.push(
-                &id.1,
-                format!("step `{}` has no `kind`", id.0),
-                "step",
-                Some("add `kind:` naming a step kind (`demix schema` lists them)".into()),
-            );
-            return None;
-        }
-    };
+    let id = step_id(d, map)?;
+    let kind = step_kind(d, map, &id)?;
     let before = d.problems.len();
     let foreach = match (map.get_node("foreach"), map.get_node("matrix")) {
         (None, None) => None,
@@ -887,38 +898,8 @@ fn parse_step(
             None
         }
     };
-    let resources = match map.get_node("resources") {
-        None => Resources::default(),
-        Some(r) => match marked_yaml::from_node::<Resources>(r) {
-            Ok(res) => {
-                check_resources(d, r, &res);
-                res
-            }
-            Err(e) => {
-                serde_diag(d, r.span(), "resources", e);
-                Resources::default()
-            }
-        },
-    };
-    let after = match map.get_node("after") {
-        None => Vec::new(),
-        Some(a) => {
-            let mut a = a.clone();
-            if let Node::Scalar(s) = &a {
-                a = Node::Sequence(marked_yaml::types::MarkedSequenceNode::new(
-                    *s.span(),
-                    vec![a.clone()],
-                ));
-            }
-            match marked_yaml::from_node::<Vec<Spanned<String>>>(&a) {
-                Ok(v) => v,
-                Err(e) => {
-                    serde_diag(d, a.span(), "after", e);
-                    Vec::new()
-                }
-            }
-        }
-    };
+    let resources = parse_resources(d, map);
+    let after = parse_after(d, map);
     if let Some(desc) = map.get_node("description")
         && desc.as_scalar().is_none()
     {
@@ -940,6 +921,88 @@ fn parse_step(
         after,
         broken: d.problems.len() > before,
     })
+}
+
+/// A step's `id` and where it is; without a valid one the step is left out.
+fn step_id(d: &mut Diags, map: &MarkedMappingNode) -> Option<(String, Span)> {
+    match map.get_node("id") {
+        Some(Node::Scalar(s)) if is_id(s.as_str()) => Some((s.as_str().to_string(), *s.span())),
+        Some(other) => {
+            d.push(
+                other.span(),
+                "step ids are plain names (letters, digits, `-`, `_`)",
+                "id",
+                None,
+            );
+            None
+        }
+        None => {
+            d.error(&start_of(map), "a step needs an `id`", "step");
+            None
+        }
+    }
+}
+
+/// A step's `kind` and where it is; a missing one is reported at the step's `id`.
+fn step_kind(
+    d: &mut Diags,
+    map: &MarkedMappingNode,
+    id: &(String, Span),
+) -> Option<(String, Span)> {
+    match map.get_node("kind") {
+        Some(Node::Scalar(s)) => Some((s.as_str().to_string(), *s.span())),
+        Some(other) => {
+            d.error(other.span(), "`kind` must be a string", "kind");
+            None
+        }
+        None => {
+            d.push(
+                &id.1,
+                format!("step `{}` has no `kind`", id.0),
+                "step",
+                Some("add `kind:` naming a step kind (`demix schema` lists them)".into()),
+            );
+            None
+        }
+    }
+}
+
+/// A step's `resources` (the defaults when missing or broken).
+fn parse_resources(d: &mut Diags, map: &MarkedMappingNode) -> Resources {
+    match map.get_node("resources") {
+        None => Resources::default(),
+        Some(r) => match marked_yaml::from_node::<Resources>(r) {
+            Ok(res) => {
+                check_resources(d, r, &res);
+                res
+            }
+            Err(e) => {
+                serde_diag(d, r.span(), "resources", e);
+                Resources::default()
+            }
+        },
+    }
+}
+
+/// A step's `after`: one step id or a list of them.
+fn parse_after(d: &mut Diags, map: &MarkedMappingNode) -> Vec<Spanned<String>> {
+    let Some(a) = map.get_node("after") else {
+        return Vec::new();
+    };
+    let mut a = a.clone();
+    if let Node::Scalar(s) = &a {
+        a = Node::Sequence(marked_yaml::types::MarkedSequenceNode::new(
+            *s.span(),
+            vec![a.clone()],
+        ));
+    }
+    match marked_yaml::from_node::<Vec<Spanned<String>>>(&a) {
+        Ok(v) => v,
+        Err(e) => {
+            serde_diag(d, a.span(), "after", e);
+            Vec::new()
+        }
+    }
 }
 
 fn check_resources(d: &mut Diags, node: &Node, r: &Resources) {

@@ -5,12 +5,12 @@ use demix_ml::MlError;
 use demix_ml::checkpoint::load_checkpoint_tensors;
 use demix_ml::data::Shard;
 use demix_ml::evaluate::{
-    EvalPaths, EvalSpec, evaluate_checkpoint, evaluate_state_dict, sample_windows,
+    DatasetMetrics, EvalPaths, EvalSpec, evaluate_checkpoint, evaluate_state_dict, sample_windows,
     validation_metrics,
 };
 use demix_ml::model::Qwen3;
 use demix_ml::progress::{Progress, no_progress};
-use demix_ml::train::{MetricsLine, train};
+use demix_ml::train::{MetricsLine, TrainPaths, train};
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -162,19 +162,7 @@ fn evaluation_matches_hand_computation_and_in_memory() {
         tch::no_grad(|| validation_metrics(&m, &sh, &es, &no_progress, &no_cancel())).unwrap();
     // The scored windows: a seeded, stratified sample over the whole shard.
     let n_tokens = sh.tokens().len() as u64;
-    let (windows, all) = sample_windows(n_tokens, 40, 300, 0);
-    assert_eq!(windows.len(), 7, "300 tokens in windows of 40");
-    assert!(all > 7);
-    assert_eq!(windows, sample_windows(n_tokens, 40, 300, 0).0, "seeded");
-    assert_ne!(windows, sample_windows(n_tokens, 40, 300, 1).0);
-    // Spread over the shard: one window in each seventh of it.
-    for (k, (a, _)) in windows.iter().enumerate() {
-        let (lo, hi) = (k as u64 * all / 7 * 40, (k as u64 + 1) * all / 7 * 40);
-        assert!(
-            (lo..hi).contains(a),
-            "window {k} starts at {a}, not in [{lo}, {hi})"
-        );
-    }
+    let (windows, all) = sampled_windows(n_tokens);
     let (mut nll, mut n) = (0.0, 0u64);
     for &(a, b) in &windows {
         let (x, k) = tch::no_grad(|| hand_nll(&m, &sh.tokens()[a as usize..b as usize], 40));
@@ -195,13 +183,37 @@ fn evaluation_matches_hand_computation_and_in_memory() {
     assert_eq!((sample.windows, sample.of_windows), (7, all));
     assert!(sample.documents.len() as u64 == got.documents && got.documents >= 2);
     assert!(got.loss_se.unwrap() > 0.0);
-    // Everything when the budget covers the shard: the whole text, once.
+    whole_shard(&m, &sh, &es, n_tokens);
+    tasks_and_in_memory(&f, &p, &m, &es, &got);
+    malformed_task_line(&f, &p, &es);
+}
+
+/// The scored windows: a seeded, stratified sample over the whole shard.
+fn sampled_windows(n_tokens: u64) -> (Vec<(u64, u64)>, u64) {
+    let (windows, all) = sample_windows(n_tokens, 40, 300, 0);
+    assert_eq!(windows.len(), 7, "300 tokens in windows of 40");
+    assert!(all > 7);
+    assert_eq!(windows, sample_windows(n_tokens, 40, 300, 0).0, "seeded");
+    assert_ne!(windows, sample_windows(n_tokens, 40, 300, 1).0);
+    // Spread over the shard: one window in each seventh of it.
+    for (k, (a, _)) in windows.iter().enumerate() {
+        let (lo, hi) = (k as u64 * all / 7 * 40, (k as u64 + 1) * all / 7 * 40);
+        assert!(
+            (lo..hi).contains(a),
+            "window {k} starts at {a}, not in [{lo}, {hi})"
+        );
+    }
+    (windows, all)
+}
+
+/// Everything when the budget covers the shard: the whole text, once.
+fn whole_shard(m: &Qwen3, sh: &Shard, es: &EvalSpec, n_tokens: u64) {
     let whole = EvalSpec {
         max_tokens: Some(n_tokens),
         ..es.clone()
     };
     let all_of_it =
-        tch::no_grad(|| validation_metrics(&m, &sh, &whole, &no_progress, &no_cancel())).unwrap();
+        tch::no_grad(|| validation_metrics(m, sh, &whole, &no_progress, &no_cancel())).unwrap();
     assert_eq!(all_of_it.tokens, n_tokens - 1);
     // Every document's bytes, whole, but for the first token of the shard,
     // which nothing predicts.
@@ -212,8 +224,16 @@ fn evaluation_matches_hand_computation_and_in_memory() {
         all_of_it.bytes
     );
     assert_eq!(all_of_it.documents, sh.meta.documents);
+}
 
-    // Tasks and the report; the in-memory path gives the same numbers.
+/// Tasks and the report; the in-memory path gives the same numbers.
+fn tasks_and_in_memory(
+    f: &Fixture,
+    p: &TrainPaths,
+    m: &Qwen3,
+    es: &EvalSpec,
+    got: &DatasetMetrics,
+) {
     let mc = f.dir.path().join("mc.jsonl");
     std::fs::write(
         &mc,
@@ -236,8 +256,8 @@ fn evaluation_matches_hand_computation_and_in_memory() {
         tasks: [("mc".to_string(), mc), ("qa".to_string(), qa)].into(),
         output: Some(f.dir.path().join("eval.json")),
     };
-    let r = evaluate_checkpoint(&p.output, &es, &ep, &no_progress, &no_cancel()).unwrap();
-    assert_eq!(r.datasets["math"], got);
+    let r = evaluate_checkpoint(&p.output, es, &ep, &no_progress, &no_cancel()).unwrap();
+    assert_eq!(&r.datasets["math"], got);
     assert_eq!(r.tasks["mc"].examples, 2);
     assert!(r.tasks["mc"].accuracy.is_some() && r.tasks["qa"].exact_match.is_some());
     // Guessing: (1/2 + 1/4) / 2.
@@ -248,7 +268,7 @@ fn evaluation_matches_hand_computation_and_in_memory() {
         &m.config,
         sd,
         Some(&f.tok),
-        &es,
+        es,
         &EvalPaths {
             output: None,
             ..ep.clone()
@@ -267,8 +287,10 @@ fn evaluation_matches_hand_computation_and_in_memory() {
             .unwrap()
             > 0.0
     );
+}
 
-    // Malformed task line names the file and line.
+/// A malformed task line names the file and line.
+fn malformed_task_line(f: &Fixture, p: &TrainPaths, es: &EvalSpec) {
     let bad = f.dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\":\"x\",\"choices\":[\"a\"],\"label\":3}\n").unwrap();
     let ep = EvalPaths {
@@ -276,7 +298,7 @@ fn evaluation_matches_hand_computation_and_in_memory() {
         tasks: [("b".to_string(), bad)].into(),
         output: None,
     };
-    let e = evaluate_checkpoint(&p.output, &es, &ep, &no_progress, &no_cancel()).unwrap_err();
+    let e = evaluate_checkpoint(&p.output, es, &ep, &no_progress, &no_cancel()).unwrap_err();
     assert!(e.to_string().contains("bad.jsonl:1"), "{e}");
 }
 
