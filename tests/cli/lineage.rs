@@ -207,7 +207,7 @@ steps:
     tokens: 4096
     batch_size: 8
     seq_len: 32
-    device: cpu
+    device: auto
     threads: 1
 "#,
         d = data().display()
@@ -254,7 +254,8 @@ fn a_trainings_summary_shows_its_init_chain_and_mixture_weights() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     assert!(!text.contains("${") && !text.contains("null"), "{text}");
-    assert!(text.contains("device    cpu\n"), "{text}");
+    // The device the result recorded using, with its compute dtype.
+    assert!(text.contains("device    cpu, f32\n"), "{text}");
     assert!(
         text.contains("input     init = base.checkpoint ("),
         "{text}"
@@ -282,8 +283,10 @@ fn a_trainings_summary_shows_its_init_chain_and_mixture_weights() {
     assert_eq!(s["chain"][2]["via"], "init");
     assert_eq!(s["data"][0]["dataset"], "math");
     assert_eq!(s["data"][0]["weight"], 0.75);
-    assert_eq!(s["device"]["requested"], "cpu");
-    assert_eq!(s["device"]["used"], "cpu");
+    // `auto` is resolved to what ran it (a CUDA device where there is one).
+    let used = s["device"]["used"].as_str().unwrap_or_default();
+    assert_eq!(s["device"]["requested"], "auto");
+    assert!(used == "cpu, f32" || used.starts_with("cuda:"), "{used}");
     assert_eq!(s["params"]["tokens"], 4096);
     // Sizes of what the training wrote (metrics hold the losses' digits) vary
     // with the machine; the data's do not.

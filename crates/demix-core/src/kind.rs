@@ -144,9 +144,21 @@ pub struct RunCtx<'a> {
     pub log: &'a Path,
     pub cancel: &'a AtomicBool,
     pub progress: &'a dyn Fn(Progress),
+    /// Facts for the result record (see [`crate::store::ResultRecord::facts`]).
+    pub facts: &'a std::sync::Mutex<BTreeMap<String, serde_json::Value>>,
 }
 
 impl RunCtx<'_> {
+    /// Records a fact of this run in its result (the device it used, say).
+    pub fn fact(&self, name: &str, value: impl Serialize) {
+        if let Ok(v) = serde_json::to_value(value) {
+            self.facts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string(), v);
+        }
+    }
+
     /// Absolute paths of an input, by the key the step declared it under.
     pub fn input(&self, key: &str) -> Result<&[PathBuf], StepError> {
         self.spec

@@ -426,8 +426,9 @@ pub struct FileLine {
 pub struct DeviceLine {
     /// The `device` setting: `auto`, `cpu`, `cuda`, `cuda:N`.
     pub requested: String,
-    /// The device that ran the step, where it is known: results do not record
-    /// it, so only a `cpu` request is certain.
+    /// The device that ran the step (with the compute dtype and ranks of a
+    /// training), as its result records it; for older results only a `cpu`
+    /// request is certain.
     pub used: Option<String>,
 }
 
@@ -549,12 +550,26 @@ pub fn summary(store: &Store, r: &ResultRecord, base: Option<&std::path::Path>) 
     }
     inputs.sort_by(|a, b| a.name.cmp(&b.name));
     data.sort_by(|a, b| (&a.dataset, a.split).cmp(&(&b.dataset, b.split)));
+    // The device the step recorded using; results from before it did so
+    // leave only a `cpu` request certain.
+    let recorded = |key: &str| r.facts.get(key).and_then(Value::as_str).map(str::to_string);
     let device = params
         .get("device")
         .and_then(Value::as_str)
         .map(|d| DeviceLine {
             requested: d.to_string(),
-            used: d.eq_ignore_ascii_case("cpu").then(|| "cpu".to_string()),
+            used: recorded("device")
+                .map(|u| {
+                    match (
+                        recorded("compute"),
+                        r.facts.get("ranks").and_then(Value::as_u64),
+                    ) {
+                        (Some(c), Some(n)) if n > 1 => format!("{u}, {c}, {n} ranks"),
+                        (Some(c), _) => format!("{u}, {c}"),
+                        _ => u,
+                    }
+                })
+                .or_else(|| d.eq_ignore_ascii_case("cpu").then(|| "cpu".to_string())),
         });
     Summary {
         step: r.step.clone(),

@@ -114,6 +114,10 @@ pub struct ResultRecord {
     pub duration_s: f64,
     pub host: String,
     pub engine_version: String,
+    /// What the step found out as it ran that is no output of its own, e.g.
+    /// `device`: the device a training actually used (`auto` resolved).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, serde_json::Value>,
 }
 
 /// Whether a committed result's files are still intact.

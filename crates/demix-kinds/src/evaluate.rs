@@ -104,6 +104,9 @@ impl Kind for Evaluate {
         let mut report =
             ml::evaluate::evaluate_checkpoint(&ckpt, &f.eval, &paths, &progress(ctx), ctx.cancel)
                 .map_err(ml_err)?;
+        // The device it ran on (what `auto` came to), for lineage.
+        let device = ml::device::resolve_device(f.eval.device).map_err(ml_err)?;
+        ctx.fact("device", ml::device::device_name(device));
         // Name the checkpoint as the manifest does, not by its path in this store,
         // so the same evaluation gives the same bytes in any store.
         report.checkpoint = Some(f.checkpoint.clone().into());

@@ -475,6 +475,9 @@ fn run(f: TrainFields, ctx: &RunCtx) -> Result<(), StepError> {
         tokenizer: Some(tok_path),
     };
     let summary = ml::train::train(&spec, &paths, &progress(ctx), ctx.cancel).map_err(ml_err)?;
+    ctx.fact("device", &summary.device);
+    ctx.fact("compute", &summary.compute);
+    ctx.fact("ranks", summary.ranks);
     // Of a data-parallel step's ranks, rank 0 wrote everything and cleans up.
     if demix_spec::launch::launched().is_some_and(|r| !r.leads()) {
         return Ok(());

@@ -24,6 +24,16 @@ pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
+/// A device as a manifest writes it: `cpu`, `cuda:0`.
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+        Device::Cpu => "cpu".into(),
+    }
+}
+
 /// Sets torch's intra-op threads; 0 leaves torch's default. Inter-op threads
 /// are left alone (torch allows setting them only once per process).
 pub fn set_threads(n: u32) {

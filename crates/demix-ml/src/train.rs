@@ -142,6 +142,14 @@ pub struct TrainSummary {
     pub tokens_per_s: f64,
     pub params: i64,
     pub checkpoints: Vec<PathBuf>,
+    /// The device that trained it (`auto` resolved), and the compute dtype.
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub compute: String,
+    /// Data-parallel ranks (1 without).
+    #[serde(default)]
+    pub ranks: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -760,6 +768,12 @@ impl Run<'_> {
             tokens_per_s: (total - start_step) as f64 * tps as f64 / run_s,
             params: config.num_params(),
             checkpoints: self.saved,
+            device: crate::device::device_name(self.device),
+            compute: match self.model.compute_kind {
+                Kind::BFloat16 => "bf16".into(),
+                _ => "f32".into(),
+            },
+            ranks: self.world.map_or(1, |w| w.size),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Runs one step from its serialized spec in this process: take the key's lock, run
 //! the step into a temporary directory, commit the outputs, record the result.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -222,6 +223,7 @@ fn run(
     std::fs::create_dir_all(&out).map_err(StepError::io("creating the output directory"))?;
     start_log(log, spec, &done.host)?;
     let to_log = progress_to_log(log, t0);
+    let facts = std::sync::Mutex::new(BTreeMap::new());
     let ctx = RunCtx {
         spec,
         store,
@@ -232,12 +234,14 @@ fn run(
             to_log(&p);
             emit(&p);
         },
+        facts: &facts,
     };
     let result = kind.run(&ctx).and_then(|()| {
         if CANCEL.load(Ordering::SeqCst) {
             return Err(StepError::Cancelled);
         }
-        commit(spec, store, &out, started_at, t0, done)
+        let facts = facts.into_inner().unwrap_or_else(|e| e.into_inner());
+        commit(spec, store, &out, (started_at, t0), facts, done)
     });
     let _ = store::remove_tree(&tmp);
     result
@@ -322,8 +326,8 @@ fn commit(
     spec: &StepSpec,
     store: &Store,
     out: &Path,
-    started_at: jiff::Timestamp,
-    t0: Instant,
+    (started_at, t0): (jiff::Timestamp, Instant),
+    facts: BTreeMap<String, serde_json::Value>,
     done: &mut Completion,
 ) -> Result<(), StepError> {
     let (tree, files, outputs) = store.commit_tree(out, &spec.outputs)?;
@@ -342,6 +346,7 @@ fn commit(
         duration_s: t0.elapsed().as_secs_f64(),
         host: done.host.clone(),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        facts,
     };
     // The result record is the commit point; the state record only explains.
     store.write_result(&record)?;
@@ -396,6 +401,7 @@ fn follow(
                 log: &log,
                 cancel: &CANCEL,
                 progress: &|_| {},
+                facts: &std::sync::Mutex::new(BTreeMap::new()),
             };
             let result = kind.run(&ctx);
             let _ = store::remove_tree(&tmp);
