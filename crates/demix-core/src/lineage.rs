@@ -482,7 +482,6 @@ const COMMAND_FIELDS: [&str; 5] = ["run", "shell", "inputs", "outputs", "workdir
 /// manifest path the result records, else the current folder.
 pub fn summary(store: &Store, r: &ResultRecord, base: Option<&std::path::Path>) -> Summary {
     let locate = |p: &str| locate(r, base, p);
-    let params = &r.record.params;
     let (weights, mixture) = weights(store, r);
     let mut data = Vec::new();
     let mut inputs = Vec::new();
@@ -550,27 +549,7 @@ pub fn summary(store: &Store, r: &ResultRecord, base: Option<&std::path::Path>) 
     }
     inputs.sort_by(|a, b| a.name.cmp(&b.name));
     data.sort_by(|a, b| (&a.dataset, a.split).cmp(&(&b.dataset, b.split)));
-    // The device the step recorded using; results from before it did so
-    // leave only a `cpu` request certain.
-    let recorded = |key: &str| r.facts.get(key).and_then(Value::as_str).map(str::to_string);
-    let device = params
-        .get("device")
-        .and_then(Value::as_str)
-        .map(|d| DeviceLine {
-            requested: d.to_string(),
-            used: recorded("device")
-                .map(|u| {
-                    match (
-                        recorded("compute"),
-                        r.facts.get("ranks").and_then(Value::as_u64),
-                    ) {
-                        (Some(c), Some(n)) if n > 1 => format!("{u}, {c}, {n} ranks"),
-                        (Some(c), _) => format!("{u}, {c}"),
-                        _ => u,
-                    }
-                })
-                .or_else(|| d.eq_ignore_ascii_case("cpu").then(|| "cpu".to_string())),
-        });
+    let device = device_line(r);
     Summary {
         step: r.step.clone(),
         kind: r.kind.clone(),
@@ -1043,6 +1022,29 @@ pub fn chain_text(s: &Summary) -> String {
         .collect();
     parts.push(format!("{} ({})", s.step, s.kind));
     parts.join(" -> ")
+}
+
+/// The device asked for, and the one the step recorded using; results from
+/// before steps recorded it leave only a `cpu` request certain.
+fn device_line(r: &ResultRecord) -> Option<DeviceLine> {
+    let recorded = |key: &str| r.facts.get(key).and_then(Value::as_str).map(str::to_string);
+    let ranks = r.facts.get("ranks").and_then(Value::as_u64);
+    let requested = r.record.params.get("device").and_then(Value::as_str)?;
+    let used = recorded("device")
+        .map(|u| match (recorded("compute"), ranks) {
+            (Some(c), Some(n)) if n > 1 => format!("{u}, {c}, {n} ranks"),
+            (Some(c), _) => format!("{u}, {c}"),
+            _ => u,
+        })
+        .or_else(|| {
+            requested
+                .eq_ignore_ascii_case("cpu")
+                .then(|| "cpu".to_string())
+        });
+    Some(DeviceLine {
+        requested: requested.to_string(),
+        used,
+    })
 }
 
 /// What the device line says.
