@@ -411,3 +411,83 @@ fn a_killed_merge_search_resumes_its_scored_proxies() {
         assert_eq!(got[k].to_string(), want[k].to_string(), "{k}");
     }
 }
+
+/// A merge-search whose proxies an external evaluator scores (transformers,
+/// through workflows/scripts/hf_eval.py): the same mixtures as demix's own
+/// search (same seed), scored within sampling error of demix's scores; a
+/// failing evaluator fails the step naming the proxy.
+#[test]
+fn an_external_evaluator_scores_a_searchs_proxies() {
+    if !crate::harness::worker() {
+        return;
+    }
+    let Some(py) = crate::harness::hf_python() else {
+        return;
+    };
+    let env = Env::new();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/scripts/hf_eval.py");
+    std::fs::copy(&script, env.path("hf_eval.py")).unwrap();
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let run = format!(
+        r#"exec "$DEMIX_PYTHON" hf_eval.py "$DEMIX_PROXY_CHECKPOINT" "$DEMIX_PROXY_METRICS" sotu={d}/sotu/validation.jsonl math={d}/math/validation.jsonl chat={d}/chat/validation.jsonl --max-tokens 512 --seq-len 32"#,
+        d = data.display()
+    );
+    let external = format!(
+        r#"  - id: ext
+    kind: search
+    components: ${{steps.component[*].checkpoint}}
+    candidates: ${{params.candidates}}
+    targets: ${{params.targets}}
+    rounds: [2, 1]
+    top_k: 1
+    pool: 200
+    max_tokens: 512
+    seq_len: 32
+    device: cpu
+    threads: 1
+    evaluator:
+      run: [sh, -c, '{run}']
+      files: [hf_eval.py]
+"#
+    );
+    let own = shared_base().replace("rounds: [5, 3]", "rounds: [2, 1]");
+    env.write("demix.yaml", &(own.clone() + &external));
+    let r = env
+        .cmd(&["run", "--target", "search", "--target", "ext"])
+        .env("DEMIX_PYTHON", &py)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (a, b) = (json(&env, "search", "result"), json(&env, "ext", "result"));
+    let (pa, pb) = (
+        a["proxies"].as_array().unwrap(),
+        b["proxies"].as_array().unwrap(),
+    );
+    assert_eq!(pb.len(), 3);
+    // Round 1 is drawn by the seed alone: the same mixtures, scored twice.
+    for (x, y) in pa.iter().zip(pb).filter(|(x, _)| x["round"] == 1) {
+        assert_eq!(x["weights"], y["weights"]);
+        for (s, t) in x["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(y["scores"].as_array().unwrap())
+        {
+            let (s, t) = (s.as_f64().unwrap(), t.as_f64().unwrap());
+            assert!((s - t).abs() < 0.25 * s, "demix {s}, transformers {t}");
+        }
+    }
+    // An evaluator that fails names the proxy and points at the log.
+    env.write(
+        "demix.yaml",
+        &(own + &external.replace("exec \"$DEMIX_PYTHON\" hf_eval.py", "exit 3; hf_eval.py")),
+    );
+    let r = env.demix(&["run", "--target", "ext"]).fails(1);
+    assert!(
+        r.stderr().contains("evaluator on the proxy at weights ")
+            && r.stderr().contains("exited with status 3"),
+        "{}",
+        r.stderr()
+    );
+}

@@ -500,7 +500,9 @@ steps:
     assert_eq!(live.len(), 1, "only the killed run's record is left");
     // gc, which runs only when no run holds the store, clears it (once the
     // killed run's step process has seen its parent go and stopped).
-    wait_for("gc to find the store free", || env.demix(&["gc"]).code() == 0);
+    wait_for("gc to find the store free", || {
+        env.demix(&["gc"]).code() == 0
+    });
     assert_eq!(
         std::fs::read_dir(env.path("cache/runs/live"))
             .unwrap()

@@ -301,7 +301,10 @@ fn expand(f: &CommandSpec, ctx: &RunCtx, s: &str) -> Result<Vec<String>, StepErr
 }
 
 /// Polls the command until it exits; a cancel kills its whole process group.
-fn wait_or_cancel(mut child: std::process::Child, ctx: &RunCtx) -> Result<(), StepError> {
+pub(crate) fn wait_or_cancel(
+    mut child: std::process::Child,
+    ctx: &RunCtx,
+) -> Result<(), StepError> {
     let pgid = child.id() as i32;
     loop {
         if let Some(status) = child

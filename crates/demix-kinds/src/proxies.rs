@@ -400,6 +400,11 @@ pub struct TrainedEvaluator<'a> {
     pub scratch: PathBuf,
 }
 
+/// A mixture's weights as the evaluator gets them: `0.25,0.5,0.25`.
+fn weights_text(w: &[f64]) -> String {
+    w.iter().map(f64::to_string).collect::<Vec<_>>().join(",")
+}
+
 fn weights_id(w: &[f64]) -> String {
     let bits: Vec<String> = w.iter().map(|x| format!("{:016x}", x.to_bits())).collect();
     demix_core::hash::hex(&blake3::hash(bits.join(",").as_bytes()))[..16].to_string()
@@ -454,5 +459,106 @@ impl TrainedEvaluator<'_> {
             Ok(losses_of(&report, &self.targets))
         })
         .map_err(ml_err)
+    }
+}
+
+/// Scores merged proxies with a program of the user's (a search's
+/// `evaluator`): each proxy is merged into a Hugging Face folder under the
+/// step's scratch folder, the command runs on it, and the targets' losses are
+/// read from the `demix-metrics-v1` file it writes.
+pub struct ExternalEvaluator<'a> {
+    ctx: &'a RunCtx<'a>,
+    comps: demix_mix::merge::Components,
+    run: Vec<String>,
+    targets: Vec<String>,
+    scratch: PathBuf,
+}
+
+impl<'a> ExternalEvaluator<'a> {
+    pub fn new(
+        ctx: &'a RunCtx<'a>,
+        comps: &[PathBuf],
+        e: &crate::search::Evaluator,
+        targets: &[String],
+        scratch: PathBuf,
+    ) -> Result<Self, StepError> {
+        let comps = demix_mix::merge::Components::open(comps, None).map_err(StepError::library)?;
+        Ok(ExternalEvaluator {
+            ctx,
+            comps,
+            run: e.run.clone(),
+            targets: targets.to_vec(),
+            scratch,
+        })
+    }
+
+    pub fn eval(&mut self, w: &[f64]) -> Result<Proxied, StepError> {
+        use std::process::Stdio;
+        if self.ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StepError::Cancelled);
+        }
+        let dir = self.scratch.join("proxy");
+        let _ = demix_core::store::remove_tree(&dir);
+        let (ck, metrics) = (dir.join("checkpoint"), dir.join("metrics.json"));
+        self.comps
+            .merge_to_dir(&demix_mix::merge::MergeSpec::linear(w.to_vec()), &ck)
+            .map_err(StepError::library)?;
+        // Token ids and generation config as a merge step's checkpoint has them.
+        crate::card::finish_merged(&ck)?;
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.ctx.log)
+            .map_err(StepError::io(format!(
+                "opening log {}",
+                self.ctx.log.display()
+            )))?;
+        let mut cmd = std::process::Command::new(&self.run[0]);
+        cmd.args(&self.run[1..])
+            .current_dir(&self.ctx.spec.workdir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(StepError::io("log"))?)
+            .stderr(log)
+            .env("DEMIX_PROXY_CHECKPOINT", &ck)
+            .env("DEMIX_PROXY_METRICS", &metrics)
+            .env("DEMIX_PROXY_TARGETS", self.targets.join(","))
+            .env("DEMIX_PROXY_WEIGHTS", weights_text(w));
+        // Its own process group, so cancelling reaches everything it started.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().map_err(|e| {
+            StepError::Failed(format!("cannot start the evaluator `{}`: {e}", self.run[0]))
+        })?;
+        crate::command::wait_or_cancel(child, self.ctx).map_err(|e| match e {
+            StepError::Failed(why) => StepError::Failed(format!(
+                "evaluator on the proxy at weights {}: {why} (its output is in the step's log)",
+                weights_text(w)
+            )),
+            other => other,
+        })?;
+        let report = demix_report::data::read_evaluation(&metrics)
+            .map_err(|e| StepError::Failed(format!("evaluator: {e}")))?;
+        let scores = self
+            .targets
+            .iter()
+            .map(|t| {
+                report
+                    .datasets
+                    .iter()
+                    .find(|m| m.name == *t)
+                    .and_then(|m| m.get("loss"))
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| {
+                        StepError::Failed(format!(
+                            "evaluator: {} has no finite `datasets.{t}.loss` for target `{t}`",
+                            metrics.display()
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<f64>, StepError>>()?;
+        let _ = demix_core::store::remove_tree(&dir);
+        Ok(Proxied {
+            scores,
+            windows: Vec::new(),
+        })
     }
 }

@@ -89,6 +89,19 @@ pub fn check_objective_weights(
     }
 }
 
+/// An external evaluator of merged proxies.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluator {
+    /// The command, an argv list run in the manifest's folder (no shell
+    /// unless it names one).
+    pub run: Vec<String>,
+    /// Files or folders it reads, relative to the manifest: their content is
+    /// part of the step's key, so a changed script reruns the search.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+}
+
 /// Fields of a `search` step.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 pub struct SearchFields {
@@ -100,6 +113,14 @@ pub struct SearchFields {
     /// (merged proxies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub components: Option<String>,
+    /// Score each merged proxy with a program of your own instead of demix's
+    /// evaluation (lm-evaluation-harness, a script): the proxy is written as a
+    /// Hugging Face folder, the command runs with `DEMIX_PROXY_CHECKPOINT`,
+    /// `DEMIX_PROXY_METRICS` and `DEMIX_PROXY_TARGETS` set, and each target's
+    /// `datasets.TARGET.loss` is read from the metrics file it writes
+    /// (docs/metrics.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluator: Option<Evaluator>,
     /// Trained proxies start from this checkpoint: `${steps.ID.checkpoint}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
@@ -180,6 +201,7 @@ impl Kind for Search {
             ProxyKind::Merged => check_merged(&f, body, d),
             ProxyKind::Trained => check_trained(&f, body, d, &mut paths),
         }
+        check_evaluator(&f, body, d, &mut paths);
         check_rounds(&f, body, d);
         check_objective_weights(d, body, f.objective, &f.objective_weights, f.targets.len());
         report_problems(d, body, f.eval.problems());
@@ -247,6 +269,39 @@ fn check_merged(f: &SearchFields, body: &Node, d: &mut Diags) {
                 format!("`{k}` is for `proxy: trained`; merged proxies are made of the components"),
                 k,
             );
+        }
+    }
+}
+
+/// An external evaluator scores merged proxies; its files are inputs.
+fn check_evaluator(f: &SearchFields, body: &Node, d: &mut Diags, paths: &mut Vec<Spanned<String>>) {
+    let Some(e) = &f.evaluator else { return };
+    let at = span_of(body, "evaluator");
+    if f.proxy != ProxyKind::Merged {
+        d.error(
+            &at,
+            "`evaluator` scores merged proxies; trained proxies are scored by demix",
+            "evaluator",
+        );
+    }
+    if e.run.is_empty() {
+        d.error(
+            &at,
+            "`evaluator.run` is the command: an argv list, not empty",
+            "evaluator",
+        );
+    }
+    for file in &e.files {
+        if file.contains("${") {
+            d.error(
+                &at,
+                format!(
+                    "`evaluator.files` are paths relative to the manifest, not references: `{file}`"
+                ),
+                "evaluator",
+            );
+        } else {
+            paths.push(Spanned::new(at, file.clone()));
         }
     }
 }
@@ -366,12 +421,14 @@ mod run {
         log_line, ml_err, one_path, shard, token_counts, tokenizer_hash, validation_shards,
     };
     use crate::proxies::{
-        Journal, Proxied, ProxyWorker, TrainedEvaluator, eval_parallel, proxy_workers, target_noise,
+        ExternalEvaluator, Journal, Proxied, ProxyWorker, TrainedEvaluator, eval_parallel,
+        proxy_workers, target_noise,
     };
 
     enum Proxy<'a> {
         Merged(Vec<ProxyWorker>),
         Trained(Box<TrainedEvaluator<'a>>),
+        External(Box<ExternalEvaluator<'a>>),
     }
 
     /// The proxies of the search, and the sampler's prior (token counts).
@@ -384,6 +441,14 @@ mod run {
             let comps: Vec<PathBuf> = ctx
                 .input(f.components.as_deref().unwrap_or_default())?
                 .to_vec();
+            if let Some(e) = &f.evaluator {
+                let tok_path = comps[0].join("tokenizer.json");
+                let tok = ml::tokenizer::Tok::load(&tok_path).map_err(ml_err)?;
+                let tok_hash = tokenizer_hash(ctx, None, &tok_path)?;
+                let counts = token_counts(ctx, &f.candidates, &tok, &tok_hash)?;
+                let ext = ExternalEvaluator::new(ctx, &comps, e, &f.targets, scratch)?;
+                return Ok((Proxy::External(Box::new(ext)), counts));
+            }
             let workers = proxy_workers(
                 ctx,
                 &comps,
@@ -548,6 +613,13 @@ mod run {
                 })?;
             }
             Proxy::Trained(e) => {
+                for w in todo {
+                    let p = e.eval(w)?;
+                    journal.add(w, &p)?;
+                    tick(true);
+                }
+            }
+            Proxy::External(e) => {
                 for w in todo {
                     let p = e.eval(w)?;
                     journal.add(w, &p)?;
