@@ -123,6 +123,8 @@ fn shared_base() -> String {
     candidates: ${{params.candidates}}
     targets: ${{params.targets}}
     components: ${{steps.component[*].checkpoint}}
+    proxies:
+      refs: ${{steps.reference_eval[*].metrics}}
     searches:
       demix: ${{steps.search.result}}
       regmix: ${{steps.regmix.result}}
@@ -194,7 +196,26 @@ fn references_proxies_and_the_regmix_baseline_are_validated() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["merged", "linear", "demix", "regmix", "weights"]);
+    assert_eq!(
+        names,
+        ["merged", "linear", "refs", "demix", "regmix", "weights"]
+    );
+    // What each cost, from the lineage (no `costs:` in the manifest): two
+    // components of 4096 tokens; the 5 evaluated references of 4096 each;
+    // RegMix's 4 proxies of 1024; weights nothing.
+    let tokens: Vec<serde_json::Value> = v["predictors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["training_tokens"].clone())
+        .collect();
+    assert_eq!(
+        tokens,
+        serde_json::json!([8192, 8192, 20480, 8192, 4096, null])
+            .as_array()
+            .unwrap()
+            .clone()
+    );
     for p in v["predictors"].as_array().unwrap() {
         assert_eq!(p["targets"].as_array().unwrap().len(), 3, "{p}");
     }

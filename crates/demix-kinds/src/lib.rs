@@ -4,6 +4,7 @@
 
 pub mod card;
 pub mod command;
+mod cost;
 pub mod evaluate;
 mod fields;
 pub mod merge;

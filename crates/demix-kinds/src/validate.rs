@@ -74,7 +74,9 @@ pub struct ValidateFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<VerdictFields>,
     /// Total training tokens each predictor cost, for the table: label -> tokens
-    /// (`merged`, `linear` and your labels).
+    /// (`merged`, `linear` and your labels). Default: read from the lineage (a
+    /// training's tokens, the budget of a `tokens_N` checkpoint, a search's
+    /// components plus the proxies it trained); give a label to override it.
     #[serde(default)]
     pub costs: BTreeMap<String, u64>,
     /// The headline objective (every other one is reported beside it).
@@ -487,7 +489,12 @@ fn run_with(
         .map(|k| all.iter().skip(k).step_by(r).cloned().collect())
         .collect();
     let targets: Vec<Target> = f.targets.iter().map(|t| Target::loss(t)).collect();
-    let cost = |label: &str| f.costs.get(label).copied();
+    // The manifest's `costs`, else what the components' lineage says.
+    let components_cost = f
+        .components
+        .as_deref()
+        .and_then(|c| crate::cost::of_input(ctx.store, &ctx.spec.record, c));
+    let cost = |label: &str| f.costs.get(label).copied().or(components_cost);
     let mut sets = Vec::new();
     let mut warnings = Vec::new();
     if let Some(m) = merged {
@@ -540,6 +547,15 @@ fn run_with(
     Ok(v)
 }
 
+/// What the predictor `label` (reading input `key`) cost in training tokens:
+/// the manifest's `costs`, else what the lineage of its input says.
+fn cost_of(ctx: &RunCtx, f: &ValidateFields, label: &str, key: &str) -> Option<u64> {
+    f.costs
+        .get(label)
+        .copied()
+        .or_else(|| crate::cost::of_input(ctx.store, &ctx.spec.record, key))
+}
+
 /// A trained-proxy predictor: one evaluation per reference mixture.
 fn proxy_set(
     ctx: &RunCtx,
@@ -561,7 +577,7 @@ fn proxy_set(
         kind: PredictorKind::Proxy,
         scores: losses(paths, &f.targets)?,
         in_units: true,
-        training_tokens: f.costs.get(label).copied(),
+        training_tokens: cost_of(ctx, f, label, key),
     })
 }
 
@@ -627,7 +643,7 @@ fn search_set(
         kind: PredictorKind::Search,
         scores,
         in_units: true,
-        training_tokens: f.costs.get(label).copied(),
+        training_tokens: cost_of(ctx, f, label, key),
     })
 }
 
