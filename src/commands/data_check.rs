@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use demix_core::graph::dataset_files;
 use demix_core::manifest::template::Split;
+use demix_core::protocol::DatasetInput;
 use demix_spec::corpus::{CheckReport, CheckSpec, DatasetCheck, SplitSource};
-use demix_spec::data::{SourceSpec, SplitPart, SplitSpec};
 
 use super::{CliError, load_graph, programs, store};
 use crate::cli::DataCheckArgs;
@@ -27,7 +27,7 @@ pub(super) fn run(a: DataCheckArgs, cache: &Option<PathBuf>) -> miette::Result<E
         }
     }
     let mut datasets = Vec::new();
-    for (name, decl) in &m.datasets {
+    for name in m.datasets.keys() {
         if !a.datasets.is_empty() && !a.datasets.contains(name) {
             continue;
         }
@@ -35,28 +35,8 @@ pub(super) fn run(a: DataCheckArgs, cache: &Option<PathBuf>) -> miette::Result<E
         for (split, label) in [(Split::Train, "train"), (Split::Validation, "validation")] {
             let files =
                 dataset_files(m, name, split).map_err(|e| CliError::Failed(e.to_string()))?;
-            // Without validation files, steps split the files by document.
-            let keep = match (decl.validation.is_empty(), split) {
-                (false, _) => SplitSpec::default(),
-                (true, s) => SplitSpec {
-                    part: if s == Split::Train {
-                        SplitPart::Train
-                    } else {
-                        SplitPart::Validation
-                    },
-                    validation_fraction: decl.validation_fraction.unwrap_or(0.1),
-                    seed: 0,
-                },
-            };
-            let sources = files
-                .iter()
-                .map(|p| {
-                    let mut s = SourceSpec::new(p);
-                    s.format = decl.format;
-                    s.text_field = decl.field.clone();
-                    s
-                })
-                .collect();
+            let input = DatasetInput::of(m, name, split).expect("a dataset of the manifest");
+            let (sources, keep) = input.sources(&files);
             splits.push(SplitSource {
                 split: label.into(),
                 files,

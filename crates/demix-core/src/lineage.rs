@@ -746,7 +746,7 @@ fn weights(
         })
         .unwrap_or_default();
     let pick = p.get("pick").and_then(Value::as_u64);
-    let (w, mut source) = if m == "uniform" {
+    let (w, mut source) = if m == demix_spec::data::UNIFORM_MIXTURE {
         (
             Some(datasets.iter().map(|d| (d.clone(), 1.0)).collect()),
             "uniform over `datasets`".to_string(),
@@ -765,16 +765,11 @@ fn weights(
         Some(g) => {
             let beta = p.get("beta").and_then(Value::as_f64).unwrap_or(0.5);
             source.push_str(&format!(", with general {g} at share {beta}"));
-            let mut w: std::collections::BTreeMap<String, f64> =
-                w.into_iter().map(|(k, x)| (k, x * (1.0 - beta))).collect();
-            if beta > 0.0 {
-                w.insert(g.to_string(), beta);
-            }
-            normalise(w)
+            demix_spec::data::with_general(w, g, beta)
         }
-        None => Some(w),
+        None => w,
     };
-    (w, Some(source))
+    (Some(w), Some(source))
 }
 
 /// The weights in a `mixture` file (`pick` one of a list), and how to say
@@ -807,16 +802,7 @@ fn mixture_file(
     };
     let read = file.0.and_then(|f| {
         let v: Value = serde_json::from_slice(&std::fs::read(f).ok()?).ok()?;
-        let v = match (v, pick) {
-            (Value::Array(a), Some(i)) => a.into_iter().nth(i as usize)?,
-            (v @ Value::Object(_), _) => v,
-            _ => return None,
-        };
-        v.as_object().map(|o| {
-            o.iter()
-                .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        })
+        demix_spec::data::pick_mixture(v, pick).ok()
     });
     (read, file.1)
 }

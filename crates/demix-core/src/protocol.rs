@@ -52,6 +52,45 @@ impl DatasetInput {
                 .then(|| d.validation_fraction.unwrap_or(0.1)),
         })
     }
+
+    /// How to read this split's documents from its files `paths`: each file
+    /// as the dataset's format and field say, and which documents the split
+    /// keeps (all of them, or its share of a by-document split).
+    pub fn sources(
+        &self,
+        paths: &[PathBuf],
+    ) -> (
+        Vec<demix_spec::data::SourceSpec>,
+        demix_spec::data::SplitSpec,
+    ) {
+        use demix_spec::data::{SourceSpec, SplitPart, SplitSpec};
+        let srcs = paths
+            .iter()
+            .map(|p| {
+                let mut s = SourceSpec::new(p);
+                s.format = self.format;
+                s.text_field = self.field.clone();
+                s
+            })
+            .collect();
+        let split = match self.split_fraction {
+            // No validation files: split this dataset's files by document.
+            Some(f) => SplitSpec {
+                part: match self.split {
+                    crate::manifest::template::Split::Train => SplitPart::Train,
+                    crate::manifest::template::Split::Validation => SplitPart::Validation,
+                },
+                validation_fraction: f,
+                seed: 0,
+            },
+            None => SplitSpec {
+                part: SplitPart::All,
+                validation_fraction: 0.0,
+                seed: 0,
+            },
+        };
+        (srcs, split)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -200,17 +200,9 @@ impl Kind for Command {
                 workdir.display()
             )));
         }
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(ctx.log)
-            .map_err(StepError::io(format!("opening log {}", ctx.log.display())))?;
         let mut cmd = std::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .current_dir(&workdir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(StepError::io("log"))?)
-            .stderr(log)
             .env("DEMIX_OUT", out)
             .env("DEMIX_STEP", &ctx.spec.step);
         for (name, rel) in &ctx.spec.outputs {
@@ -228,13 +220,31 @@ impl Kind for Command {
         for (k, v) in &f.env {
             cmd.env(k, expand(&f, ctx, v)?.join(" "));
         }
-        // Its own process group, so cancelling reaches everything it started.
-        cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| StepError::Failed(format!("cannot start `{}`: {e}", argv[0])))?;
-        wait_or_cancel(child, ctx)
+        run_logged(cmd, &format!("`{}`", argv[0]), ctx)
     }
+}
+
+/// Runs `cmd` (`what`, for a failure to start it) to its end with its output
+/// appended to the step's log, in a process group of its own so that a
+/// cancel reaches everything it started.
+pub(crate) fn run_logged(
+    mut cmd: std::process::Command,
+    what: &str,
+    ctx: &RunCtx,
+) -> Result<(), StepError> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(ctx.log)
+        .map_err(StepError::io(format!("opening log {}", ctx.log.display())))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(StepError::io("log"))?)
+        .stderr(log)
+        .process_group(0);
+    let child = cmd
+        .spawn()
+        .map_err(|e| StepError::Failed(format!("cannot start {what}: {e}")))?;
+    wait_or_cancel(child, ctx)
 }
 
 /// Each output's folder (or its parent, for a file), so the command can write there.

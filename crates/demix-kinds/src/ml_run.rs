@@ -9,7 +9,7 @@ use demix_core::kind::{Progress, RunCtx, StepError};
 use demix_core::manifest::template::{Ref, Split};
 use demix_core::protocol::{DatasetInput, InputSpec};
 use demix_ml as ml;
-use demix_ml::data::{SourceSpec, SplitPart, SplitSpec, TokenizeSpec};
+use demix_ml::data::{SourceSpec, SplitSpec, TokenizeSpec};
 
 /// An ML error as a step error; a cancellation stays one.
 pub fn ml_err(e: ml::MlError) -> StepError {
@@ -60,34 +60,7 @@ pub fn dataset<'a>(
 
 /// The documents of a dataset split, as the ML library reads them.
 pub fn sources(inp: &InputSpec, d: &DatasetInput) -> (Vec<SourceSpec>, SplitSpec) {
-    let srcs = inp
-        .paths
-        .iter()
-        .map(|p| {
-            let mut s = SourceSpec::new(p);
-            s.format = d.format;
-            s.text_field = d.field.clone();
-            s
-        })
-        .collect();
-    let split = match d.split_fraction {
-        // No validation files: split this dataset's files by document.
-        Some(f) => SplitSpec {
-            part: if d.split == Split::Train {
-                SplitPart::Train
-            } else {
-                SplitPart::Validation
-            },
-            validation_fraction: f,
-            seed: 0,
-        },
-        None => SplitSpec {
-            part: SplitPart::All,
-            validation_fraction: 0.0,
-            seed: 0,
-        },
-    };
-    (srcs, split)
+    d.sources(&inp.paths)
 }
 
 /// The token shard of a dataset split under a tokenizer, content-addressed in the

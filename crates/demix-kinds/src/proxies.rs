@@ -493,7 +493,6 @@ impl<'a> ExternalEvaluator<'a> {
     }
 
     pub fn eval(&mut self, w: &[f64]) -> Result<Proxied, StepError> {
-        use std::process::Stdio;
         if self.ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StepError::Cancelled);
         }
@@ -505,30 +504,15 @@ impl<'a> ExternalEvaluator<'a> {
             .map_err(StepError::library)?;
         // Token ids and generation config as a merge step's checkpoint has them.
         crate::card::finish_merged(&ck)?;
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.ctx.log)
-            .map_err(StepError::io(format!(
-                "opening log {}",
-                self.ctx.log.display()
-            )))?;
         let mut cmd = std::process::Command::new(&self.run[0]);
         cmd.args(&self.run[1..])
             .current_dir(&self.ctx.spec.workdir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(StepError::io("log"))?)
-            .stderr(log)
             .env("DEMIX_PROXY_CHECKPOINT", &ck)
             .env("DEMIX_PROXY_METRICS", &metrics)
             .env("DEMIX_PROXY_TARGETS", self.targets.join(","))
             .env("DEMIX_PROXY_WEIGHTS", weights_text(w));
-        // Its own process group, so cancelling reaches everything it started.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().map_err(|e| {
-            StepError::Failed(format!("cannot start the evaluator `{}`: {e}", self.run[0]))
-        })?;
-        crate::command::wait_or_cancel(child, self.ctx).map_err(|e| match e {
+        let what = format!("the evaluator `{}`", self.run[0]);
+        crate::command::run_logged(cmd, &what, self.ctx).map_err(|e| match e {
             StepError::Failed(why) => StepError::Failed(format!(
                 "evaluator on the proxy at weights {}: {why} (its output is in the step's log)",
                 weights_text(w)

@@ -60,8 +60,7 @@ pub struct TrainFields {
 
 pub struct Train;
 
-/// `mixture: uniform`: equal weights over `datasets`.
-const UNIFORM: &str = "uniform";
+use demix_spec::data::UNIFORM_MIXTURE as UNIFORM;
 
 impl Kind for Train {
     const NAME: &'static str = "train";
@@ -611,11 +610,7 @@ fn mixture_weights(
         )));
     }
     if let Some(g) = &f.general {
-        let beta = f.beta.unwrap_or(0.5);
-        w.values_mut().for_each(|x| *x *= (1.0 - beta) / total);
-        if beta > 0.0 {
-            w.insert(g.clone(), beta);
-        }
+        w = demix_spec::data::with_general(w, g, f.beta.unwrap_or(0.5));
     }
     Ok(w)
 }
@@ -627,39 +622,6 @@ fn read_mixture(p: &Path, pick: Option<u64>) -> Result<BTreeMap<String, f64>, St
         &std::fs::read(p).map_err(StepError::io(format!("reading {}", p.display())))?,
     )
     .map_err(|e| StepError::Failed(format!("{}: not JSON: {e}", p.display())))?;
-    let one = match (v, pick) {
-        (serde_json::Value::Array(list), Some(i)) => {
-            let n = list.len();
-            list.into_iter().nth(i as usize).ok_or_else(|| {
-                StepError::Failed(format!(
-                    "{}: `pick: {i}` but the file holds {n} mixtures",
-                    p.display()
-                ))
-            })?
-        }
-        (serde_json::Value::Array(_), None) => {
-            return Err(StepError::Failed(format!(
-                "{}: a list of mixtures; say which with `pick`",
-                p.display()
-            )));
-        }
-        (v, Some(_)) => {
-            return Err(StepError::Failed(format!(
-                "{}: `pick` needs a list of mixtures, and this is {}",
-                p.display(),
-                if v.is_object() {
-                    "one mixture"
-                } else {
-                    "not a mixture"
-                }
-            )));
-        }
-        (v, None) => v,
-    };
-    serde_json::from_value(one).map_err(|e| {
-        StepError::Failed(format!(
-            "{}: not a mixture (an object of weights by dataset): {e}",
-            p.display()
-        ))
-    })
+    demix_spec::data::pick_mixture(v, pick)
+        .map_err(|e| StepError::Failed(format!("{}: {e}", p.display())))
 }

@@ -132,6 +132,64 @@ pub enum MixError {
     ZeroSum,
 }
 
+/// `mixture: uniform`: equal weights over a train step's `datasets`.
+pub const UNIFORM_MIXTURE: &str = "uniform";
+
+/// Why a mixture file holds no usable mixture.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PickError {
+    #[error("`pick: {pick}` but the file holds {len} mixtures")]
+    OutOfRange { pick: u64, len: usize },
+    #[error("a list of mixtures; say which with `pick`")]
+    NeedsPick,
+    #[error("`pick` needs a list of mixtures, and this is {0}")]
+    NotAList(&'static str),
+    #[error("not a mixture (an object of weights by dataset): {0}")]
+    NotAMixture(String),
+}
+
+/// The mixture in a mixture file's JSON: an object of weights by dataset, or
+/// with `pick` the N-th of a list (a `sample` step's file).
+pub fn pick_mixture(
+    v: serde_json::Value,
+    pick: Option<u64>,
+) -> Result<BTreeMap<String, f64>, PickError> {
+    use serde_json::Value;
+    let one = match (v, pick) {
+        (Value::Array(list), Some(i)) => {
+            let len = list.len();
+            list.into_iter()
+                .nth(i as usize)
+                .ok_or(PickError::OutOfRange { pick: i, len })?
+        }
+        (Value::Array(_), None) => return Err(PickError::NeedsPick),
+        (v, Some(_)) => {
+            return Err(PickError::NotAList(if v.is_object() {
+                "one mixture"
+            } else {
+                "not a mixture"
+            }));
+        }
+        (v, None) => v,
+    };
+    serde_json::from_value(one).map_err(|e| PickError::NotAMixture(e.to_string()))
+}
+
+/// Weights (non-negative, with a positive sum) normalised to share
+/// `1 - beta`, with `general` at share `beta`: how a mixture is trained in
+/// the components' recipe.
+pub fn with_general(w: BTreeMap<String, f64>, general: &str, beta: f64) -> BTreeMap<String, f64> {
+    let total: f64 = w.values().sum();
+    let mut w: BTreeMap<String, f64> = w
+        .into_iter()
+        .map(|(k, x)| (k, x * (1.0 - beta) / total))
+        .collect();
+    if beta > 0.0 {
+        w.insert(general.to_string(), beta);
+    }
+    w
+}
+
 impl ComponentMix {
     /// `{candidate: math, general: sotu, beta: 0.25}` -> {math: 0.75, sotu: 0.25}.
     pub fn weights(&self) -> Result<BTreeMap<String, f64>, MixError> {
@@ -150,5 +208,36 @@ impl ComponentMix {
             m.insert(self.general.clone(), self.beta);
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn mixture_files_pick_and_general() {
+        let one = json!({"a": 3.0, "b": 1.0});
+        let w = pick_mixture(one.clone(), None).unwrap();
+        assert_eq!(w["a"], 3.0);
+        let list = json!([{"a": 1.0}, {"b": 2.0}]);
+        assert_eq!(pick_mixture(list.clone(), Some(1)).unwrap()["b"], 2.0);
+        assert_eq!(
+            pick_mixture(list.clone(), Some(2)),
+            Err(PickError::OutOfRange { pick: 2, len: 2 })
+        );
+        assert_eq!(pick_mixture(list, None), Err(PickError::NeedsPick));
+        assert_eq!(
+            pick_mixture(one, Some(0)),
+            Err(PickError::NotAList("one mixture"))
+        );
+        assert!(matches!(
+            pick_mixture(json!({"a": "x"}), None),
+            Err(PickError::NotAMixture(_))
+        ));
+        // {a: 3, b: 1} at 1 - beta = 0.5, then the general data at 0.5.
+        let g = with_general(w, "g", 0.5);
+        assert_eq!((g["a"], g["b"], g["g"]), (0.375, 0.125, 0.5));
     }
 }
