@@ -57,6 +57,15 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// The outputs of other steps that input `key` was (none for a file, a
+    /// dataset, or a key the record does not have).
+    pub fn upstream(&self, key: &str) -> &[UpstreamOutput] {
+        match self.inputs.get(key).map(|i| &i.origin) {
+            Some(Origin::Steps { outputs }) => outputs,
+            _ => &[],
+        }
+    }
+
     pub fn key(&self) -> String {
         let material = serde_json::json!({
             "kind": self.kind,

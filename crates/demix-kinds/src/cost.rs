@@ -3,7 +3,7 @@
 //! the `tokens_N` checkpoint used), an evaluation's model's, a search's
 //! components' plus the proxies it trained.
 
-use demix_core::key::{KeyRecord, Origin};
+use demix_core::key::KeyRecord;
 use demix_core::store::{ResultRecord, Store};
 use serde_json::Value;
 
@@ -11,12 +11,18 @@ use serde_json::Value;
 /// results it names. `None` when some part cannot be traced (a path that no
 /// step made, a record gone from the store, a kind that does not say).
 pub fn of_input(store: &Store, record: &KeyRecord, key: &str) -> Option<u64> {
-    let Origin::Steps { outputs } = &record.inputs.get(key)?.origin else {
+    of_upstream(store, record, key, 0)
+}
+
+/// The sum over the results input `key` of `record` came from.
+fn of_upstream(store: &Store, record: &KeyRecord, key: &str, depth: usize) -> Option<u64> {
+    let outputs = record.upstream(key);
+    if outputs.is_empty() {
         return None;
-    };
+    }
     outputs
         .iter()
-        .map(|u| of_output(store, &store.read_result(&u.key)?, &u.output, 0))
+        .map(|u| of_output(store, &store.read_result(&u.key)?, &u.output, depth))
         .sum()
 }
 
@@ -52,13 +58,7 @@ fn of_output(store: &Store, r: &ResultRecord, output: &str, depth: usize) -> Opt
 /// The tokens behind the input the step's field `field` names.
 fn inputs_named(store: &Store, r: &ResultRecord, field: &str, depth: usize) -> Option<u64> {
     let reference = r.record.params.get(field)?.as_str()?;
-    let Origin::Steps { outputs } = &r.record.inputs.get(reference)?.origin else {
-        return None;
-    };
-    outputs
-        .iter()
-        .map(|u| of_output(store, &store.read_result(&u.key)?, &u.output, depth + 1))
-        .sum()
+    of_upstream(store, &r.record, reference, depth + 1)
 }
 
 /// A search's `cost.tokens_trained` (0 for merged proxies).

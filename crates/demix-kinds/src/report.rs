@@ -411,13 +411,11 @@ fn verdicts(
 
 /// The results of the steps that made input `key` of `record`.
 fn upstream(store: &Store, record: &demix_core::key::KeyRecord, key: &str) -> Vec<ResultRecord> {
-    match record.inputs.get(key).map(|i| &i.origin) {
-        Some(Origin::Steps { outputs }) => outputs
-            .iter()
-            .filter_map(|u| store.read_result(&u.key))
-            .collect(),
-        _ => Vec::new(),
-    }
+    record
+        .upstream(key)
+        .iter()
+        .filter_map(|u| store.read_result(&u.key))
+        .collect()
 }
 
 /// A train step's metrics, from its committed `metrics` output.
