@@ -9,7 +9,7 @@ use demix_core::kind::{Progress, RunCtx, StepError};
 use demix_core::manifest::template::{Ref, Split};
 use demix_core::protocol::{DatasetInput, InputSpec};
 use demix_ml as ml;
-use demix_ml::data::{SourceSpec, SplitSpec, TokenizeSpec};
+use demix_ml::data::TokenizeSpec;
 
 /// An ML error as a step error; a cancellation stays one.
 pub fn ml_err(e: ml::MlError) -> StepError {
@@ -58,11 +58,6 @@ pub fn dataset<'a>(
     Ok((inp, d))
 }
 
-/// The documents of a dataset split, as the ML library reads them.
-pub fn sources(inp: &InputSpec, d: &DatasetInput) -> (Vec<SourceSpec>, SplitSpec) {
-    d.sources(&inp.paths)
-}
-
 /// The token shard of a dataset split under a tokenizer, content-addressed in the
 /// store (`shards/<hash>/`) so every step that needs it shares one copy.
 pub fn shard(
@@ -90,7 +85,7 @@ pub fn shard(
     if dir.join("shard.json").is_file() && ml::data::Shard::open(&dir).is_ok() {
         return Ok(dir);
     }
-    let (srcs, split_spec) = sources(inp, d);
+    let (srcs, split_spec) = d.sources(&inp.paths);
     let spec = TokenizeSpec {
         split: split_spec,
         ..Default::default()

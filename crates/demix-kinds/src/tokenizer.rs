@@ -121,7 +121,7 @@ impl Kind for Tokenizer {
 
     #[cfg(feature = "torch")]
     fn run(&self, f: TokenizerFields, ctx: &RunCtx) -> Result<(), StepError> {
-        use crate::ml_run::{dataset, ml_err, one_path, progress, sources};
+        use crate::ml_run::{dataset, ml_err, one_path, progress};
         use demix_ml as ml;
         let out = ctx.out_dir.join("tokenizer.json");
         if let Some(file) = &f.file {
@@ -134,7 +134,7 @@ impl Kind for Tokenizer {
         let mut datasets = Vec::new();
         for name in &f.datasets {
             let (inp, d) = dataset(ctx, name, Split::Train)?;
-            let (sources, split) = sources(inp, d);
+            let (sources, split) = d.sources(&inp.paths);
             datasets.push(ml::tokenizer::TokenizerSource {
                 name: name.clone(),
                 sources,
