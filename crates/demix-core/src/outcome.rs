@@ -145,13 +145,3 @@ pub fn closing(graph: &Graph, store: &Store, run: &RunSummary, targets: &[NodeId
     }
     c
 }
-
-/// The verdict sentences of every report or validate step the run completed,
-/// in step order, each prefixed with its step id.
-pub fn verdicts(graph: &Graph, store: &Store, run: &RunSummary) -> Vec<String> {
-    closing(graph, store, run, &[])
-        .verdicts
-        .into_iter()
-        .map(|v| format!("{}: {}", v.step, v.sentence))
-        .collect()
-}
